@@ -1,0 +1,182 @@
+"""Shared fixtures: real brokers on loopback (in a thread, or as a `zchat broker` process) and
+connected clients. Every wait here is bounded and ends on a condition, never on a sleep."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import zmq
+
+from zchat.broker import Broker
+from zchat.client import Client
+from zchat.protocol import Endpoints, Event
+
+#: Heartbeat used by test brokers: a lease lapses after 3 missed ones (0.9 s).
+TEST_HEARTBEAT = 0.3
+LOOPBACK_ANY = Endpoints("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+class ThreadBroker:
+    """A Broker serving from a background thread of the test process."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], heartbeat: float = TEST_HEARTBEAT) -> None:
+        self.broker = Broker(LOOPBACK_ANY, context=ctx, heartbeat_interval=heartbeat)
+        self.endpoints = self.broker.bind()
+        self.thread = threading.Thread(target=self.broker.run, name="test-broker")
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.broker.stop()
+            self.thread.join(5)
+            assert not self.thread.is_alive(), "broker did not stop"
+            self.broker.close()
+
+
+@pytest.fixture
+def broker(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[ThreadBroker]:
+    b = ThreadBroker(ctx)
+    yield b
+    b.stop()
+
+
+ClientFactory = Callable[..., Client]
+
+
+@pytest.fixture
+def connect(broker: ThreadBroker, ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[ClientFactory]:
+    """``connect("alice", rooms=["general"])`` -> a connected Client, closed after the test."""
+    clients: list[Client] = []
+
+    def make(nick: str, rooms: list[str] | None = None, **kw: Any) -> Client:
+        c = Client(nick, rooms or ["general"], endpoints=broker.endpoints, context=ctx, **kw)
+        clients.append(c)
+        return c.connect()
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def wait_for(client: Client, pred: Callable[[Event], bool], timeout: float = 5.0) -> Event:
+    """The first event from ``client`` matching ``pred``; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while (left := deadline - time.monotonic()) > 0:
+        event = client.recv(left)
+        if event is None:
+            break
+        if pred(event):
+            return event
+        seen.append(event)
+    raise AssertionError(f"no matching event in {timeout} s; saw {seen}")
+
+
+def collect(client: Client, count: int, pred: Callable[[Event], bool], timeout: float = 10.0) -> list[Event]:
+    """The first ``count`` events matching ``pred``; fails if they do not arrive in time."""
+    got: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and (left := deadline - time.monotonic()) > 0:
+        event = client.recv(left)
+        if event is not None and pred(event):
+            got.append(event)
+    assert len(got) == count, f"got {len(got)} of {count} events"
+    return got
+
+
+# --- brokers as real processes ------------------------------------------------------------------
+
+ZCHAT = [sys.executable, "-m", "zchat"]
+_LISTEN = re.compile(r"listening: ingest (\S+) \(PULL\), feed (\S+) \(XPUB\), rpc (\S+) \(ROUTER\)")
+
+
+@dataclass
+class BrokerProcess:
+    proc: subprocess.Popen[str]
+    endpoints: Endpoints
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def args(self) -> list[str]:
+        """CLI options that point a client command at this broker."""
+        e = self.endpoints
+        return ["--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
+
+    def stop(self, timeout: float = 5.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout)
+
+
+def start_broker_process(
+    *extra: str, heartbeat: float = TEST_HEARTBEAT, endpoints: Endpoints = LOOPBACK_ANY
+) -> BrokerProcess:
+    """Start `zchat broker` and wait (bounded) for its "listening" log line."""
+    e = endpoints
+    cmd = [
+        *ZCHAT,
+        "broker",
+        "--ingest",
+        e.ingest,
+        "--feed",
+        e.feed,
+        "--rpc",
+        e.rpc,
+        "--heartbeat",
+        str(heartbeat),
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env()
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    found = threading.Event()
+    result: list[Endpoints] = []
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            if not found.is_set() and (m := _LISTEN.search(line)):
+                result.append(Endpoints(*m.groups()))
+                found.set()
+        found.set()  # the process ended
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not found.wait(10) or not result:
+        proc.kill()
+        raise AssertionError("broker did not start: " + "".join(log))
+    return BrokerProcess(proc, result[0], log)
+
+
+@pytest.fixture
+def broker_proc() -> Iterator[BrokerProcess]:
+    bp = start_broker_process()
+    yield bp
+    if bp.proc.poll() is None:
+        bp.proc.kill()
+        bp.proc.wait()
+
+
+def child_env() -> dict[str, str]:
+    """The environment for child processes: no ZCHAT_* from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZCHAT_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

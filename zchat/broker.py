@@ -1,0 +1,182 @@
+"""The broker's I/O shell: three bound sockets, one thread, one poll loop.
+
+:class:`Broker` binds ingest (PULL), feed (XPUB) and rpc (ROUTER), drains each ready socket in a
+batch without blocking, hands the frames to :class:`zchat.core.BrokerCore` and sends what it
+returns. It owns sockets, the poll timeout, stopping on a signal or :meth:`Broker.stop`, and the
+shutdown notice. It must not hold protocol rules or per-connection state: everything it knows of
+users lives in the core as leases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket as stdsocket
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+import zmq
+
+from zchat import transport
+from zchat.core import BrokerCore, Publish
+from zchat.protocol import MAX_FRAME_BYTES, Endpoints
+
+__all__ = ["Broker"]
+
+log = logging.getLogger("zchat.broker")
+
+#: Most messages taken from one socket per poll: big enough to amortise the poll, small
+#: enough that a flood on one socket cannot starve the others.
+BATCH = 1024
+#: Per-subscriber queue on the feed. Past it, that subscriber (only) loses messages: the
+#: broker never blocks on a slow reader.
+FEED_HWM = 10_000
+#: How long the shutdown notice may take to leave, within the 1 s exit budget.
+SHUTDOWN_LINGER_MS = 500
+
+
+class Broker:
+    """A zchat broker. Use as a context manager: binding happens on enter, closing on exit."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        *,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        heartbeat_interval: float = 2.0,
+        missed_heartbeats: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        transport.require_libzmq()
+        self.endpoints = endpoints
+        self._own_context = context is None
+        self._ctx = context or zmq.Context()
+        self._clock = clock
+        self.core = BrokerCore(clock(), heartbeat_interval=heartbeat_interval, missed_heartbeats=missed_heartbeats)
+        # stop() may be called from a signal handler or another thread; a byte on this pair
+        # wakes the poll loop, which alone touches the ZeroMQ sockets.
+        self._wake_r, self._wake_w = stdsocket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sockets: list[zmq.Socket[bytes]] = []
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> Broker:
+        self.bind()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def bind(self) -> Endpoints:
+        """Bind the three sockets; returns the endpoints as bound (``*`` ports resolved)."""
+        e = self.endpoints
+        try:
+            self.ingest = self._bind(zmq.PULL, e.ingest)
+            self.feed = self._bind(zmq.XPUB, e.feed, SNDHWM=FEED_HWM)
+            self.rpc = self._bind(zmq.ROUTER, e.rpc)
+        except zmq.ZMQError:
+            self.close()
+            raise
+        self.endpoints = Endpoints(*(_last_endpoint(s) for s in (self.ingest, self.feed, self.rpc)))
+        e = self.endpoints
+        log.info("zchat broker listening: ingest %s (PULL), feed %s (XPUB), rpc %s (ROUTER)", e.ingest, e.feed, e.rpc)
+        return self.endpoints
+
+    def _bind(self, kind: int, endpoint: str, **options: int) -> zmq.Socket[bytes]:
+        sock = transport.socket(self._ctx, kind, endpoint, MAXMSGSIZE=MAX_FRAME_BYTES, **options)
+        self._sockets.append(sock)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise zmq.ZMQError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from None
+        return sock
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to publish the shutdown notice and return. Signal- and thread-safe."""
+        # BlockingIOError: a wake-up is already pending; OSError: the broker is closed.
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"x")
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()  # LINGER is 0 but for the feed after a shutdown notice
+        self._sockets.clear()
+        self._wake_r.close()
+        self._wake_w.close()
+        if self._own_context:
+            self._ctx.term()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`; then publish the shutdown notice to every room."""
+        core, clock = self.core, self._clock
+        poller = zmq.Poller()
+        for sock in (self.ingest, self.rpc, self.feed):
+            poller.register(sock, zmq.POLLIN)
+        wake = self._wake_r.fileno()
+        poller.register(wake, zmq.POLLIN)
+        while True:
+            now = clock()
+            ready = dict(poller.poll(_timeout_ms(core.next_expiry() - now)))
+            if wake in ready:
+                break
+            now = clock()
+            out: list[Publish] = []
+            if self.ingest in ready:
+                out += self._drain(self.ingest, core.ingest, now)
+            if self.rpc in ready:
+                out += self._drain(self.rpc, self._reply, now)
+            if self.feed in ready:
+                out += self._drain(self.feed, self._subscription, now)
+            out += core.expire(now)
+            self._publish(out)
+        self._publish(core.shutdown())
+        self.feed.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
+        log.info("zchat broker stopped")
+
+    def _drain(
+        self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes], float], Iterable[Publish]], now: float
+    ) -> list[Publish]:
+        out: list[Publish] = []
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                out += handle(frames, now)
+            except Exception:
+                # A bug must cost one message, never the broker.
+                log.exception("internal error on a message; dropped it")
+        return out
+
+    def _reply(self, frames: list[bytes], now: float) -> list[Publish]:
+        reply, events = self.core.request(frames, now)
+        if reply is not None:
+            self.rpc.send_multipart(reply)
+        return events
+
+    def _subscription(self, frames: list[bytes], now: float) -> list[Publish]:
+        return self.core.subscription(frames[0])
+
+    def _publish(self, out: list[Publish]) -> None:
+        send = self.feed.send_multipart
+        for topic, payload in out:
+            send((topic, payload))
+
+
+def _timeout_ms(seconds: float) -> int:
+    # Wake at least once a second so lapsed leases are swept even on an idle broker.
+    return 1000 if seconds >= 1 else max(0, int(seconds * 1000) + 1)
+
+
+def _last_endpoint(sock: zmq.Socket[bytes]) -> str:
+    endpoint = sock.getsockopt(zmq.LAST_ENDPOINT)
+    assert isinstance(endpoint, bytes)
+    return endpoint.decode()

@@ -1,0 +1,315 @@
+"""The broker's brain, sans-IO: sessions as leases, rooms and their sequences, what to publish.
+
+:class:`BrokerCore` takes the frames the broker shell received and the current monotonic time,
+and returns what to send back: reply frames for the rpc socket and ``(topic, payload)`` pairs for
+the feed. It owns the session table (token -> nick, rooms, lease deadline), room membership,
+per-room ``seq`` counters, stamping (``seq``, ``ts``, the session's nick) and the drop counters.
+It never touches a socket, never sleeps and never reads a clock except the injected wall clock
+for timestamps, so every rule here is unit-tested without ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from zchat import protocol as p
+from zchat.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = ["BrokerCore", "Publish", "Session"]
+
+log = logging.getLogger("zchat.broker")
+
+#: A message for the feed: (topic frame, JSON frame).
+Publish = tuple[bytes, bytes]
+
+_MAX_REASON_CHARS = 200
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    token: str
+    nick: str
+    rooms: set[str]
+    expires: float
+
+
+@dataclass
+class Counters:
+    received: int = 0  # ingest messages that were published
+    rejected: int = 0  # well-formed posts refused (too long, not in room), answered by an error
+    dropped_malformed: int = 0  # frames that are not zchat protocol, on any socket
+    dropped_unknown_session: int = 0  # posts whose token is unknown or expired
+    requests: int = 0  # rpc requests answered
+    published: int = 0  # events put on the feed
+    joins: int = 0
+    leaves: int = 0
+    timeouts: int = 0
+
+
+@dataclass
+class _Room:
+    seq: int = 0
+    members: dict[str, Session] = field(default_factory=dict)  # nick.lower() -> session
+
+
+class BrokerCore:
+    """Sessions, rooms and stamping for one broker run. Times are monotonic seconds."""
+
+    def __init__(
+        self,
+        now: float,
+        *,
+        heartbeat_interval: float = 2.0,
+        missed_heartbeats: int = 3,
+        wallclock: Callable[[], float] = time.time,
+        new_token: Callable[[], str] = lambda: secrets.token_urlsafe(18),
+    ) -> None:
+        self.started = now
+        self.heartbeat_interval = heartbeat_interval
+        self.lease = heartbeat_interval * missed_heartbeats
+        self.counters = Counters()
+        self._wallclock = wallclock
+        self._new_token = new_token
+        self._sessions: dict[str, Session] = {}
+        self._by_nick: dict[str, Session] = {}
+        self._rooms: dict[str, _Room] = {}
+        # No lease can lapse before this time. Leases only ever move later, so a minimum taken
+        # at the last sweep stays a safe lower bound and the hot path need not scan sessions.
+        self._next_sweep = math.inf
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def session(self, token: str) -> Session | None:
+        return self._sessions.get(token)
+
+    def members(self, room: str) -> list[str]:
+        r = self._rooms.get(room)
+        return sorted((s.nick for s in r.members.values()), key=str.lower) if r else []
+
+    def seq(self, room: str) -> int:
+        r = self._rooms.get(room)
+        return r.seq if r else 0
+
+    def next_expiry(self) -> float:
+        """Monotonic time before which no lease can run out (``inf`` with no sessions)."""
+        return self._next_sweep
+
+    # --- ingest (PULL) --------------------------------------------------------------------
+
+    def ingest(self, frames: Sequence[bytes], now: float) -> list[Publish]:
+        """One message from the ingest socket: a single JSON frame holding a :class:`Post`."""
+        if len(frames) != 1:
+            return self._drop(f"ingest message with {len(frames)} frames (want 1)")
+        try:
+            post = p.decode_post(frames[0])
+        except RemoteProtocolError as exc:
+            return self._drop(str(exc))
+        session = self._sessions.get(post.token)
+        if session is None or session.expires <= now:
+            self.counters.dropped_unknown_session += 1
+            log.debug("dropped post: unknown or expired session")
+            return []
+        session.expires = now + self.lease
+        try:
+            room = p.check_room(post.room)
+            if room not in session.rooms:
+                raise LocalProtocolError(f"you are not in room {room!r}: join it first")
+            p.check_text(post.text)
+            if post.id is not None and len(post.id) > p.MAX_ID_CHARS:
+                raise LocalProtocolError(f"message id longer than {p.MAX_ID_CHARS} characters")
+        except LocalProtocolError as exc:
+            # The sender's fault, but it has a session: tell it on its inbox topic.
+            self.counters.rejected += 1
+            return [self._inbox_error(session, "rejected", str(exc), post.room, post.id)]
+        self.counters.received += 1
+        kind = post.kind
+        return [self._room_event(room, kind, session.nick, post.text, id=post.id)]
+
+    # --- subscriptions (XPUB) -------------------------------------------------------------
+
+    def subscription(self, msg: bytes) -> list[Publish]:
+        """A subscription message from the feed socket; probe topics are answered at once."""
+        if not msg or msg[0] not in (0, 1):
+            return self._drop("malformed subscription message")
+        topic = msg[1:]
+        if msg[0] == 1 and p.is_probe_topic(topic):
+            ev = p.Event(0, self._ts(), "", "ready", p.SYSTEM_NICK, "subscriptions are live")
+            return [self._publish(topic, ev)]
+        return []
+
+    # --- rpc (ROUTER) -----------------------------------------------------------------------
+
+    def request(self, frames: Sequence[bytes], now: float) -> tuple[list[bytes] | None, list[Publish]]:
+        """One message from the rpc socket: ``[identity…, b"", json]``.
+
+        Returns the reply frames (``None`` when the message cannot be addressed) and events.
+        """
+        if len(frames) < 3 or frames[-2] != b"":
+            self._drop(f"rpc message without an envelope ({len(frames)} frames)")
+            return None, []
+        envelope = list(frames[:-1])
+        try:
+            req = p.decode_request(frames[-1])
+        except RemoteProtocolError as exc:
+            self._drop(str(exc))
+            return [*envelope, p.encode(_error(None, "bad_request", str(exc)))], []
+        self.counters.requests += 1
+        # A lapsed lease must not keep a nick taken, so sweep before any hello.
+        lapsed = self.expire(now) if isinstance(req, p.Hello) else []
+        try:
+            reply, events = self._dispatch(req, now)
+        except LocalProtocolError as exc:
+            code = getattr(exc, "code", "invalid")
+            reply, events = _error(req.req, code, str(exc)), []
+        return [*envelope, p.encode(reply)], lapsed + events
+
+    def _dispatch(self, req: p.Request, now: float) -> tuple[dict[str, object], list[Publish]]:
+        if isinstance(req, p.Hello):
+            return self._hello(req, now)
+        if isinstance(req, p.Who):
+            room = p.check_room(req.room)
+            return _ok(req, room=room, nicks=self.members(room)), []
+        if isinstance(req, p.Stats):
+            return _ok(req, **self.stats(now)), []
+        session = self._live(req.token, now)
+        session.expires = now + self.lease
+        if isinstance(req, p.Heartbeat):
+            return _ok(req), []
+        if isinstance(req, p.Join):
+            room = p.check_room(req.room)
+            if room in session.rooms:
+                return _ok(req, room=room, seq=self.seq(room)), []
+            if len(session.rooms) >= p.MAX_ROOMS:
+                raise _Code("too_many_rooms", f"at most {p.MAX_ROOMS} rooms per session")
+            ev = self._join(session, room)
+            return _ok(req, room=room, seq=self.seq(room)), [ev]
+        if isinstance(req, p.Part):
+            room = p.check_room(req.room)
+            if room not in session.rooms:
+                raise _Code("not_in_room", f"you are not in room {room!r}")
+            return _ok(req, room=room), [self._part(session, room, "part", f"{session.nick} left (part)")]
+        assert isinstance(req, p.Leave)
+        return _ok(req), self._end(session, "quit", req.reason[:_MAX_REASON_CHARS])
+
+    def _live(self, token: str, now: float) -> Session:
+        session = self._sessions.get(token)
+        if session is None or session.expires <= now:
+            raise _Code("unknown_session", "unknown or expired session: say hello again")
+        return session
+
+    def _hello(self, req: p.Hello, now: float) -> tuple[dict[str, object], list[Publish]]:
+        nick = p.check_nick(req.nick)
+        rooms = list(dict.fromkeys(p.check_room(r) for r in req.rooms))
+        if len(rooms) > p.MAX_ROOMS:
+            raise _Code("too_many_rooms", f"at most {p.MAX_ROOMS} rooms per session")
+        if nick.lower() in self._by_nick:
+            raise _Code("nick_taken", f"nick {nick!r} is in use by a live session")
+        session = Session(self._new_token(), nick, set(), now + self.lease)
+        self._sessions[session.token] = session
+        self._by_nick[nick.lower()] = session
+        self._next_sweep = min(self._next_sweep, session.expires)
+        self.counters.joins += 1
+        log.info("%s joined %s", nick, ", ".join(rooms) or "(no rooms)")
+        events = [self._join(session, room) for room in rooms]
+        reply = _ok(
+            req,
+            token=session.token,
+            nick=nick,
+            rooms={room: self.seq(room) for room in rooms},
+            heartbeat_ms=int(self.heartbeat_interval * 1000),
+            lease_ms=int(self.lease * 1000),
+            max_text_bytes=p.MAX_TEXT_BYTES,
+        )
+        return reply, events
+
+    # --- leases and shutdown ----------------------------------------------------------------
+
+    def expire(self, now: float) -> list[Publish]:
+        """End every session whose lease ran out before ``now``."""
+        if now < self._next_sweep:
+            return []
+        lapsed = [s for s in self._sessions.values() if s.expires <= now]
+        events: list[Publish] = []
+        for session in lapsed:
+            self.counters.timeouts += 1
+            events += self._end(session, "timed out", "")
+        self._next_sweep = min((s.expires for s in self._sessions.values()), default=math.inf)
+        return events
+
+    def shutdown(self) -> list[Publish]:
+        """The notice every room gets when the broker stops."""
+        text = "the broker is shutting down"
+        return [self._room_event(room, "system", p.SYSTEM_NICK, text, reason="shutdown") for room in self._rooms]
+
+    def stats(self, now: float) -> dict[str, object]:
+        return {
+            "uptime_s": round(now - self.started, 3),
+            "sessions": len(self._sessions),
+            "rooms": len(self._rooms),
+            **vars(self.counters),
+        }
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _join(self, session: Session, room: str) -> Publish:
+        session.rooms.add(room)
+        self._rooms.setdefault(room, _Room()).members[session.nick.lower()] = session
+        return self._room_event(room, "join", session.nick, f"{session.nick} joined")
+
+    def _part(self, session: Session, room: str, reason: str, text: str) -> Publish:
+        session.rooms.discard(room)
+        self._rooms[room].members.pop(session.nick.lower(), None)
+        return self._room_event(room, "leave", session.nick, text, reason=reason)
+
+    def _end(self, session: Session, reason: str, message: str) -> list[Publish]:
+        del self._sessions[session.token]
+        del self._by_nick[session.nick.lower()]
+        self.counters.leaves += 1
+        log.info("%s left (%s)", session.nick, reason)
+        detail = f"{reason}: {message}" if message and message != reason else reason
+        text = f"{session.nick} left ({detail})"
+        return [self._part(session, room, reason, text) for room in sorted(session.rooms)]
+
+    def _room_event(self, room: str, kind: str, nick: str, text: str, **extra: str | None) -> Publish:
+        r = self._rooms.setdefault(room, _Room())
+        r.seq += 1
+        ev = p.Event(r.seq, self._ts(), room, kind, nick, text, **extra)
+        return self._publish(p.room_topic(room), ev)
+
+    def _inbox_error(self, session: Session, code: str, text: str, room: str, ref: str | None) -> Publish:
+        room = room if room in session.rooms else ""
+        ev = p.Event(0, self._ts(), room, "error", p.SYSTEM_NICK, text, id=ref, code=code)
+        return self._publish(p.inbox_topic(session.nick), ev)
+
+    def _publish(self, topic: bytes, ev: p.Event) -> Publish:
+        self.counters.published += 1
+        return topic, p.encode(ev)
+
+    def _ts(self) -> str:
+        return p.format_ts(self._wallclock())
+
+    def _drop(self, why: str) -> list[Publish]:
+        self.counters.dropped_malformed += 1
+        log.debug("dropped: %s", why)
+        return []
+
+
+class _Code(LocalProtocolError):
+    """A refusal with a machine-readable code for the error reply."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def _ok(req: p.Request, **fields: object) -> dict[str, object]:
+    return {"type": req.__struct_config__.tag, "ok": True, "req": req.req, **fields}
+
+
+def _error(req_id: str | None, code: str, reason: str) -> dict[str, object]:
+    return {"type": "error", "ok": False, "req": req_id, "code": code, "error": reason}

@@ -1,0 +1,37 @@
+"""ZeroMQ plumbing shared by the broker and the clients: the libzmq version gate and socket setup.
+
+This module owns the few facts about libzmq that both ends rely on: the minimum version, how an
+endpoint needs IPv6 switched on, and closing sockets without lingering. It holds no sockets and
+knows nothing of the zchat protocol.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from zchat.errors import ZChatError
+
+__all__ = ["MIN_LIBZMQ", "require_libzmq", "socket"]
+
+#: 4.3.5 fixes the CVEs of older libzmq and is what the tests run against.
+MIN_LIBZMQ = (4, 3, 5)
+
+
+def require_libzmq() -> None:
+    """Refuse to run on a libzmq older than :data:`MIN_LIBZMQ`."""
+    have = zmq.zmq_version_info()
+    if have < MIN_LIBZMQ:
+        need = ".".join(map(str, MIN_LIBZMQ))
+        raise ZChatError(f"zchat needs libzmq >= {need}; pyzmq here uses {zmq.zmq_version()}")
+
+
+def socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, **options: int) -> zmq.Socket[bytes]:
+    """A socket of ``kind`` with ``options`` set (``LINGER`` 0 unless given), IPv6 on if the
+    endpoint needs it. The caller binds or connects it."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, options.pop("LINGER", 0))
+    if endpoint.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
+    for name, value in options.items():
+        sock.setsockopt(getattr(zmq, name), value)
+    return sock
