@@ -111,6 +111,7 @@ class BrokerProcess:
     proc: subprocess.Popen[str]
     endpoints: Endpoints
     log: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     @property
     def args(self) -> list[str]:
@@ -119,9 +120,19 @@ class BrokerProcess:
         return ["--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
 
     def stop(self, timeout: float = 5.0) -> int:
+        """Terminate (if still running), reap, and close the log pipe; returns the exit code."""
         if self.proc.poll() is None:
             self.proc.terminate()
-        return self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        if self.reader is not None:
+            self.reader.join(timeout)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return code
 
 
 def start_broker_process(
@@ -159,20 +170,19 @@ def start_broker_process(
                 found.set()
         found.set()  # the process ended
 
-    threading.Thread(target=pump, daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     if not found.wait(10) or not result:
-        proc.kill()
+        BrokerProcess(proc, LOOPBACK_ANY, log, reader).stop()
         raise AssertionError("broker did not start: " + "".join(log))
-    return BrokerProcess(proc, result[0], log)
+    return BrokerProcess(proc, result[0], log, reader)
 
 
 @pytest.fixture
 def broker_proc() -> Iterator[BrokerProcess]:
     bp = start_broker_process()
     yield bp
-    if bp.proc.poll() is None:
-        bp.proc.kill()
-        bp.proc.wait()
+    bp.stop()
 
 
 def child_env() -> dict[str, str]:

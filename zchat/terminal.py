@@ -4,18 +4,27 @@ Two threads, sharing nothing but messages. The network thread owns the :class:`C
 all socket work: it prints events and runs the lines it is handed. The input thread (the main
 one) only reads lines, with prompt_toolkit on a terminal or from stdin otherwise, and hands them
 over an ``inproc://`` PAIR socket, which also wakes the network thread's poll at once. On a
-terminal, output goes through ``patch_stdout`` so it is printed above the input line, never
-through it. Protocol rules and rendering live elsewhere; this module owns the conversation.
+terminal, output goes through ``patch_stdout`` so it is printed above the input line (whose
+prompt names the current room), never through it. ``/quit``, ``exit``, Ctrl-D and Ctrl-C all
+leave the same way: the network thread flushes what was typed, then the client says goodbye.
+Should the network thread die of a bug, the prompt ends and :func:`run` re-raises its error
+rather than leave the user typing into nothing. Protocol rules and rendering live elsewhere;
+this module owns the conversation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sys
 import threading
+from collections.abc import Callable
 
 import zmq
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import Application
+from prompt_toolkit.output import create_output
+from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from zchat import render
@@ -34,29 +43,68 @@ commands:
 
 _QUIT = b"quit"
 _LINE = b"line"
+#: How often a hand-over blocked on a full queue checks that the network thread still lives.
+_HANDOVER_CHECK_MS = 100
+
+
+class _Network(threading.Thread):
+    """The network thread: events out, lines in. Its failure, if any, is kept in ``error``."""
+
+    def __init__(self, client: Client, address: str, on_death: Callable[[], None]) -> None:
+        super().__init__(name="zchat-network")
+        self.client = client
+        self.address = address
+        self.on_death = on_death
+        self.reason = "quit"
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            _network(self)
+        except BaseException as exc:  # a bug: run() re-raises it in the main thread
+            self.error = exc
+            self.on_death()
 
 
 def run(client: Client, *, plain: bool) -> None:
     """Chat until the user quits; ``client`` must be connected and is closed on return."""
     address = f"inproc://zchat-terminal-{secrets.token_hex(4)}"
+    session = None if plain else _session()
+    network = _Network(client, address, lambda: session and _end_prompt(session.app))
     with client.context.socket(zmq.PAIR) as to_network:
         to_network.setsockopt(zmq.LINGER, 0)
+        to_network.setsockopt(zmq.SNDTIMEO, _HANDOVER_CHECK_MS)
         to_network.bind(address)
-        reason: list[str] = []
-        network = threading.Thread(target=_network, args=(client, address, reason), name="zchat-network")
+
+        def hand_over(what: bytes, data: str) -> None:
+            """Give the network thread a line or the quit; never hangs if that thread is gone."""
+            while network.is_alive():
+                with contextlib.suppress(zmq.Again):
+                    to_network.send_multipart([what, data.encode("utf-8", "surrogateescape")])
+                    return
+
         network.start()
         try:
-            if plain:
-                _read_plain(to_network)
+            if session is None:
+                _read_plain(hand_over)
             else:
-                _read_tty(client, to_network, network)
-        except KeyboardInterrupt:
-            to_network.send_multipart([_QUIT, b"quit"])
+                _read_tty(client, session, hand_over, network)
+        except KeyboardInterrupt:  # Ctrl-C outside the prompt (or anywhere in plain mode)
+            hand_over(_QUIT, "quit")
         finally:
-            network.join()
+            _join(network)
     # Only now, with the network thread gone and the inproc sockets closed, may the client
     # (which may own the context) be closed.
-    client.close(reason[0] if reason else "quit")
+    client.close(network.reason)
+    if network.error is not None:
+        raise network.error
+
+
+def _join(network: threading.Thread) -> None:
+    """Wait for the network thread (bounded by its flush); a Ctrl-C now cannot hurry it."""
+    while network.is_alive():
+        with contextlib.suppress(KeyboardInterrupt):
+            network.join()
 
 
 def _quit_reason(line: str) -> str | None:
@@ -69,42 +117,76 @@ def _quit_reason(line: str) -> str | None:
     return None
 
 
-def _read_plain(to_network: zmq.Socket[bytes]) -> None:
+def _read_plain(hand_over: Callable[[bytes, str], None]) -> None:
     for raw in sys.stdin:
         line = raw.rstrip("\r\n")
         if (reason := _quit_reason(line)) is not None:
-            to_network.send_multipart([_QUIT, reason.encode()])
+            hand_over(_QUIT, reason)
             return
-        to_network.send_multipart([_LINE, line.encode("utf-8", "surrogateescape")])
-    to_network.send_multipart([_QUIT, b"quit"])
+        hand_over(_LINE, line)
+    hand_over(_QUIT, "quit")
 
 
-def _read_tty(client: Client, to_network: zmq.Socket[bytes], network: threading.Thread) -> None:
-    session: PromptSession[str] = PromptSession()
+def _session() -> PromptSession[str]:
+    output = create_output()
+    if isinstance(output, Vt100_Output):
+        # Cursor position requests only help place drop-down menus, and this prompt has none.
+        # Without them nothing waits for (or warns about) a terminal that never answers, and a
+        # late answer on a slow link cannot land in the input as "^[[5;1R".
+        output.enable_cpr = False
+    return PromptSession(output=output)
+
+
+def _prompt(client: Client) -> str:
+    room = f"#{client.rooms[0]} " if client.rooms else ""
+    return f"{room}{client.nick}> "
+
+
+def _read_tty(
+    client: Client, session: PromptSession[str], hand_over: Callable[[bytes, str], None], network: threading.Thread
+) -> None:
+    def check_network() -> None:  # runs once the prompt is up: closes the race with _end_prompt
+        if not network.is_alive():
+            _exit_app(session.app)
+
     with patch_stdout():
         print(f"-- joined {', '.join('#' + r for r in client.rooms)} as {client.nick}; /help for commands")
         while network.is_alive():
             try:
-                line = session.prompt(f"{client.nick}> ")
-            except EOFError:
+                line = session.prompt(lambda: _prompt(client), pre_run=check_network)
+            except (EOFError, KeyboardInterrupt):  # Ctrl-D on an empty line, Ctrl-C
                 line = "/quit"
             if (reason := _quit_reason(line)) is not None:
-                to_network.send_multipart([_QUIT, reason.encode()])
+                hand_over(_QUIT, reason)
                 return
-            to_network.send_multipart([_LINE, line.encode("utf-8", "surrogateescape")])
+            hand_over(_LINE, line)
 
 
-def _network(client: Client, address: str, reason: list[str]) -> None:
+def _end_prompt(app: Application[str]) -> None:
+    """From another thread: end the running prompt as Ctrl-D would (if one is running)."""
+    loop = app.loop
+    if loop is not None:
+        with contextlib.suppress(RuntimeError):  # that prompt's loop has just closed
+            loop.call_soon_threadsafe(_exit_app, app)
+
+
+def _exit_app(app: Application[str]) -> None:
+    if app.future is not None and not app.is_done:
+        app.exit(exception=EOFError())
+
+
+def _network(network: _Network) -> None:
     """Show events and run lines until the input side says quit (its reason goes in ``reason``)."""
+    client = network.client
     with client.context.socket(zmq.PAIR) as from_input:
         from_input.setsockopt(zmq.LINGER, 0)
-        from_input.connect(address)
+        from_input.connect(network.address)
         while True:
             _show_events(client.poll(1.0, also=[from_input]), client)
             while from_input.poll(0):
                 what, data = from_input.recv_multipart()
                 if what == _QUIT:
-                    reason.append(data.decode("utf-8", "replace"))
+                    network.reason = data.decode("utf-8", "replace")
                     _flush(client)
                     return
                 _command(client, data.decode("utf-8", "replace"))
@@ -146,7 +228,3 @@ def _command(client: Client, line: str) -> None:
             _show(f"!! unknown command /{render.inert(name)}: /help lists the commands")
     except ZChatError as exc:
         _show(f"!! {exc}")
-
-
-def _show(line: str) -> None:
-    print(line, flush=True)

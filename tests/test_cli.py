@@ -1,0 +1,222 @@
+"""The `zchat` command line as users and shell pipelines run it: real processes, real broker."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import ZCHAT, ClientFactory, ThreadBroker, child_env, collect, start_broker_process, wait_for
+
+from zchat.client import Client
+
+
+def free_port() -> int:
+    """A base port whose three ports (port, port+1, port+2) nobody listens on right now."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < 65000:
+            return port
+
+
+class Lines:
+    """Reads a child's stdout in a thread so the test can wait for lines with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        stream = proc.stdout
+        def pump() -> None:
+            for line in stream:
+                self.queue.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def get(self, timeout: float = 5.0) -> str:
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output line in {timeout} s") from None
+
+
+@pytest.fixture
+def tail(broker: ThreadBroker) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
+    e = broker.endpoints
+    cmd = [*ZCHAT, "tail", "--json", "--room", "general", "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env()) as proc:
+        try:
+            yield proc, Lines(proc)
+        finally:
+            proc.kill()
+
+
+def until_live(lines: Lines, connect: ClientFactory) -> list[dict[str, object]]:
+    """Speak until `tail` prints what was said: from then on it is surely subscribed."""
+    warm = connect("warmup")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        warm.say("warming up")
+        try:
+            event = json.loads(lines.get(timeout=0.3))
+        except AssertionError:
+            continue
+        return [event]
+    raise AssertionError("tail never showed the feed")
+
+
+def test_tail_json_prints_event_objects(tail: tuple[subprocess.Popen[str], Lines], connect: ClientFactory) -> None:
+    _, lines = tail
+    until_live(lines, connect)
+    alice = connect("alice")
+    alice.say('hi "there"\nsecond line')
+    alice.me("waves")
+    events: list[dict[str, object]] = []
+    while not events or events[-1].get("kind") != "action":
+        events.append(json.loads(lines.get()))
+    message = next(e for e in events if e.get("kind") == "message" and e["nick"] == "alice")
+    assert message["text"] == 'hi "there"\nsecond line'
+    assert message["room"] == "general"
+    assert isinstance(message["seq"], int) and message["seq"] > 0
+    assert isinstance(message["ts"], str)
+    assert time.strptime(message["ts"][:19], "%Y-%m-%dT%H:%M:%S") and message["ts"].endswith("Z")
+    assert len(message["ts"]) == len("2026-11-21T10:00:00.123Z")
+    assert events[-1]["text"] == "waves" and events[-1]["nick"] == "alice"
+    joins = [e for e in events if e.get("kind") == "join"]
+    assert joins and joins[-1]["text"] == "alice joined"
+
+
+def test_say_pipes_30_lines_in_order_with_consecutive_seq(broker: ThreadBroker, connect: ClientFactory) -> None:
+    observer = connect("observer")
+    e = broker.endpoints
+    text = "".join(f"line {n}\n" for n in range(1, 31))
+    cmd = [*ZCHAT, "say", "--nick", "bob", "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
+    done = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=30, env=child_env())
+    assert done.returncode == 0, done.stderr
+    got = collect(observer, 30, lambda ev: ev.kind == "message" and ev.nick == "bob")
+    assert [ev.text for ev in got] == [f"line {n}" for n in range(1, 31)]
+    assert [ev.seq for ev in got] == list(range(got[0].seq, got[0].seq + 30))
+    assert wait_for(observer, lambda ev: ev.kind == "leave").text == "bob left (quit)"
+
+
+def test_say_text_argument_and_env_vars(broker: ThreadBroker, connect: ClientFactory) -> None:
+    observer = connect("observer", ["dev"])
+    e = broker.endpoints
+    env = {**child_env(), "ZCHAT_NICK": "envbot", "ZCHAT_INGEST": e.ingest, "ZCHAT_FEED": e.feed, "ZCHAT_RPC": e.rpc}
+    done = subprocess.run(
+        [*ZCHAT, "say", "--room", "#Dev", "deploy done"], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    got = wait_for(observer, lambda ev: ev.kind == "message")
+    assert (got.nick, got.text, got.room) == ("envbot", "deploy done", "dev")
+
+
+def test_say_refused_line_exits_1_with_one_line(broker: ThreadBroker) -> None:
+    e = broker.endpoints
+    cmd = [*ZCHAT, "say", "--nick", "bob", "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
+    done = subprocess.run(
+        cmd, input="ok\n" + "x" * 5000 + "\n", capture_output=True, text=True, timeout=30, env=child_env()
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "line 2 not sent: message too long" in done.stderr
+
+
+def test_invalid_nick_is_a_usage_level_error(broker: ThreadBroker) -> None:
+    e = broker.endpoints
+    done = subprocess.run(
+        [*ZCHAT, "say", "--nick", "bad nick!", "--rpc", e.rpc, "hi"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env(),
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "Error: invalid nick 'bad nick!': 1-24 characters: a letter, then letters, digits, '_' or '-'"
+    ]
+
+
+def test_duplicate_nick_refused_by_cli(broker: ThreadBroker, connect: ClientFactory) -> None:
+    connect("alice")
+    e = broker.endpoints
+    cmd = [*ZCHAT, "say", "--nick", "ALICE", "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc, "hi"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=child_env())
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: nick 'ALICE' is in use by a live session"
+
+
+@pytest.mark.parametrize("command", [["say", "--nick", "bob", "hi"], ["tail"], ["tail", "--json"]])
+def test_no_broker_exits_1_fast_with_one_line(command: list[str]) -> None:
+    start = time.monotonic()
+    done = subprocess.run(
+        [*ZCHAT, *command, "--port", str(free_port())], capture_output=True, text=True, timeout=30, env=child_env()
+    )
+    elapsed = time.monotonic() - start
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot reach the zchat broker at tcp://127.0.0.1:")
+    assert done.stdout == ""
+    assert elapsed < 5
+
+
+def test_broker_port_in_use_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*ZCHAT, "broker", "--port", str(port)], capture_output=True, text=True, timeout=30, env=child_env()
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(f"Error: cannot bind tcp://127.0.0.1:{port}")
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_notice_reaches_clients_and_broker_exits_0(sig: signal.Signals) -> None:
+    bp = start_broker_process()
+    try:
+        with Client("alice", ["general", "dev"], endpoints=bp.endpoints) as alice:
+            start = time.monotonic()
+            bp.proc.send_signal(sig)
+            notices = collect(alice, 2, lambda ev: ev.kind == "system")
+            assert {n.room for n in notices} == {"general", "dev"}
+            assert all(n.reason == "shutdown" and n.nick == "*" for n in notices)
+            assert notices[0].text == "the broker is shutting down"
+            assert bp.proc.wait(timeout=5) == 0
+            assert time.monotonic() - start < 2
+    finally:
+        bp.stop()
+
+
+def test_killed_client_times_out_and_frees_its_nick(broker: ThreadBroker, connect: ClientFactory) -> None:
+    observer = connect("observer")
+    e = broker.endpoints
+    cmd = [*ZCHAT, "join", "--nick", "victim", "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
+    with subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env()
+    ) as victim:
+        try:
+            wait_for(observer, lambda ev: ev.kind == "join" and ev.nick == "victim")
+            victim.kill()  # SIGKILL: no leave is ever sent
+            left = wait_for(observer, lambda ev: ev.kind == "leave" and ev.nick == "victim")
+            assert left.text == "victim left (timed out)" and left.reason == "timed out"
+        finally:
+            victim.kill()
+    assert "victim" not in observer.who()
+    again = connect("victim")
+    assert again.state == "connected"
+
+
+def test_python_dash_m_and_help() -> None:
+    for command in ([], ["broker"], ["join"], ["tail"], ["say"]):
+        done = subprocess.run([*ZCHAT, *command, "--help"], capture_output=True, text=True, timeout=30, env=child_env())
+        assert done.returncode == 0 and "Usage: zchat" in done.stdout
