@@ -19,6 +19,7 @@ import zmq
 from zchat.broker import Broker
 from zchat.client import Client
 from zchat.protocol import Endpoints, Event
+from zchat.store import Store
 
 #: Heartbeat used by test brokers: a lease lapses after 3 missed ones (0.9 s).
 TEST_HEARTBEAT = 0.3
@@ -36,7 +37,8 @@ class ThreadBroker:
     """A Broker serving from a background thread of the test process."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], heartbeat: float = TEST_HEARTBEAT) -> None:
-        self.broker = Broker(LOOPBACK_ANY, context=ctx, heartbeat_interval=heartbeat)
+        self.store = Store(":memory:")
+        self.broker = Broker(LOOPBACK_ANY, context=ctx, heartbeat_interval=heartbeat, store=self.store)
         self.endpoints = self.broker.bind()
         self.thread = threading.Thread(target=self.broker.run, name="test-broker")
         self.thread.start()
@@ -47,6 +49,7 @@ class ThreadBroker:
             self.thread.join(5)
             assert not self.thread.is_alive(), "broker did not stop"
             self.broker.close()
+            self.store.close()
 
 
 @pytest.fixture
@@ -136,23 +139,12 @@ class BrokerProcess:
 
 
 def start_broker_process(
-    *extra: str, heartbeat: float = TEST_HEARTBEAT, endpoints: Endpoints = LOOPBACK_ANY
+    *extra: str, heartbeat: float = TEST_HEARTBEAT, endpoints: Endpoints = LOOPBACK_ANY, db: str = ":memory:"
 ) -> BrokerProcess:
     """Start `zchat broker` and wait (bounded) for its "listening" log line."""
     e = endpoints
-    cmd = [
-        *ZCHAT,
-        "broker",
-        "--ingest",
-        e.ingest,
-        "--feed",
-        e.feed,
-        "--rpc",
-        e.rpc,
-        "--heartbeat",
-        str(heartbeat),
-        *extra,
-    ]
+    cmd = [*ZCHAT, "broker", "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
+    cmd += ["--heartbeat", str(heartbeat), "--db", db, *extra]
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env()
     )

@@ -34,6 +34,7 @@ class Bot:
     """
 
     def __init__(self, nick: str, rooms: Iterable[str] = ("general",), **client_options: Any) -> None:
+        self.nick = nick
         self.client = Client(nick, rooms, **client_options)
         self._handlers: list[Handler] = []
         self._stopping = False
@@ -59,7 +60,7 @@ class Bot:
                     break
 
     def dispatch(self, event: Event) -> None:
-        if event.kind not in ("message", "action") or event.nick.lower() == self.client.nick.lower():
+        if event.kind not in ("message", "action") or event.nick.lower() == self.nick.lower():
             return
         for handler in self._handlers:
             try:

@@ -21,6 +21,7 @@ import zmq
 from zchat import transport
 from zchat.core import BrokerCore, Publish
 from zchat.protocol import MAX_FRAME_BYTES, Endpoints
+from zchat.store import Store
 
 __all__ = ["Broker"]
 
@@ -34,6 +35,11 @@ BATCH = 1024
 FEED_HWM = 10_000
 #: How long the shutdown notice may take to leave, within the 1 s exit budget.
 SHUTDOWN_LINGER_MS = 500
+#: Seconds between two heartbeats on the feed. Sent even when the feed is busy: a client whose
+#: own rooms are quiet must still hear that the broker lives.
+FEED_HEARTBEAT = 1.0
+#: Seconds between two prunings of the dedupe window.
+HOUSEKEEPING_INTERVAL = 60.0
 
 
 class Broker:
@@ -46,14 +52,22 @@ class Broker:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         heartbeat_interval: float = 2.0,
         missed_heartbeats: int = 3,
+        store: Store | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         transport.require_libzmq()
         self.endpoints = endpoints
+        self.store = store
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         self._clock = clock
-        self.core = BrokerCore(clock(), heartbeat_interval=heartbeat_interval, missed_heartbeats=missed_heartbeats)
+        self.core = BrokerCore(
+            clock(), heartbeat_interval=heartbeat_interval, missed_heartbeats=missed_heartbeats, store=store
+        )
+        # Replies wait until the batch they belong to is stored and published, so that every
+        # seq a client hears of in a reply can already be fetched from history.
+        self._replies: list[list[bytes]] = []
+        self._next_beat = clock()
         # stop() may be called from a signal handler or another thread; a byte on this pair
         # wakes the poll loop, which alone touches the ZeroMQ sockets.
         self._wake_r, self._wake_w = stdsocket.socketpair()
@@ -121,9 +135,11 @@ class Broker:
             poller.register(sock, zmq.POLLIN)
         wake = self._wake_r.fileno()
         poller.register(wake, zmq.POLLIN)
+        next_housekeeping = clock() + HOUSEKEEPING_INTERVAL
         while True:
             now = clock()
-            ready = dict(poller.poll(_timeout_ms(core.next_expiry() - now)))
+            timer = min(core.next_expiry(), self._next_beat, next_housekeeping)
+            ready = dict(poller.poll(_timeout_ms(timer - now)))
             if wake in ready:
                 break
             now = clock()
@@ -135,8 +151,14 @@ class Broker:
             if self.feed in ready:
                 out += self._drain(self.feed, self._subscription, now)
             out += core.expire(now)
-            self._publish(out)
-        self._publish(core.shutdown())
+            if now >= self._next_beat:
+                out.append(core.heartbeat())
+                self._next_beat = now + FEED_HEARTBEAT
+            if now >= next_housekeeping:
+                core.housekeeping()
+                next_housekeeping = now + HOUSEKEEPING_INTERVAL
+            self._commit_and_publish(out)
+        self._commit_and_publish(core.shutdown())
         self.feed.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         log.info("zchat broker stopped")
 
@@ -159,16 +181,28 @@ class Broker:
     def _reply(self, frames: list[bytes], now: float) -> list[Publish]:
         reply, events = self.core.request(frames, now)
         if reply is not None:
-            self.rpc.send_multipart(reply)
+            self._replies.append(reply)
         return events
 
     def _subscription(self, frames: list[bytes], now: float) -> list[Publish]:
         return self.core.subscription(frames[0])
 
-    def _publish(self, out: list[Publish]) -> None:
+    def _commit_and_publish(self, out: list[Publish]) -> None:
+        """Store the batch in one transaction, then publish it, then send its replies."""
+        if self.store is not None and self.store.staged:
+            try:
+                self.store.commit()
+            except Exception:
+                # Publishing what is not stored would break "history has all the feed had";
+                # clients see the hole as a gap, named by a marker when they repair it.
+                log.exception("could not store a batch of %d events; not publishing it", len(out))
+                out = []
         send = self.feed.send_multipart
         for topic, payload in out:
             send((topic, payload))
+        for reply in self._replies:
+            self.rpc.send_multipart(reply)
+        self._replies.clear()
 
 
 def _timeout_ms(seconds: float) -> int:

@@ -13,6 +13,7 @@ import logging
 import os
 import select
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -23,8 +24,9 @@ import zmq
 from zchat import protocol as p
 from zchat import render
 from zchat.broker import Broker
-from zchat.client import Client, Feed
-from zchat.errors import ZChatError
+from zchat.client import Client
+from zchat.errors import LocalProtocolError, ZChatError
+from zchat.store import DEFAULT_HISTORY_LIMIT, Store
 from zchat.terminal import run
 
 __all__ = ["cli", "main"]
@@ -32,6 +34,9 @@ __all__ = ["cli", "main"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
+DEFAULT_DB = os.path.join(click.get_app_dir("zchat"), "history.sqlite3")
+
+log = logging.getLogger("zchat.broker")
 
 
 def endpoint_options(f: F) -> F:
@@ -114,6 +119,20 @@ def cli() -> None:
 @cli.command("broker")
 @endpoint_options
 @click.option(
+    "--db",
+    default=DEFAULT_DB,
+    show_default=True,
+    metavar="PATH",
+    help="SQLite file for history and dedupe (WAL mode); ':memory:' for a throwaway broker.",
+)
+@click.option(
+    "--history-limit",
+    type=click.IntRange(1),
+    default=DEFAULT_HISTORY_LIMIT,
+    show_default=True,
+    help="Events kept per room; older ones are deleted.",
+)
+@click.option(
     "--heartbeat",
     type=click.FloatRange(0.05, 60),
     default=2.0,
@@ -127,15 +146,24 @@ def cli() -> None:
     show_default=True,
     help="Logging threshold (logs go to stderr).",
 )
-def broker_cmd(heartbeat: float, log_level: str, **kw: Any) -> None:
+def broker_cmd(db: str, history_limit: int, heartbeat: float, log_level: str, **kw: Any) -> None:
     """Run a broker: bind the ingest, feed and rpc sockets and serve until SIGINT/SIGTERM."""
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    with _clear_errors(), Broker(_endpoints(kw), heartbeat_interval=heartbeat) as broker:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: broker.stop())
-        broker.run()
+    with _clear_errors():
+        try:
+            store = Store(db, history_limit=history_limit)
+        except (OSError, sqlite3.Error) as exc:
+            raise ZChatError(f"cannot open the history store {db}: {exc}") from None
+        try:
+            with Broker(_endpoints(kw), heartbeat_interval=heartbeat, store=store) as broker:
+                log.info("history: %s (keeping %d events a room); epoch %s", db, history_limit, broker.core.epoch)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, lambda *_: broker.stop())
+                broker.run()
+        finally:
+            store.close()
 
 
 @cli.command("join")
@@ -149,11 +177,18 @@ def broker_cmd(heartbeat: float, log_level: str, **kw: Any) -> None:
     help="Room to join (repeat for several); the first is the current room.",
 )
 @click.option("--plain", is_flag=True, help="Plain line mode even on a terminal (the default without one).")
+@click.option(
+    "--backlog",
+    type=click.IntRange(0, p.MAX_HISTORY),
+    default=50,
+    show_default=True,
+    help="Earlier messages to show from each room's history on joining.",
+)
 @client_options
-def join_cmd(nick: str, rooms: tuple[str, ...], plain: bool, timeout: float, **kw: Any) -> None:
+def join_cmd(nick: str, rooms: tuple[str, ...], plain: bool, backlog: int, timeout: float, **kw: Any) -> None:
     """Chat interactively. Type a line to send it; /help lists the commands."""
     with _clear_errors():
-        client = Client(nick, rooms, endpoints=_endpoints(kw), timeout=timeout).connect()
+        client = Client(nick, rooms, endpoints=_endpoints(kw), timeout=timeout, backlog=backlog).connect()
         run(client, plain=plain or not (sys.stdin.isatty() and sys.stdout.isatty()))
 
 
@@ -167,39 +202,39 @@ def join_cmd(nick: str, rooms: tuple[str, ...], plain: bool, timeout: float, **k
     help="Room to follow (repeat for several).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line (JSON Lines), exactly as published.")
+@click.option(
+    "--backlog",
+    type=click.IntRange(0, p.MAX_HISTORY),
+    default=0,
+    show_default=True,
+    help="Earlier events to print from each room's history first.",
+)
+@click.option("--since", type=click.IntRange(0), metavar="SEQ", help="Print every stored event after SEQ first.")
 @client_options
-def tail_cmd(rooms: tuple[str, ...], as_json: bool, timeout: float, **kw: Any) -> None:
-    """Print a room's feed as it happens, until interrupted."""
+def tail_cmd(rooms: tuple[str, ...], as_json: bool, backlog: int, since: int | None, timeout: float, **kw: Any) -> None:
+    """Print rooms' events as they happen, in order and without gaps, until interrupted."""
     with _clear_errors():
-        names = [p.check_room(p.normalize_room(r)) for r in rooms]
-        endpoints = _endpoints(kw)
-        with zmq.Context() as ctx:
-            feed = Feed(ctx, endpoints.feed, map(p.room_topic, names))
-            try:
-                _print_feed(feed, feed.wait_live(timeout), as_json, len(names) > 1)
-                while True:
-                    if feed.socket.poll(1000):
-                        _print_feed(feed, feed.drain(), as_json, len(names) > 1)
-            except KeyboardInterrupt:
-                pass
-            finally:
-                feed.close()
+        reader = Client(None, rooms, endpoints=_endpoints(kw), timeout=timeout, backlog=backlog, since=since)
+        reader.connect()
+        show_room = len(reader.rooms) > 1
+        try:
+            while True:
+                for event in reader.poll(1.0):
+                    _echo(p.encode(event).decode() if as_json else render.format_event(event, show_room=show_room))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            reader.close()
 
 
-def _print_feed(feed: Feed, messages: list[tuple[bytes, bytes]], as_json: bool, show_room: bool) -> None:
-    for _topic, payload in messages:
-        try:
-            event = p.decode_event(payload)
-        except ZChatError:
-            continue
-        line = payload.decode() if as_json else render.format_event(event, show_room=show_room)
-        try:
-            click.echo(line)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            # The reader went away (`zchat tail | head`): stop quietly, like other Unix tools.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise SystemExit(0) from None
+def _echo(line: str) -> None:
+    try:
+        click.echo(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`zchat tail | head`): stop quietly, like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 @cli.command("say")
@@ -222,12 +257,11 @@ def say_cmd(nick: str, room: str, text: str | None, timeout: float, **kw: Any) -
                     continue
                 try:
                     client.say(line)
-                except ZChatError as exc:
-                    if client.state != "connected":
-                        raise
+                except LocalProtocolError as exc:
                     refused += 1
                     click.echo(f"zchat say: line {n} not sent: {exc}", err=True)
-            client.wait_sent(max(timeout, 10.0))
+            # Long enough to ride out a broker restart: the client resends after reconnecting.
+            client.wait_sent(client.send_timeout + timeout)
             if refused:
                 raise ZChatError(f"{refused} line(s) not sent")
         finally:

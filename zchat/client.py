@@ -1,11 +1,14 @@
 """The zchat client: one session with a broker, as a blocking, single-threaded Python API.
 
-:class:`Client` owns three connected sockets (PUSH to ingest, SUB to the feed, DEALER to rpc),
-the session handshake (subscribe, probe until the subscriptions are live, then hello), the
-heartbeat that keeps its lease, reconnecting after the broker is lost, and the record of which
-sent messages the feed has confirmed. Everything happens inside the calls the user makes
-(:meth:`Client.recv`, :meth:`Client.events`, ...): there is no background thread, so a client
-must be polled at least once per heartbeat interval. Rendering and the terminal are not its job.
+:class:`Client` owns three connected sockets (PUSH to ingest, SUB to the feed, DEALER to rpc) and
+what keeps a conversation whole over them: the join handshake (subscribe, probe until the
+subscriptions are live, then hello), the heartbeat that keeps its lease and reports the rooms'
+newest ``seq``, late-join backlog and gap repair from history (ordering itself is the sans-IO
+:class:`~zchat.sequencer.RoomSequencer`), noticing a dead or restarted broker and rejoining, and
+the outbox of sent messages that stay pending until the feed shows them (resent after a
+reconnect, deduplicated by the broker). Everything happens inside the calls the user makes
+(:meth:`Client.recv`, :meth:`Client.events`, :meth:`Client.poll`): there is no background thread,
+so a client must be polled at least once a second or so. Rendering is not its job.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
@@ -25,6 +29,7 @@ import zmq
 from zchat import protocol as p
 from zchat import transport
 from zchat.errors import Refused, RemoteProtocolError, Unreachable, ZChatError
+from zchat.sequencer import RoomSequencer
 
 __all__ = ["Client", "Feed"]
 
@@ -34,18 +39,32 @@ State = Literal["new", "connecting", "connected", "reconnecting", "closed"]
 MAX_BACKOFF = 8.0
 
 
+@dataclass
+class _Outgoing:
+    room: str
+    kind: Literal["message", "action"]
+    text: str
+    at: float  # monotonic time of say()
+    sent: bool = False
+
+
 class Client:
-    """A session with a zchat broker.
+    """A session with a zchat broker (or, with ``nick=None``, a reader of its rooms).
 
     >>> with Client("alice", ["general"]) as chat:      # doctest: +SKIP
     ...     chat.say("hello")
     ...     for event in chat.events(timeout=5):
     ...         print(event.nick, event.text)
+
+    ``backlog`` events per room are delivered first on joining (or everything after ``since``),
+    then the live feed, with no duplicate and no gap. A message from :meth:`say` is pending until
+    the feed shows it; if the broker is lost it is resent after the reconnect, and after
+    ``send_timeout`` seconds unconfirmed it is reported as not sent (an ``error`` event).
     """
 
     def __init__(
         self,
-        nick: str,
+        nick: str | None,
         rooms: Iterable[str] = (p.DEFAULT_ROOM,),
         *,
         endpoints: p.Endpoints | None = None,
@@ -53,32 +72,43 @@ class Client:
         port: int = p.DEFAULT_PORT,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         timeout: float = 3.0,
+        backlog: int = 0,
+        since: int | None = None,
+        send_timeout: float = 30.0,
+        dead_after: float = 3.0,
     ) -> None:
         transport.require_libzmq()
-        self.nick = p.check_nick(nick)
+        self.nick = p.check_nick(nick) if nick is not None else None
         self.rooms = list(dict.fromkeys(p.check_room(p.normalize_room(r)) for r in rooms))
         self.endpoints = endpoints or p.Endpoints.from_host_port(host, port)
         self.timeout = timeout
+        self.backlog = max(0, backlog)
+        self.since = since
+        self.send_timeout = send_timeout
+        self.dead_after = dead_after
         self.state: State = "new"
+        self.epoch: str | None = None
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         self._token = ""
-        self._heartbeat = 2.0
-        self._lease = 6.0
-        # Message ids: unique per client run, so the broker (and later dedupe) can tell them apart.
+        self._heartbeat = 1.0
+        # Message ids: unique per client run, so the broker can drop a resend but nothing else.
         prefix = secrets.token_hex(4)
         self._ids = (f"{prefix}-{n}" for n in itertools.count(1))
         self._reqs = (str(n) for n in itertools.count(1))
         self._inbox: collections.deque[p.Event] = collections.deque()
         self._replies: dict[str, dict[str, object]] = {}
-        #: Sent message ids the feed has not shown back yet -> room.
-        self.pending: dict[str, str] = {}
-        #: Sent message ids the broker refused -> its reason.
+        self._history_reqs: dict[str, str] = {}  # request id -> room
+        self._calls: set[str] = set()  # request ids a _call() is waiting for
+        self._sequencer = RoomSequencer()
+        #: Sent messages the feed has not shown back yet, oldest first.
+        self.pending: dict[str, _Outgoing] = {}
+        #: Messages refused by the broker or never sent -> the reason.
         self.failed: dict[str, str] = {}
         self._next_heartbeat = 0.0
-        self._last_ack = 0.0
+        self._last_rx = 0.0
         self._retry_at = 0.0
-        self._backoff = 1.0
+        self._backoff = 0.5
         self._rejoin_req: str | None = None
         self._feed: Feed | None = None
         self._push: zmq.Socket[bytes] | None = None
@@ -105,12 +135,16 @@ class Client:
         Raises :class:`Unreachable` if the broker does not answer within ``timeout`` and
         :class:`Refused` if it turns the nick down.
         """
+        self.state = "connecting"
         try:
             self._open_sockets()
-            self._await_probe()
-            self._hello_sync()
+            assert self._feed is not None
+            for _topic, payload in self._feed.wait_live(self.timeout):
+                self._on_payload(payload)
+            self._accept_join(self._call(self._join_request()))
         except BaseException:
             self._close_sockets()
+            self.state = "closed"
             raise
         return self
 
@@ -119,7 +153,7 @@ class Client:
         if self.state == "closed":
             return
         try:
-            if self.state == "connected":
+            if self.state == "connected" and self.nick is not None:
                 if self.pending:
                     self.wait_sent(timeout=min(self.timeout, 2.0), raise_on_failure=False)
                 self._call(p.Leave(token=self._token, reason=reason), timeout=min(self.timeout, 1.0))
@@ -132,7 +166,10 @@ class Client:
     # --- sending -------------------------------------------------------------------------------
 
     def say(self, text: str, room: str | None = None) -> str:
-        """Send a message; returns its id. :meth:`wait_sent` tells when the feed has shown it."""
+        """Send a message; returns its id. :meth:`wait_sent` tells when the feed has shown it.
+
+        While the broker is being reconnected the message waits in the outbox.
+        """
         return self._post(text, room, "message")
 
     def me(self, text: str, room: str | None = None) -> str:
@@ -140,23 +177,36 @@ class Client:
         return self._post(text, room, "action")
 
     def _post(self, text: str, room: str | None, kind: Literal["message", "action"]) -> str:
+        if self.nick is None:
+            raise ZChatError("a reader cannot speak: give a nick")
+        if self.state not in ("connected", "reconnecting"):
+            raise ZChatError(f"the client is {self.state}")
         room = self._room(room)
         p.check_text(text)
-        if self.state != "connected" or self._push is None:
-            raise Unreachable(f"not connected to the zchat broker ({self.state})")
         msg_id = next(self._ids)
-        data = p.encode(p.Post(token=self._token, room=room, text=text, kind=kind, id=msg_id))
-        try:
-            self._push.send(data)
-        except zmq.Again:
-            raise Unreachable(f"cannot reach the zchat broker at {self.endpoints.ingest}") from None
-        self.pending[msg_id] = room
+        self.pending[msg_id] = _Outgoing(room, kind, text, time.monotonic())
+        self._flush_outbox()
         return msg_id
 
-    def wait_sent(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> None:
-        """Block until the feed has shown every sent message, or the broker refused it.
+    def _flush_outbox(self) -> None:
+        """Push what is not sent yet, in order, while the broker takes it."""
+        if self.state != "connected" or self._push is None:
+            return
+        for msg_id, out in self.pending.items():
+            if out.sent:
+                continue
+            post = p.Post(token=self._token, room=out.room, text=out.text, kind=out.kind, id=msg_id)
+            try:
+                self._push.send(p.encode(post), zmq.NOBLOCK)
+            except zmq.Again:
+                return  # not connected right now (or the queue is full): retried on the next pump
+            out.sent = True
 
-        Raises :class:`Unreachable` on timeout and :class:`Refused` for a refused message.
+    def wait_sent(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> None:
+        """Block until the feed has shown every sent message, or it was refused or timed out.
+
+        Raises :class:`Unreachable` if messages are still pending after ``timeout`` and
+        :class:`Refused` if any message failed.
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while self.pending:
@@ -166,7 +216,7 @@ class Client:
             self._pump(left)
         if self.failed and raise_on_failure:
             reason = next(iter(self.failed.values()))
-            raise Refused("rejected", f"{len(self.failed)} message(s) refused: {reason}")
+            raise Refused("not_sent", f"{len(self.failed)} message(s) not sent: {reason}")
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -177,17 +227,25 @@ class Client:
         return [str(n) for n in nicks] if isinstance(nicks, list) else []
 
     def join(self, room: str) -> None:
+        """Join another room (its backlog comes as for the first ones)."""
         room = p.check_room(p.normalize_room(room))
         assert self._feed is not None
         self._feed.subscribe(p.room_topic(room))
-        self._call(p.Join(token=self._token, room=room))
+        if self.nick is None:
+            reply = self._call(p.Seqs(rooms=[room]))
+        else:
+            reply = self._call(p.Join(token=self._token, room=room))
+            reply = {"seqs": {room: reply.get("seq")}}
         if room not in self.rooms:
             self.rooms.append(room)
+        self._start_rooms(reply)
 
     def part(self, room: str) -> None:
         room = self._room(room)
-        self._call(p.Part(token=self._token, room=room))
+        if self.nick is not None:
+            self._call(p.Part(token=self._token, room=room))
         self.rooms.remove(room)
+        self._sequencer.stop(room)
         if self._feed is not None:
             self._feed.unsubscribe(p.room_topic(room))
 
@@ -241,34 +299,46 @@ class Client:
             poller.register(extra, zmq.POLLIN)
         ready = dict(poller.poll(int(wait * 1000) + 1))
         if self._feed.socket in ready:
-            self._drain_feed()
+            for _topic, payload in self._feed.drain():
+                self._on_payload(payload)
         if self._rpc in ready:
             self._drain_rpc()
         self._keepalive(time.monotonic())
+        self._flush_outbox()
+        self._fetch_missing()
 
     def _next_timer(self) -> float:
         if self.state == "reconnecting":
             return self._retry_at
-        return self._next_heartbeat
-
-    def _drain_feed(self) -> None:
-        assert self._feed is not None
-        for _topic, payload in self._feed.drain():
-            self._on_payload(payload)
+        return min(self._next_heartbeat, self._last_rx + self.dead_after + 0.01)
 
     def _on_payload(self, payload: bytes) -> None:
         try:
             event = p.decode_event(payload)
         except RemoteProtocolError:
             return  # not from a zchat broker: nothing to show
-        self._on_event(event)
+        self._last_rx = time.monotonic()
+        if event.kind == "heartbeat":
+            if self.epoch is not None and event.epoch != self.epoch and self.state == "connected":
+                self._lost("the broker restarted")
+            return
+        if event.seq > 0:
+            for ready in self._sequencer.offer(event):
+                self._deliver(ready)
+        else:
+            self._deliver(event)
 
-    def _on_event(self, event: p.Event) -> None:
+    def _deliver(self, event: p.Event) -> None:
+        if not event.ts:
+            event = msgspec.structs.replace(event, ts=p.format_ts(time.time()))
         if event.id is not None and event.id in self.pending:
             if event.kind == "error":
                 del self.pending[event.id]
                 self.failed[event.id] = event.text
-            elif event.nick.lower() == self.nick.lower():
+            elif event.kind == "duplicate":
+                del self.pending[event.id]
+                return  # a resend of what we already saw: nothing new to show
+            elif self.nick is not None and event.nick.lower() == self.nick.lower():
                 del self.pending[event.id]
         self._inbox.append(event)
 
@@ -283,46 +353,141 @@ class Client:
                 reply = p.decode_reply(frames[-1])
             except RemoteProtocolError:
                 continue
-            self._last_ack = time.monotonic()
+            self._last_rx = time.monotonic()
             req = reply.get("req")
-            if req is not None and req == self._rejoin_req:
+            if not isinstance(req, str):
+                continue
+            if req == self._rejoin_req:
                 self._on_rejoin(reply)
-            elif reply.get("code") == "unknown_session" and self.state == "connected":
-                self._lost("the broker forgot this session (it restarted, or the lease lapsed)")
-            elif isinstance(req, str):
+            elif req in self._history_reqs:
+                self._on_history(self._history_reqs.pop(req), reply)
+            elif req in self._calls:
                 self._replies[req] = reply
+            elif reply.get("ok"):
+                self._observe(reply)  # a heartbeat's (or a reader's seqs) reply
+            elif reply.get("code") == "unknown_session" and self.state == "connected":
+                self._lost("the broker forgot this session")
+
+    def _observe(self, reply: dict[str, object]) -> None:
+        seqs = reply.get("seqs")
+        if isinstance(seqs, dict):
+            for room, seq in seqs.items():
+                if isinstance(seq, int):
+                    self._sequencer.observe(room, seq)
+
+    def _fetch_missing(self) -> None:
+        if self.state != "connected":
+            return
+        for room, after, limit in self._sequencer.wants():
+            req_id = next(self._reqs)
+            self._history_reqs[req_id] = room
+            self._send(p.History(room=room, after=after, limit=limit, req=req_id))
+
+    def _on_history(self, room: str, reply: dict[str, object]) -> None:
+        raw = reply.get("events")
+        if not reply.get("ok") or not isinstance(raw, list):
+            self._sequencer.retry(room)
+            return
+        try:
+            events = [msgspec.convert(e, p.Event) for e in raw]
+        except msgspec.ValidationError:
+            self._sequencer.retry(room)
+            return
+        for event in self._sequencer.fill(room, events):
+            self._deliver(event)
 
     def _keepalive(self, now: float) -> None:
         if self.state == "connected":
-            if now - self._last_ack > self._lease:
+            if now - self._last_rx > self.dead_after:
                 self._lost("connection lost")
             elif now >= self._next_heartbeat:
                 self._next_heartbeat = now + self._heartbeat
-                self._send(p.Heartbeat(token=self._token, req=next(self._reqs)))
+                self._send(self._beat_request())
         elif self.state == "reconnecting" and now >= self._retry_at:
-            # Lazy Pirate: a fresh DEALER so no stale request reaches a restarted broker.
+            # Lazy Pirate: a fresh DEALER, so no stale request reaches a restarted broker.
             self._reopen_rpc()
-            self._rejoin_req = next(self._reqs)
-            self._send(p.Hello(nick=self.nick, rooms=self.rooms, req=self._rejoin_req))
+            request = self._join_request()
+            self._rejoin_req = request.req
+            self._send(request)
             self._retry_at = now + self._backoff
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        self._expire_outbox(now)
+
+    def _expire_outbox(self, now: float) -> None:
+        stale = [i for i, out in self.pending.items() if now - out.at > self.send_timeout]
+        for msg_id in stale:
+            out = self.pending.pop(msg_id)
+            why = f"not sent: no confirmation from the broker in {self.send_timeout:g} s"
+            self.failed[msg_id] = why
+            self._inbox.append(self._local_event("error", "not_sent", f"{why}: {out.text[:60]}", out.room, msg_id))
 
     def _lost(self, why: str) -> None:
         self.state = "reconnecting"
         self._retry_at = time.monotonic()
-        self._backoff = 1.0
-        self._inbox.append(self._local_event("disconnected", f"{why} — reconnecting…"))
+        self._backoff = 0.5
+        self._history_reqs.clear()
+        self._sequencer.retry_all()
+        self._inbox.append(self._local_event("system", "disconnected", f"{why} — reconnecting…"))
 
     def _on_rejoin(self, reply: dict[str, object]) -> None:
         self._rejoin_req = None
         if reply.get("ok"):
-            self._accept_hello(reply)
-            self._inbox.append(self._local_event("reconnected", "reconnected"))
-        else:
-            self._inbox.append(self._local_event("rejoin_failed", f"cannot rejoin: {reply.get('error')}"))
+            self._accept_join(reply)
+            # Whatever was pushed before may have died with the connection: send it all again;
+            # the broker drops what it already has and says so.
+            for out in self.pending.values():
+                out.sent = False
+            self._inbox.append(self._local_event("system", "reconnected", "reconnected"))
+        elif self._backoff >= MAX_BACKOFF:
+            self._inbox.append(self._local_event("system", "rejoin_failed", f"cannot rejoin yet: {reply.get('error')}"))
 
-    def _local_event(self, code: str, text: str) -> p.Event:
-        return p.Event(0, p.format_ts(time.time()), "", "system", p.SYSTEM_NICK, text, code=code)
+    def _local_event(self, kind: str, code: str, text: str, room: str = "", msg_id: str | None = None) -> p.Event:
+        return p.Event(0, p.format_ts(time.time()), room, kind, p.SYSTEM_NICK, text, id=msg_id, code=code)
+
+    # --- joining -------------------------------------------------------------------------------------
+
+    def _join_request(self) -> p.Request:
+        req = next(self._reqs)
+        if self.nick is None:
+            return p.Seqs(rooms=self.rooms, req=req)
+        return p.Hello(nick=self.nick, rooms=self.rooms, req=req)
+
+    def _beat_request(self) -> p.Request:
+        if self.nick is None:
+            return p.Seqs(rooms=self.rooms, req=next(self._reqs))
+        return p.Heartbeat(token=self._token, req=next(self._reqs))
+
+    def _accept_join(self, reply: dict[str, object]) -> None:
+        """A hello (or, for a reader, seqs) reply: the session, and where each room stands."""
+        if self.nick is not None:
+            self._token = str(reply["token"])
+            hb = reply.get("heartbeat_ms")
+            # Heartbeat at least once a second: the replies carry the rooms' newest seq.
+            self._heartbeat = min(1.0, hb / 1000) if isinstance(hb, int) and hb > 0 else 1.0
+            epoch = reply.get("epoch")
+            self.epoch = epoch if isinstance(epoch, str) else None
+            reply = {"seqs": reply.get("rooms")}
+        now = time.monotonic()
+        self._last_rx = now
+        self._next_heartbeat = now + self._heartbeat
+        self.state = "connected"
+        self._start_rooms(reply)
+
+    def _start_rooms(self, reply: dict[str, object]) -> None:
+        seqs = reply.get("seqs")
+        if not isinstance(seqs, dict):
+            return
+        for room, latest in seqs.items():
+            if not isinstance(latest, int):
+                continue
+            if self.since is not None:
+                first = self.since + 1
+            elif self.nick is None:
+                first = latest + 1 - self.backlog  # a reader: the backlog, then what comes
+            else:
+                first = latest + 1 - max(1, self.backlog)  # a member: at least its own join
+            for event in self._sequencer.start(room, first, latest):
+                self._deliver(event)
 
     # --- request/reply -----------------------------------------------------------------------------
 
@@ -330,14 +495,21 @@ class Client:
         """Send a request on rpc and wait for its reply (other input is handled meanwhile)."""
         if self._rpc is None:
             raise ZChatError("the client is not connected")
-        req_id = next(self._reqs)
-        self._send(msgspec.structs.replace(req, req=req_id))
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while req_id not in self._replies:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Unreachable(f"cannot reach the zchat broker at {self.endpoints.rpc} (no reply)")
-            self._pump(left)
+        if req.req is None:
+            req = msgspec.structs.replace(req, req=next(self._reqs))
+        req_id = req.req
+        assert req_id is not None
+        self._calls.add(req_id)
+        try:
+            self._send(req)
+            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            while req_id not in self._replies:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Unreachable(f"cannot reach the zchat broker at {self.endpoints.rpc} (no reply)")
+                self._pump(left)
+        finally:
+            self._calls.discard(req_id)
         reply = self._replies.pop(req_id)
         if not reply.get("ok"):
             raise Refused(str(reply.get("code")), str(reply.get("error")))
@@ -348,32 +520,17 @@ class Client:
         with contextlib.suppress(zmq.Again):  # not connected yet: the caller's timeout reports it
             self._rpc.send_multipart([b"", p.encode(req)], zmq.NOBLOCK)
 
-    def _hello_sync(self) -> None:
-        self.state = "connecting"
-        reply = self._call(p.Hello(nick=self.nick, rooms=self.rooms))
-        self._accept_hello(reply)
-
-    def _accept_hello(self, reply: dict[str, object]) -> None:
-        self._token = str(reply["token"])
-        hb = reply.get("heartbeat_ms")
-        lease = reply.get("lease_ms")
-        self._heartbeat = hb / 1000 if isinstance(hb, int) and hb > 0 else 2.0
-        self._lease = lease / 1000 if isinstance(lease, int) and lease > 0 else 3 * self._heartbeat
-        now = time.monotonic()
-        self._last_ack = now
-        self._next_heartbeat = now + self._heartbeat
-        self.state = "connected"
-
     # --- sockets ---------------------------------------------------------------------------------
 
     def _open_sockets(self) -> None:
         e = self.endpoints
-        self._feed = Feed(self._ctx, e.feed, [p.inbox_topic(self.nick), *map(p.room_topic, self.rooms)])
-        # IMMEDIATE: never queue a message for a broker we are not connected to; SNDTIMEO turns a
-        # dead broker into a clear error instead of a hang.
-        self._push = transport.socket(
-            self._ctx, zmq.PUSH, e.ingest, IMMEDIATE=1, SNDTIMEO=int(self.timeout * 1000), LINGER=1000
-        )
+        topics = [p.HEARTBEAT_TOPIC, *map(p.room_topic, self.rooms)]
+        if self.nick is not None:
+            topics.append(p.inbox_topic(self.nick))
+        self._feed = Feed(self._ctx, e.feed, topics)
+        # IMMEDIATE: never queue a message for a broker we are not connected to (the outbox
+        # keeps it instead); LINGER: a last message may still leave after close.
+        self._push = transport.socket(self._ctx, zmq.PUSH, e.ingest, IMMEDIATE=1, LINGER=1000)
         self._push.connect(e.ingest)
         self._reopen_rpc()
 
@@ -382,11 +539,6 @@ class Client:
             self._rpc.close()
         self._rpc = transport.socket(self._ctx, zmq.DEALER, self.endpoints.rpc)
         self._rpc.connect(self.endpoints.rpc)
-
-    def _await_probe(self) -> None:
-        assert self._feed is not None
-        for _topic, payload in self._feed.wait_live(self.timeout):
-            self._on_payload(payload)
 
     def _close_sockets(self) -> None:
         for sock in (self._push, self._rpc):

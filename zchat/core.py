@@ -17,8 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from zchat import protocol as p
 from zchat.errors import LocalProtocolError, RemoteProtocolError
+from zchat.store import Store
 
 __all__ = ["BrokerCore", "Publish", "Session"]
 
@@ -28,6 +31,8 @@ log = logging.getLogger("zchat.broker")
 Publish = tuple[bytes, bytes]
 
 _MAX_REASON_CHARS = 200
+#: How long a (sender, message id) is remembered to drop a resent duplicate, in seconds.
+DEDUPE_WINDOW = 3600.0
 
 
 @dataclass(slots=True, eq=False)
@@ -44,6 +49,7 @@ class Counters:
     rejected: int = 0  # well-formed posts refused (too long, not in room), answered by an error
     dropped_malformed: int = 0  # frames that are not zchat protocol, on any socket
     dropped_unknown_session: int = 0  # posts whose token is unknown or expired
+    duplicates: int = 0  # resent posts already published (answered on the sender's inbox)
     requests: int = 0  # rpc requests answered
     published: int = 0  # events put on the feed
     joins: int = 0
@@ -68,8 +74,15 @@ class BrokerCore:
         missed_heartbeats: int = 3,
         wallclock: Callable[[], float] = time.time,
         new_token: Callable[[], str] = lambda: secrets.token_urlsafe(18),
+        store: Store | None = None,
+        epoch: str | None = None,
+        dedupe_window: float = DEDUPE_WINDOW,
     ) -> None:
         self.started = now
+        #: Identifies this broker run: clients tell a restart from a gap by it changing.
+        self.epoch = epoch or secrets.token_hex(6)
+        self._store = store
+        self._dedupe_window = dedupe_window
         self.heartbeat_interval = heartbeat_interval
         self.lease = heartbeat_interval * missed_heartbeats
         self.counters = Counters()
@@ -81,6 +94,14 @@ class BrokerCore:
         # No lease can lapse before this time. Leases only ever move later, so a minimum taken
         # at the last sweep stays a safe lower bound and the hot path need not scan sessions.
         self._next_sweep = math.inf
+        # (sender, message id) -> (room, seq, wall time), oldest first.
+        self._sent: dict[tuple[str, str], tuple[str, int, float]] = {}
+        if store is not None:
+            # A restarted broker continues every room's seq and its dedupe window.
+            for room, seq in store.last_seqs().items():
+                self._rooms[room] = _Room(seq=seq)
+            for sender, msg_id, room, seq, at in store.sent_since(wallclock() - dedupe_window):
+                self._sent[sender, msg_id] = (room, seq, at)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -126,9 +147,24 @@ class BrokerCore:
             # The sender's fault, but it has a session: tell it on its inbox topic.
             self.counters.rejected += 1
             return [self._inbox_error(session, "rejected", str(exc), post.room, post.id)]
+        if post.id is None:
+            self.counters.received += 1
+            return [self._room_event(room, post.kind, session.nick, post.text)]
+        key = (session.nick.lower(), post.id)
+        if (prior := self._sent.get(key)) is not None:
+            # A resend of something already published: confirm it to the sender, publish nothing.
+            self.counters.duplicates += 1
+            prior_room, prior_seq, _ = prior
+            text = f"already delivered as #{prior_room} {prior_seq}"
+            ev = p.Event(0, self._ts(), prior_room, "duplicate", p.SYSTEM_NICK, text, id=post.id, dup_of=prior_seq)
+            return [self._publish(p.inbox_topic(session.nick), ev)]
         self.counters.received += 1
-        kind = post.kind
-        return [self._room_event(room, kind, session.nick, post.text, id=post.id)]
+        out = self._room_event(room, post.kind, session.nick, post.text, id=post.id)
+        at = self._wallclock()
+        self._sent[key] = (room, self.seq(room), at)
+        if self._store is not None:
+            self._store.remember(key[0], post.id, room, self.seq(room), at)
+        return [out]
 
     # --- subscriptions (XPUB) -------------------------------------------------------------
 
@@ -157,7 +193,7 @@ class BrokerCore:
             req = p.decode_request(frames[-1])
         except RemoteProtocolError as exc:
             self._drop(str(exc))
-            return [*envelope, p.encode(_error(None, "bad_request", str(exc)))], []
+            return [*envelope, p.encode(_error(p.request_id(frames[-1]), "bad_request", str(exc)))], []
         self.counters.requests += 1
         # A lapsed lease must not keep a nick taken, so sweep before any hello.
         lapsed = self.expire(now) if isinstance(req, p.Hello) else []
@@ -176,10 +212,15 @@ class BrokerCore:
             return _ok(req, room=room, nicks=self.members(room)), []
         if isinstance(req, p.Stats):
             return _ok(req, **self.stats(now)), []
+        if isinstance(req, p.History):
+            return self._history(req), []
+        if isinstance(req, p.Seqs):
+            return _ok(req, seqs={room: self.seq(p.check_room(room)) for room in req.rooms[: p.MAX_ROOMS]}), []
         session = self._live(req.token, now)
         session.expires = now + self.lease
         if isinstance(req, p.Heartbeat):
-            return _ok(req), []
+            # The rooms' newest seqs let the client notice messages it lost at the very end.
+            return _ok(req, seqs={room: self.seq(room) for room in sorted(session.rooms)}), []
         if isinstance(req, p.Join):
             room = p.check_room(req.room)
             if room in session.rooms:
@@ -221,13 +262,40 @@ class BrokerCore:
             token=session.token,
             nick=nick,
             rooms={room: self.seq(room) for room in rooms},
+            epoch=self.epoch,
             heartbeat_ms=int(self.heartbeat_interval * 1000),
             lease_ms=int(self.lease * 1000),
             max_text_bytes=p.MAX_TEXT_BYTES,
         )
         return reply, events
 
-    # --- leases and shutdown ----------------------------------------------------------------
+    def _history(self, req: p.History) -> dict[str, object]:
+        room = p.check_room(req.room)
+        limit = max(1, min(req.limit, p.MAX_HISTORY))
+        last = self.seq(room)
+        after = max(0, last - limit) if req.after is None else max(0, req.after)
+        stored = self._store.range(room, after, limit) if self._store is not None else []
+        first = self._store.first_seq(room) if self._store is not None else 0
+        # Stored events are already JSON: embed them as they are, without a decode/encode trip.
+        return _ok(req, room=room, first=first, last=last, events=[msgspec.Raw(e) for e in stored])
+
+    # --- leases, heartbeats, housekeeping, shutdown -------------------------------------------------
+
+    def heartbeat(self) -> Publish:
+        """The feed's liveness beacon, with this run's epoch."""
+        ev = p.Event(0, self._ts(), "", "heartbeat", p.SYSTEM_NICK, "", epoch=self.epoch)
+        return self._publish(p.HEARTBEAT_TOPIC, ev)
+
+    def housekeeping(self) -> None:
+        """Forget dedupe records older than the window (call now and then, not per message)."""
+        horizon = self._wallclock() - self._dedupe_window
+        while self._sent:
+            key, (_, _, at) = next(iter(self._sent.items()))
+            if at >= horizon:
+                break
+            del self._sent[key]
+        if self._store is not None:
+            self._store.forget_sent_before(horizon)
 
     def expire(self, now: float) -> list[Publish]:
         """End every session whose lease ran out before ``now``."""
@@ -275,11 +343,16 @@ class BrokerCore:
         text = f"{session.nick} left ({detail})"
         return [self._part(session, room, reason, text) for room in sorted(session.rooms)]
 
-    def _room_event(self, room: str, kind: str, nick: str, text: str, **extra: str | None) -> Publish:
+    def _room_event(
+        self, room: str, kind: str, nick: str, text: str, *, id: str | None = None, reason: str | None = None
+    ) -> Publish:
         r = self._rooms.setdefault(room, _Room())
         r.seq += 1
-        ev = p.Event(r.seq, self._ts(), room, kind, nick, text, **extra)
-        return self._publish(p.room_topic(room), ev)
+        ev = p.Event(r.seq, self._ts(), room, kind, nick, text, id=id, reason=reason)
+        topic, payload = self._publish(p.room_topic(room), ev)
+        if self._store is not None:
+            self._store.append(room, r.seq, payload)
+        return topic, payload
 
     def _inbox_error(self, session: Session, code: str, text: str, room: str, ref: str | None) -> Publish:
         room = room if room in session.rooms else ""

@@ -23,7 +23,9 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DEFAULT_ROOM",
+    "HEARTBEAT_TOPIC",
     "MAX_FRAME_BYTES",
+    "MAX_HISTORY",
     "MAX_ID_CHARS",
     "MAX_ROOMS",
     "MAX_TEXT_BYTES",
@@ -34,11 +36,13 @@ __all__ = [
     "Event",
     "Heartbeat",
     "Hello",
+    "History",
     "Join",
     "Leave",
     "Part",
     "Post",
     "Request",
+    "Seqs",
     "Stats",
     "Who",
     "check_nick",
@@ -54,6 +58,7 @@ __all__ = [
     "is_probe_topic",
     "normalize_room",
     "probe_topic",
+    "request_id",
     "room_topic",
 ]
 
@@ -70,6 +75,8 @@ MAX_FRAME_BYTES = 64 * 1024
 MAX_ID_CHARS = 64
 #: Most rooms one session may be in.
 MAX_ROOMS = 32
+#: Most events one history request returns.
+MAX_HISTORY = 1000
 
 #: Nick rule: an ASCII letter, then up to 23 letters, digits, ``_`` or ``-``. Nicks are unique
 #: case-insensitively (``Alice`` and ``alice`` are the same person) but keep their case.
@@ -130,6 +137,10 @@ def room_topic(room: str) -> bytes:
 def inbox_topic(nick: str) -> bytes:
     """Feed topic of events addressed to one nick (errors for its session): ``@<nick>:``."""
     return f"@{nick.lower()}:".encode()
+
+
+#: The broker's liveness beacon (about once a second on an idle feed), carrying its epoch.
+HEARTBEAT_TOPIC = b"!hb:"
 
 
 def probe_topic(nonce: str) -> bytes:
@@ -225,7 +236,21 @@ class Stats(_Req, frozen=True, tag="stats"):
     pass
 
 
-Request = Hello | Heartbeat | Leave | Join | Part | Who | Stats
+class History(_Req, frozen=True, tag="history"):
+    """Stored events of ``room`` with ``seq > after`` (oldest first), or its last ``limit``."""
+
+    room: str = DEFAULT_ROOM
+    after: int | None = None
+    limit: int = 50
+
+
+class Seqs(_Req, frozen=True, tag="seqs"):
+    """The newest ``seq`` of each room: how a reader without a session finds tail losses."""
+
+    rooms: list[str] = msgspec.field(default_factory=list)
+
+
+Request = Hello | Heartbeat | Leave | Join | Part | Who | Stats | History | Seqs
 
 
 class Event(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -244,6 +269,8 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     id: str | None = None
     reason: str | None = None
     code: str | None = None
+    epoch: str | None = None
+    dup_of: int | None = None
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -266,7 +293,8 @@ def _decode(decoder: msgspec.json.Decoder[_T], data: bytes, what: str) -> _T:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise RemoteProtocolError(f"invalid {what}: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # msgspec lets the last two escape: invalid UTF-8 inside a string, and deep nesting.
         raise RemoteProtocolError(f"malformed {what}: {exc}") from None
 
 
@@ -284,6 +312,22 @@ def decode_event(data: bytes) -> Event:
 
 def decode_reply(data: bytes) -> dict[str, object]:
     return _decode(_reply_decoder, data, "reply")
+
+
+class _ReqId(msgspec.Struct):
+    req: str | None = None
+
+
+_req_id_decoder = msgspec.json.Decoder(_ReqId)
+
+
+def request_id(data: bytes) -> str | None:
+    """The ``req`` of a request body that is not a valid request, if it has a readable one, so
+    the error reply can still be matched to its request. Never raises."""
+    try:
+        return _req_id_decoder.decode(data).req
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
 
 
 class _TsFormatter:

@@ -1,0 +1,127 @@
+"""The broker's history: every room event and every accepted message id, in SQLite.
+
+:class:`Store` owns the database file: the schema, WAL mode, one transaction per drained batch,
+retention per room, the dedupe window of (sender, message id), and the reads that serve history
+requests and restore a restarted broker (each room's last ``seq``, recent ids). Writes are staged
+by :meth:`Store.append` / :meth:`Store.remember` and land together in :meth:`Store.commit`; the
+broker publishes a batch only after its commit returned. It knows nothing of sockets or of the
+protocol beyond (room, seq, JSON bytes).
+
+Durability, with ``journal_mode=WAL`` and ``synchronous=NORMAL``: a committed batch survives a
+crash of the broker process (it is in the WAL, which the OS writes out); a power loss or kernel
+crash can lose the batches committed since the last WAL checkpoint, never corrupt the file.
+Those events were already published, so clients that saw them keep them, and the broker
+continues ``seq`` from what the file holds.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["DEFAULT_HISTORY_LIMIT", "Store"]
+
+#: Events kept per room; older ones are deleted as new ones arrive.
+DEFAULT_HISTORY_LIMIT = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sent (
+    sender TEXT NOT NULL,
+    id TEXT NOT NULL,
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (sender, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sent_at ON sent (at);
+"""
+
+
+class Store:
+    """Room history and the dedupe window in one SQLite file (or ``:memory:``)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, history_limit: int = DEFAULT_HISTORY_LIMIT) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.history_limit = history_limit
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._events: list[tuple[str, int, bytes]] = []
+        self._sent: list[tuple[str, str, str, int, float]] = []
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- writes: staged, then committed as one transaction ---------------------------------------
+
+    def append(self, room: str, seq: int, data: bytes) -> None:
+        self._events.append((room, seq, data))
+
+    def remember(self, sender: str, msg_id: str, room: str, seq: int, at: float) -> None:
+        """Record that ``sender``'s message ``msg_id`` became ``room``/``seq``."""
+        self._sent.append((sender, msg_id, room, seq, at))
+
+    @property
+    def staged(self) -> bool:
+        return bool(self._events or self._sent)
+
+    def commit(self) -> None:
+        """Write everything staged in one transaction, then apply retention to touched rooms."""
+        if not self.staged:
+            return
+        events, sent = self._events, self._sent
+        self._events, self._sent = [], []
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT OR REPLACE INTO events (room, seq, data) VALUES (?, ?, ?)", events)
+            db.executemany("INSERT OR REPLACE INTO sent (sender, id, room, seq, at) VALUES (?, ?, ?, ?, ?)", sent)
+            newest: dict[str, int] = {}
+            for room, seq, _ in events:
+                newest[room] = max(seq, newest.get(room, 0))
+            db.executemany(
+                "DELETE FROM events WHERE room = ? AND seq <= ?",
+                [(room, seq - self.history_limit) for room, seq in newest.items() if seq > self.history_limit],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def forget_sent_before(self, at: float) -> None:
+        """Drop dedupe records older than ``at`` (wall-clock seconds)."""
+        self._db.execute("DELETE FROM sent WHERE at < ?", (at,))
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def last_seqs(self) -> dict[str, int]:
+        """Each room's newest ``seq``: a restarted broker continues from these."""
+        return dict(self._db.execute("SELECT room, MAX(seq) FROM events GROUP BY room").fetchall())
+
+    def first_seq(self, room: str) -> int:
+        """Oldest ``seq`` still stored for ``room`` (0 if none)."""
+        row = self._db.execute("SELECT MIN(seq) FROM events WHERE room = ?", (room,)).fetchone()
+        return int(row[0] or 0)
+
+    def range(self, room: str, after: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` events of ``room`` with ``seq > after``, oldest first."""
+        rows = self._db.execute(
+            "SELECT data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit)
+        )
+        return [bytes(r[0]) for r in rows]
+
+    def sent_since(self, at: float) -> Iterable[tuple[str, str, str, int, float]]:
+        """Dedupe records newer than ``at``: a restarted broker reloads its window from these."""
+        return self._db.execute("SELECT sender, id, room, seq, at FROM sent WHERE at >= ?", (at,)).fetchall()
