@@ -23,7 +23,7 @@ import zmq
 
 from zchat import protocol as p
 from zchat import render
-from zchat.broker import Broker
+from zchat.broker import FEED_HWM, Broker
 from zchat.client import Client
 from zchat.errors import LocalProtocolError, ZChatError
 from zchat.store import DEFAULT_HISTORY_LIMIT, Store
@@ -133,6 +133,13 @@ def cli() -> None:
     help="Events kept per room; older ones are deleted.",
 )
 @click.option(
+    "--feed-hwm",
+    type=click.IntRange(1),
+    default=FEED_HWM,
+    show_default=True,
+    help="Messages queued per subscriber before that subscriber starts losing them (it repairs from history).",
+)
+@click.option(
     "--heartbeat",
     type=click.FloatRange(0.05, 60),
     default=2.0,
@@ -146,7 +153,7 @@ def cli() -> None:
     show_default=True,
     help="Logging threshold (logs go to stderr).",
 )
-def broker_cmd(db: str, history_limit: int, heartbeat: float, log_level: str, **kw: Any) -> None:
+def broker_cmd(db: str, history_limit: int, feed_hwm: int, heartbeat: float, log_level: str, **kw: Any) -> None:
     """Run a broker: bind the ingest, feed and rpc sockets and serve until SIGINT/SIGTERM."""
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -157,7 +164,7 @@ def broker_cmd(db: str, history_limit: int, heartbeat: float, log_level: str, **
         except (OSError, sqlite3.Error) as exc:
             raise ZChatError(f"cannot open the history store {db}: {exc}") from None
         try:
-            with Broker(_endpoints(kw), heartbeat_interval=heartbeat, store=store) as broker:
+            with Broker(_endpoints(kw), heartbeat_interval=heartbeat, store=store, feed_hwm=feed_hwm) as broker:
                 log.info("history: %s (keeping %d events a room); epoch %s", db, history_limit, broker.core.epoch)
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, lambda *_: broker.stop())

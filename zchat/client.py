@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import math
 import secrets
 import time
 from collections.abc import Iterable, Iterator
@@ -45,7 +46,6 @@ class _Outgoing:
     kind: Literal["message", "action"]
     text: str
     at: float  # monotonic time of say()
-    sent: bool = False
 
 
 class Client:
@@ -88,6 +88,7 @@ class Client:
         self.dead_after = dead_after
         self.state: State = "new"
         self.epoch: str | None = None
+        self._history_id: str | None = None
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         self._token = ""
@@ -103,6 +104,7 @@ class Client:
         self._sequencer = RoomSequencer()
         #: Sent messages the feed has not shown back yet, oldest first.
         self.pending: dict[str, _Outgoing] = {}
+        self._unsent: collections.deque[str] = collections.deque()  # ids of pending not pushed yet
         #: Messages refused by the broker or never sent -> the reason.
         self.failed: dict[str, str] = {}
         self._next_heartbeat = 0.0
@@ -185,6 +187,7 @@ class Client:
         p.check_text(text)
         msg_id = next(self._ids)
         self.pending[msg_id] = _Outgoing(room, kind, text, time.monotonic())
+        self._unsent.append(msg_id)
         self._flush_outbox()
         return msg_id
 
@@ -192,15 +195,15 @@ class Client:
         """Push what is not sent yet, in order, while the broker takes it."""
         if self.state != "connected" or self._push is None:
             return
-        for msg_id, out in self.pending.items():
-            if out.sent:
-                continue
-            post = p.Post(token=self._token, room=out.room, text=out.text, kind=out.kind, id=msg_id)
-            try:
-                self._push.send(p.encode(post), zmq.NOBLOCK)
-            except zmq.Again:
-                return  # not connected right now (or the queue is full): retried on the next pump
-            out.sent = True
+        while self._unsent:
+            out = self.pending.get(self._unsent[0])
+            if out is not None:
+                post = p.Post(token=self._token, room=out.room, text=out.text, kind=out.kind, id=self._unsent[0])
+                try:
+                    self._push.send(p.encode(post), zmq.NOBLOCK)
+                except zmq.Again:
+                    return  # not connected right now (or the queue is full): retried on the next pump
+            self._unsent.popleft()
 
     def wait_sent(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> None:
         """Block until the feed has shown every sent message, or it was refused or timed out.
@@ -297,7 +300,7 @@ class Client:
         poller.register(self._rpc, zmq.POLLIN)
         for extra in also:
             poller.register(extra, zmq.POLLIN)
-        ready = dict(poller.poll(int(wait * 1000) + 1))
+        ready = dict(poller.poll(math.ceil(wait * 1000)))
         if self._feed.socket in ready:
             for _topic, payload in self._feed.drain():
                 self._on_payload(payload)
@@ -414,9 +417,12 @@ class Client:
         self._expire_outbox(now)
 
     def _expire_outbox(self, now: float) -> None:
-        stale = [i for i, out in self.pending.items() if now - out.at > self.send_timeout]
-        for msg_id in stale:
-            out = self.pending.pop(msg_id)
+        # pending is in say() order, so only its head can be stale.
+        while self.pending:
+            msg_id, out = next(iter(self.pending.items()))
+            if now - out.at <= self.send_timeout:
+                return
+            del self.pending[msg_id]
             why = f"not sent: no confirmation from the broker in {self.send_timeout:g} s"
             self.failed[msg_id] = why
             self._inbox.append(self._local_event("error", "not_sent", f"{why}: {out.text[:60]}", out.room, msg_id))
@@ -435,8 +441,7 @@ class Client:
             self._accept_join(reply)
             # Whatever was pushed before may have died with the connection: send it all again;
             # the broker drops what it already has and says so.
-            for out in self.pending.values():
-                out.sent = False
+            self._unsent = collections.deque(self.pending)
             self._inbox.append(self._local_event("system", "reconnected", "reconnected"))
         elif self._backoff >= MAX_BACKOFF:
             self._inbox.append(self._local_event("system", "rejoin_failed", f"cannot rejoin yet: {reply.get('error')}"))
@@ -466,7 +471,7 @@ class Client:
             self._heartbeat = min(1.0, hb / 1000) if isinstance(hb, int) and hb > 0 else 1.0
             epoch = reply.get("epoch")
             self.epoch = epoch if isinstance(epoch, str) else None
-            reply = {"seqs": reply.get("rooms")}
+            reply = {"seqs": reply.get("rooms"), "history": reply.get("history")}
         now = time.monotonic()
         self._last_rx = now
         self._next_heartbeat = now + self._heartbeat
@@ -477,6 +482,11 @@ class Client:
         seqs = reply.get("seqs")
         if not isinstance(seqs, dict):
             return
+        history = reply.get("history")
+        reset = False
+        if isinstance(history, str):
+            reset = self._history_id is not None and history != self._history_id
+            self._history_id = history
         for room, latest in seqs.items():
             if not isinstance(latest, int):
                 continue
@@ -486,7 +496,7 @@ class Client:
                 first = latest + 1 - self.backlog  # a reader: the backlog, then what comes
             else:
                 first = latest + 1 - max(1, self.backlog)  # a member: at least its own join
-            for event in self._sequencer.start(room, first, latest):
+            for event in self._sequencer.start(room, first, latest, reset=reset):
                 self._deliver(event)
 
     # --- request/reply -----------------------------------------------------------------------------

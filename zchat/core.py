@@ -82,6 +82,8 @@ class BrokerCore:
         #: Identifies this broker run: clients tell a restart from a gap by it changing.
         self.epoch = epoch or secrets.token_hex(6)
         self._store = store
+        #: Names the history this broker serves (the store's id; the epoch without a store).
+        self.history_id = store.id if store is not None else self.epoch
         self._dedupe_window = dedupe_window
         self.heartbeat_interval = heartbeat_interval
         self.lease = heartbeat_interval * missed_heartbeats
@@ -215,7 +217,8 @@ class BrokerCore:
         if isinstance(req, p.History):
             return self._history(req), []
         if isinstance(req, p.Seqs):
-            return _ok(req, seqs={room: self.seq(p.check_room(room)) for room in req.rooms[: p.MAX_ROOMS]}), []
+            seqs = {room: self.seq(p.check_room(room)) for room in req.rooms[: p.MAX_ROOMS]}
+            return _ok(req, seqs=seqs, history=self.history_id), []
         session = self._live(req.token, now)
         session.expires = now + self.lease
         if isinstance(req, p.Heartbeat):
@@ -263,6 +266,7 @@ class BrokerCore:
             nick=nick,
             rooms={room: self.seq(room) for room in rooms},
             epoch=self.epoch,
+            history=self.history_id,
             heartbeat_ms=int(self.heartbeat_interval * 1000),
             lease_ms=int(self.lease * 1000),
             max_text_bytes=p.MAX_TEXT_BYTES,

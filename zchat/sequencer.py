@@ -34,21 +34,22 @@ class RoomSequencer:
     def __init__(self) -> None:
         self._rooms: dict[str, _Room] = {}
 
-    def start(self, room: str, first: int, latest: int) -> list[Event]:
+    def start(self, room: str, first: int, latest: int, *, reset: bool = False) -> list[Event]:
         """Deliver from ``first`` on; the broker has up to ``latest``. Returns what is ready.
 
-        Called at join (``first`` = where the backlog begins) and at every rejoin with the
-        current position; a broker whose history went back (a fresh throwaway store) restarts
-        the room at ``first`` with a marker.
+        Called at join (``first`` = where the backlog begins) and at every rejoin, which keeps
+        the position: ``latest`` may even be older than what was delivered, as a reply can
+        overtake feed events. ``reset`` (the broker's history is not the one we read from
+        before) starts the room again at ``first``, with a marker.
         """
         r = self._rooms.setdefault(room, _Room())
         out: list[Event] = []
+        if reset and r.expected is not None:
+            out.append(_marker(room, "the broker's history was reset; starting again"))
+            r.expected, r.latest = None, 0
+            r.held = {seq: e for seq, e in r.held.items() if seq <= latest}
         if r.expected is None:
             r.expected = max(1, first)
-        elif latest + 1 < r.expected:
-            out.append(_marker(room, "the broker's history was reset; starting again"))
-            r.expected, r.latest = max(1, first), 0
-            r.held.clear()
         r.latest = max(r.latest, latest)
         r.fetching = False
         return out + self._release(room, r)
@@ -103,7 +104,9 @@ class RoomSequencer:
                 r.held[event.seq] = event
             r.latest = max(r.latest, event.seq)
         # With nothing stored after what we asked, everything up to what we hold is gone.
-        oldest = events[0].seq if events else min(r.held, default=r.latest + 1)
+        oldest = events[0].seq if events else r.latest + 1
+        # What we already hold (it came live) is not missing, even if history no longer has it.
+        oldest = min(oldest, min(r.held, default=oldest))
         out: list[Event] = []
         if oldest > r.expected:
             missing = oldest - r.expected

@@ -17,6 +17,7 @@ continues ``seq`` from what the file holds.
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS sent (
     PRIMARY KEY (sender, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sent_at ON sent (at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -58,6 +60,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        # Names this history: a client that sees it change knows old seqs mean nothing here.
+        self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id', ?)", (secrets.token_hex(8),))
+        self.id = str(self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0])
         self._events: list[tuple[str, int, bytes]] = []
         self._sent: list[tuple[str, str, str, int, float]] = []
 
