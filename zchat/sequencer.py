@@ -82,8 +82,6 @@ class RoomSequencer:
         for room, r in self._rooms.items():
             if r.expected is None or r.fetching or r.expected > r.latest:
                 continue
-            if r.expected in r.held:
-                continue
             upto = min(r.held) - 1 if r.held else r.latest
             r.fetching = True
             out.append((room, r.expected - 1, min(MAX_FETCH, upto - r.expected + 1)))
