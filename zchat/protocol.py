@@ -334,15 +334,17 @@ class _TsFormatter:
     """ISO-8601 UTC with milliseconds; the seconds part is cached because bursts share it."""
 
     def __init__(self) -> None:
-        self._sec = -1
-        self._prefix = ""
+        # One tuple, replaced whole: threads sharing the cache never see one second's number
+        # with another second's text.
+        self._cache = (-1, "")
 
     def __call__(self, t: float) -> str:
         sec = int(t)
-        if sec != self._sec:
-            self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{int((t - sec) * 1000):03d}Z"
+        cached, prefix = self._cache
+        if sec != cached:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            self._cache = (sec, prefix)
+        return f"{prefix}.{int((t - sec) * 1000):03d}Z"
 
 
 format_ts = _TsFormatter()

@@ -1,0 +1,544 @@
+"""BrokerCore without sockets: sessions as leases, rooms, stamping, drops. Time is passed in."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import pytest
+
+from zchat import protocol as p
+from zchat.core import BrokerCore, Publish
+
+#: The fixed wall clock of every test core, and how its timestamps read.
+WALL = 1_700_000_000.25
+WALL_TS = "2023-11-14T22:13:20.250Z"
+T0 = 1000.0  # monotonic start
+LEASE = 6.0  # heartbeat 2 s x 3 missed
+
+Out = list[tuple[bytes, p.Event]]
+
+
+def decoded(out: Sequence[Publish]) -> Out:
+    return [(topic, p.decode_event(payload)) for topic, payload in out]
+
+
+class Harness:
+    """A BrokerCore with deterministic tokens and wall clock, and helpers speaking its frames."""
+
+    def __init__(self) -> None:
+        counter = itertools.count(1)
+        self.core = BrokerCore(
+            T0,
+            heartbeat_interval=2.0,
+            missed_heartbeats=3,
+            wallclock=lambda: WALL,
+            new_token=lambda: f"token-{next(counter)}",
+        )
+
+    def call(self, req: p.Request, now: float = T0, ident: bytes = b"peer-1") -> tuple[dict[str, object], Out]:
+        reply, out = self.core.request([ident, b"", p.encode(req)], now)
+        assert reply is not None
+        assert reply[:-1] == [ident, b""], "the reply must go back through the same envelope"
+        return p.decode_reply(reply[-1]), decoded(out)
+
+    def hello(self, nick: str, rooms: Sequence[str] = ("general",), now: float = T0) -> str:
+        reply, _ = self.call(p.Hello(nick=nick, rooms=list(rooms)), now)
+        assert reply["ok"] is True, reply
+        token = reply["token"]
+        assert isinstance(token, str)
+        return token
+
+    def post(self, token: str, room: str, text: str, now: float = T0, **extra: object) -> Out:
+        body = {"token": token, "room": room, "text": text, **extra}
+        return decoded(self.core.ingest([p.encode(body)], now))
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+# --- hello ------------------------------------------------------------------------------------------
+
+
+def test_hello_gives_a_token_and_the_rooms_seq(h: Harness) -> None:
+    h.hello("bob", ["general"])  # general is at seq 1 now
+    reply, out = h.call(p.Hello(nick="alice", rooms=["general", "dev"], req="r1"))
+    assert reply["ok"] is True
+    assert reply["type"] == "hello"
+    assert reply["req"] == "r1"
+    assert reply["nick"] == "alice"
+    assert reply["token"] == "token-2"
+    assert reply["rooms"] == {"general": 2, "dev": 1}  # seqs after alice's own joins
+    assert reply["heartbeat_ms"] == 2000
+    assert reply["lease_ms"] == 6000
+    assert reply["max_text_bytes"] == p.MAX_TEXT_BYTES
+    assert [(t, e.room, e.seq, e.kind, e.nick) for t, e in out] == [
+        (b"#general:", "general", 2, "join", "alice"),
+        (b"#dev:", "dev", 1, "join", "alice"),
+    ]
+
+
+def test_join_event_is_published_on_the_room_topic_with_seq_1(h: Harness) -> None:
+    reply, out = h.call(p.Hello(nick="alice"))  # default room
+    assert reply["rooms"] == {"general": 1}
+    assert len(out) == 1
+    topic, ev = out[0]
+    assert topic == b"#general:"
+    assert (ev.seq, ev.ts, ev.room, ev.kind, ev.nick, ev.text) == (
+        1,
+        WALL_TS,
+        "general",
+        "join",
+        "alice",
+        "alice joined",
+    )
+    assert h.core.members("general") == ["alice"]
+    assert h.core.seq("general") == 1
+
+
+def test_hello_with_duplicate_rooms_joins_each_once(h: Harness) -> None:
+    reply, out = h.call(p.Hello(nick="alice", rooms=["dev", "dev", "general", "dev"]))
+    assert reply["rooms"] == {"dev": 1, "general": 1}
+    assert [e.room for _, e in out] == ["dev", "general"]
+
+
+@pytest.mark.parametrize("other", ["alice", "ALICE", "Alice", "aLiCe"])
+def test_duplicate_nick_is_refused_case_insensitively(h: Harness, other: str) -> None:
+    h.hello("Alice")
+    reply, out = h.call(p.Hello(nick=other, req="7"))
+    assert reply["ok"] is False
+    assert reply["type"] == "error"
+    assert reply["code"] == "nick_taken"
+    assert reply["req"] == "7"
+    assert other in str(reply["error"])
+    assert out == []
+    assert h.core.members("general") == ["Alice"]
+    assert h.core.stats(T0)["sessions"] == 1
+
+
+@pytest.mark.parametrize("nick", ["", "1abc", "a" * 25, "bad nick", "*", "mallory:"])
+def test_invalid_nick_is_refused_with_the_rule(h: Harness, nick: str) -> None:
+    reply, out = h.call(p.Hello(nick=nick))
+    assert reply["ok"] is False
+    assert reply["code"] == "invalid"
+    assert p.NICK_RULE in str(reply["error"])
+    assert out == []
+    assert h.core.stats(T0)["sessions"] == 0
+
+
+@pytest.mark.parametrize("room", ["General", "#general", "", "a" * 33, "dev ops", "_x"])
+def test_invalid_room_is_refused_with_the_rule(h: Harness, room: str) -> None:
+    reply, out = h.call(p.Hello(nick="alice", rooms=["general", room]))
+    assert reply["ok"] is False
+    assert reply["code"] == "invalid"
+    assert p.ROOM_RULE in str(reply["error"])
+    assert out == []  # nothing half done: not even the valid room was joined
+    assert h.core.members("general") == []
+    assert h.core.stats(T0)["sessions"] == 0
+    # and the nick is still free
+    assert h.hello("alice")
+
+
+def test_too_many_rooms_are_refused(h: Harness) -> None:
+    rooms = [f"r{n}" for n in range(p.MAX_ROOMS + 1)]
+    reply, out = h.call(p.Hello(nick="alice", rooms=rooms))
+    assert (reply["ok"], reply["code"], out) == (False, "too_many_rooms", [])
+    reply, out = h.call(p.Hello(nick="alice", rooms=rooms[:-1]))
+    assert reply["ok"] is True
+    assert len(out) == p.MAX_ROOMS
+
+
+# --- posts ------------------------------------------------------------------------------------------
+
+
+def test_post_is_stamped_with_the_sessions_nick_not_the_payloads(h: Harness) -> None:
+    token = h.hello("alice")
+    out = h.post(token, "general", "hi all", nick="mallory", seq=999, ts="1999", kind="action", id="m1")
+    assert len(out) == 1
+    topic, ev = out[0]
+    assert topic == b"#general:"
+    assert (ev.nick, ev.text, ev.kind, ev.room, ev.id) == ("alice", "hi all", "action", "general", "m1")
+    assert (ev.seq, ev.ts) == (2, WALL_TS)  # stamped by the broker, after alice's join (1)
+
+
+def test_seq_is_gapless_per_room_and_independent_across_rooms(h: Harness) -> None:
+    alice = h.hello("alice", ["general", "dev"])  # join: general 1, dev 1
+    bob = h.hello("bob", ["dev"])  # join: dev 2
+    seen: dict[str, list[int]] = {"general": [], "dev": []}
+    for n in range(30):
+        room = "dev" if n % 3 else "general"
+        token = bob if n % 2 and room == "dev" else alice
+        for topic, ev in h.post(token, room, f"m{n}", now=T0 + n * 0.01):
+            assert topic == p.room_topic(room)
+            seen[ev.room].append(ev.seq)
+    assert seen["general"] == list(range(2, 2 + len(seen["general"])))
+    assert seen["dev"] == list(range(3, 3 + len(seen["dev"])))
+    assert h.core.seq("general") == 1 + len(seen["general"])
+    assert h.core.seq("dev") == 2 + len(seen["dev"])
+    assert h.core.seq("nowhere") == 0
+
+
+def test_post_with_unknown_token_is_dropped_silently(h: Harness) -> None:
+    h.hello("alice")
+    before = h.core.counters.published
+    assert h.post("forged-token", "general", "hello", nick="alice") == []
+    assert h.post("", "general", "hello") == []
+    assert h.core.counters.dropped_unknown_session == 2
+    assert h.core.counters.published == before
+    assert h.core.counters.received == 0
+    assert h.core.seq("general") == 1
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [],
+        [b""],
+        [b"a", b"b"],
+        [p.encode(p.Post(token="token-1", room="general", text="hi"))] * 2,
+        [b"1", b"2", b"3", b"4", b"5"],
+        [b"\xff\xfe"],
+        [b"{nope"],
+        [b"[1, 2]"],
+        [b'{"room":"general","text":"no token"}'],
+        [b'{"token":"token-1","room":"general","text":"\xff"}'],
+        [b'{"token":"token-1","room":"general","text":"x","junk":' + b"[" * 5000 + b"]" * 5000 + b"}"],
+    ],
+)
+def test_malformed_ingest_messages_are_dropped(h: Harness, frames: list[bytes]) -> None:
+    h.hello("alice")  # token-1: a valid token does not make a malformed message acceptable
+    before = h.core.counters.published
+    assert h.core.ingest(frames, T0) == []
+    assert h.core.counters.dropped_malformed == 1
+    assert h.core.counters.published == before
+    assert h.core.counters.received == 0
+
+
+def test_too_long_text_gets_an_inbox_error_and_nothing_on_the_room(h: Harness) -> None:
+    token = h.hello("Alice")
+    out = h.post(token, "general", "é" * (p.MAX_TEXT_BYTES // 2) + "!", id="long-1")
+    assert len(out) == 1
+    topic, ev = out[0]
+    assert topic == b"@alice:"  # the inbox topic is lower-cased
+    assert (ev.seq, ev.kind, ev.nick, ev.code, ev.id, ev.room) == (0, "error", "*", "rejected", "long-1", "general")
+    assert "too long" in ev.text
+    assert h.core.seq("general") == 1  # no seq was spent
+    assert h.core.counters.rejected == 1
+    assert h.core.counters.received == 0
+    # the next good post takes the next seq
+    [(_, ok)] = h.post(token, "general", "short")
+    assert ok.seq == 2
+
+
+def test_blank_text_and_long_id_get_inbox_errors(h: Harness) -> None:
+    token = h.hello("alice")
+    [(topic, ev)] = h.post(token, "general", "   ", id="b1")
+    assert (topic, ev.code, ev.id, ev.text) == (b"@alice:", "rejected", "b1", "empty message")
+    [(topic, ev)] = h.post(token, "general", "fine", id="x" * (p.MAX_ID_CHARS + 1))
+    assert (topic, ev.code) == (b"@alice:", "rejected")
+    assert h.core.seq("general") == 1
+    assert h.core.counters.rejected == 2
+
+
+def test_posting_to_a_room_you_are_not_in_gets_an_inbox_error(h: Harness) -> None:
+    token = h.hello("alice", ["general"])
+    h.hello("bob", ["dev"])
+    out = h.post(token, "dev", "let me in", id="m9")
+    assert len(out) == 1
+    topic, ev = out[0]
+    assert topic == b"@alice:"
+    assert (ev.seq, ev.kind, ev.code, ev.id, ev.room) == (0, "error", "rejected", "m9", "")
+    assert "dev" in ev.text
+    assert h.core.seq("dev") == 1  # only bob's join
+    # an invalid room name is the same kind of mistake
+    [(topic, ev)] = h.post(token, "Not A Room", "x")
+    assert (topic, ev.code) == (b"@alice:", "rejected")
+
+
+# --- leases -----------------------------------------------------------------------------------------
+
+
+def test_heartbeat_renews_the_lease(h: Harness) -> None:
+    token = h.hello("alice")  # lease until T0 + 6
+    reply, out = h.call(p.Heartbeat(token=token, req="hb"), now=T0 + 5)  # now until T0 + 11
+    assert (reply["ok"], reply["req"], out) == (True, "hb", [])
+    assert h.core.expire(T0 + 10.75) == []
+    assert h.core.session(token) is not None
+    assert h.post(token, "general", "still here", now=T0 + 10.5)[0][1].nick == "alice"  # until T0 + 16.5
+    assert h.core.expire(T0 + 16.25) == []
+    assert len(h.core.expire(T0 + 16.5)) == 1
+    assert h.core.session(token) is None
+
+
+def test_heartbeat_with_unknown_or_lapsed_token_is_refused(h: Harness) -> None:
+    token = h.hello("alice")
+    reply, _ = h.call(p.Heartbeat(token="nope"))
+    assert (reply["ok"], reply["code"]) == (False, "unknown_session")
+    reply, _ = h.call(p.Heartbeat(token=token), now=T0 + LEASE)  # lapsed, not yet swept
+    assert (reply["ok"], reply["code"]) == (False, "unknown_session")
+    # a lapsed session's posts are dropped like unknown ones
+    assert h.post(token, "general", "late", now=T0 + LEASE) == []
+    assert h.core.counters.dropped_unknown_session == 1
+
+
+def test_expiry_publishes_timed_out_and_frees_the_nick(h: Harness) -> None:
+    token = h.hello("alice", ["general", "dev"])
+    h.hello("bob", ["general"], now=T0 + 3)
+    assert h.core.expire(T0 + LEASE - 0.001) == []
+    out = decoded(h.core.expire(T0 + LEASE))
+    assert [(t, e.kind, e.nick, e.text, e.reason, e.seq) for t, e in out] == [
+        (b"#dev:", "leave", "alice", "alice left (timed out)", "timed out", 2),
+        (b"#general:", "leave", "alice", "alice left (timed out)", "timed out", 3),
+    ]
+    assert h.core.session(token) is None
+    assert h.core.members("general") == ["bob"]
+    assert h.core.counters.timeouts == 1
+    assert h.core.expire(T0 + LEASE) == []  # only once
+    reply, _ = h.call(p.Hello(nick="alice"), now=T0 + LEASE + 1)
+    assert reply["ok"] is True
+
+
+def test_hello_for_a_nick_whose_lease_lapsed_succeeds(h: Harness) -> None:
+    old = h.hello("alice")
+    # no expire() call in between: the hello itself must sweep the lapsed lease
+    reply, out = h.call(p.Hello(nick="ALICE"), now=T0 + LEASE + 0.5)
+    assert reply["ok"] is True
+    assert reply["token"] != old
+    assert [(e.kind, e.nick, e.reason, e.seq) for _, e in out] == [
+        ("leave", "alice", "timed out", 2),
+        ("join", "ALICE", None, 3),
+    ]
+    assert h.core.session(old) is None
+    assert h.core.members("general") == ["ALICE"]
+
+
+def test_next_expiry(h: Harness) -> None:
+    assert h.core.next_expiry() == math.inf
+    token = h.hello("alice")
+    assert h.core.next_expiry() == T0 + LEASE
+    h.hello("bob", now=T0 + 2)
+    assert h.core.next_expiry() == T0 + LEASE  # the earliest lease
+    h.call(p.Heartbeat(token=token), now=T0 + 4)  # alice until T0 + 10, bob until T0 + 8
+    assert h.core.next_expiry() <= T0 + 8  # a lower bound, never later than a real expiry
+    assert h.core.expire(T0 + LEASE) == []  # nobody lapsed yet: the sweep moves the bound up
+    assert h.core.next_expiry() == T0 + 8
+    assert len(h.core.expire(T0 + 8)) == 1  # bob
+    assert h.core.next_expiry() == T0 + 10
+    assert len(h.core.expire(T0 + 10)) == 1  # alice
+    assert h.core.next_expiry() == math.inf
+
+
+# --- leave, join, part, who -------------------------------------------------------------------------
+
+
+def test_leave_publishes_quit(h: Harness) -> None:
+    token = h.hello("alice", ["general", "dev"])
+    h.hello("bob")
+    reply, out = h.call(p.Leave(token=token, req="bye"))
+    assert (reply["ok"], reply["req"]) == (True, "bye")
+    assert [(t, e.kind, e.nick, e.text, e.reason) for t, e in out] == [
+        (b"#dev:", "leave", "alice", "alice left (quit)", "quit"),
+        (b"#general:", "leave", "alice", "alice left (quit)", "quit"),
+    ]
+    assert h.core.session(token) is None
+    assert h.core.members("general") == ["bob"]
+    assert h.core.counters.leaves == 1
+    assert h.hello("alice")  # the nick is free again
+
+
+def test_leave_with_a_message(h: Harness) -> None:
+    token = h.hello("alice")
+    _, out = h.call(p.Leave(token=token, reason="off to lunch"))
+    assert out[0][1].text == "alice left (quit: off to lunch)"
+
+
+def test_part_and_join(h: Harness) -> None:
+    token = h.hello("alice", ["general"])
+    reply, out = h.call(p.Join(token=token, room="dev", req="j"))
+    assert (reply["ok"], reply["room"], reply["seq"], reply["req"]) == (True, "dev", 1, "j")
+    assert [(t, e.kind, e.seq) for t, e in out] == [(b"#dev:", "join", 1)]
+    reply, out = h.call(p.Join(token=token, room="dev"))  # already in: no second join event
+    assert (reply["ok"], reply["seq"], out) == (True, 1, [])
+    assert h.post(token, "dev", "in dev")[0][0] == b"#dev:"
+
+    reply, out = h.call(p.Part(token=token, room="dev"))
+    assert (reply["ok"], reply["room"]) == (True, "dev")
+    assert [(t, e.kind, e.text, e.reason, e.seq) for t, e in out] == [
+        (b"#dev:", "leave", "alice left (part)", "part", 3)
+    ]
+    assert h.core.members("dev") == []
+    [(topic, err)] = h.post(token, "dev", "still here?")
+    assert (topic, err.kind) == (b"@alice:", "error")
+
+    reply, out = h.call(p.Part(token=token, room="dev"))
+    assert (reply["ok"], reply["code"], out) == (False, "not_in_room", [])
+    reply, _ = h.call(p.Join(token=token, room="Dev"))
+    assert (reply["ok"], reply["code"]) == (False, "invalid")
+    reply, _ = h.call(p.Join(token="forged", room="dev"))
+    assert (reply["ok"], reply["code"]) == (False, "unknown_session")
+
+
+def test_who_lists_members_sorted(h: Harness) -> None:
+    for nick in ["carol", "Bob", "alice", "Dave"]:
+        h.hello(nick)
+    h.hello("eve", ["dev"])
+    reply, _ = h.call(p.Who(room="general", req="w"))
+    assert (reply["ok"], reply["room"], reply["req"]) == (True, "general", "w")
+    assert reply["nicks"] == ["alice", "Bob", "carol", "Dave"]
+    reply, _ = h.call(p.Who(room="nowhere"))
+    assert reply["nicks"] == []
+    reply, _ = h.call(p.Who(room="NOPE"))
+    assert (reply["ok"], reply["code"]) == (False, "invalid")
+
+
+# --- stats, rpc framing -----------------------------------------------------------------------------
+
+
+def test_stats_counters(h: Harness) -> None:
+    alice = h.hello("alice", ["general", "dev"])
+    h.hello("bob")
+    h.post(alice, "general", "one")
+    h.post(alice, "dev", "two")
+    h.post(alice, "general", "x" * (p.MAX_TEXT_BYTES + 1))  # rejected
+    h.post("forged", "general", "three")  # unknown session
+    h.core.ingest([b"junk"], T0)  # malformed
+    h.core.request([b"peer", b"junk"], T0)  # malformed, no envelope
+    h.call(p.Leave(token=alice))
+    reply, _ = h.call(p.Stats(req="s"), now=T0 + 12.5)
+    assert reply["ok"] is True
+    assert reply["req"] == "s"
+    expected = {
+        "uptime_s": 12.5,
+        "sessions": 1,
+        "rooms": 2,
+        "received": 2,
+        "rejected": 1,
+        "dropped_malformed": 2,
+        "dropped_unknown_session": 1,
+        "requests": 4,  # hello, hello, leave, stats
+        "joins": 2,
+        "leaves": 1,
+        "timeouts": 0,
+        # 3 joins + 2 messages + 1 inbox error + 2 leaves
+        "published": 8,
+    }
+    assert {k: reply[k] for k in expected} == expected
+    assert h.core.stats(T0 + 12.5)["dropped_malformed"] == 2
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"peer", p.encode(p.Stats())],  # no delimiter
+        [b"peer", b"x", p.encode(p.Stats())],  # a non-empty frame where the delimiter goes
+        [p.encode(p.Stats())],
+        [b"peer", b""],
+        [b"peer"],
+        [],
+        [b"peer", b"", p.encode(p.Stats()), b""],  # the delimiter is not second to last
+    ],
+)
+def test_rpc_without_the_empty_delimiter_gets_no_reply(h: Harness, frames: list[bytes]) -> None:
+    assert h.core.request(frames, T0) == (None, [])
+    assert h.core.counters.dropped_malformed == 1
+    assert h.core.counters.requests == 0
+
+
+def test_rpc_with_a_longer_envelope_is_answered_through_it(h: Harness) -> None:
+    reply, out = h.core.request([b"peer", b"hop-1", b"hop-2", b"", p.encode(p.Stats(req="s"))], T0)
+    assert reply is not None
+    assert reply[:-1] == [b"peer", b"hop-1", b"hop-2", b""]
+    assert p.decode_reply(reply[-1])["req"] == "s"
+    assert out == []
+
+
+@pytest.mark.parametrize(
+    ("body", "req"),
+    [
+        (b"garbage", None),
+        (b"", None),
+        (b"\xff\xfe", None),
+        (b"[]", None),
+        (b'{"type":"launch","req":"r1"}', "r1"),
+        (b'{"type":"hello","nick":42,"req":"r2"}', "r2"),
+        (b'{"req":"r3"}', "r3"),  # no type
+        (b'{"type":"who","room":["x"],"req":"r4","extra":[[[[1]]]]}', "r4"),
+        (b'{"type":"launch","req":5}', None),  # not a string: cannot be echoed
+        (b'{"type":"launch","req":"r6"', None),  # truncated JSON
+        (b'{"type":"who","req":"r7","x":' + b"[" * 5000 + b"]" * 5000 + b"}", None),
+    ],
+)
+def test_malformed_rpc_body_gets_bad_request_with_req_echoed(h: Harness, body: bytes, req: str | None) -> None:
+    reply, out = h.core.request([b"peer", b"", body], T0)
+    assert out == []
+    assert reply is not None
+    assert reply[:-1] == [b"peer", b""]
+    answer = p.decode_reply(reply[-1])
+    assert answer["ok"] is False
+    assert answer["type"] == "error"
+    assert answer["code"] == "bad_request"
+    assert answer["req"] == req
+    assert isinstance(answer["error"], str) and answer["error"]
+    assert h.core.counters.dropped_malformed == 1
+    assert h.core.counters.requests == 0
+
+
+# --- shutdown and subscriptions ---------------------------------------------------------------------
+
+
+def test_shutdown_publishes_a_system_event_to_every_room(h: Harness) -> None:
+    h.hello("alice", ["general", "dev"])
+    token = h.hello("bob", ["ops"])
+    h.call(p.Leave(token=token))  # ops is empty now, but it is still a room with a seq
+    out = decoded(h.core.shutdown())
+    by_room = {e.room: (t, e) for t, e in out}
+    assert sorted(by_room) == ["dev", "general", "ops"]
+    assert len(out) == 3
+    for room, (topic, ev) in by_room.items():
+        assert topic == p.room_topic(room)
+        assert (ev.kind, ev.nick, ev.reason, ev.ts) == ("system", "*", "shutdown", WALL_TS)
+        assert ev.seq == h.core.seq(room)  # the notice takes the room's next seq
+    assert by_room["general"][1].seq == 2
+    assert by_room["ops"][1].seq == 3  # join, leave, shutdown
+
+
+def test_shutdown_with_no_rooms_publishes_nothing(h: Harness) -> None:
+    assert h.core.shutdown() == []
+
+
+def test_probe_subscription_is_answered_on_its_topic(h: Harness) -> None:
+    topic = p.probe_topic("n0nce")
+    out = decoded(h.core.subscription(b"\x01" + topic))
+    assert len(out) == 1
+    t, ev = out[0]
+    assert t == topic
+    assert (ev.seq, ev.kind, ev.nick, ev.room, ev.ts) == (0, "ready", "*", "", WALL_TS)
+    assert h.core.counters.published == 1
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        b"\x00" + p.probe_topic("n0nce"),  # unsubscribing from a probe
+        b"\x01#general:",
+        b"\x01@alice:",
+        b"\x01",  # subscribe to everything
+        b"\x00",
+        b"\x01~no-colon",
+        b"\x01#~x:",
+    ],
+)
+def test_other_subscriptions_are_ignored(h: Harness, msg: bytes) -> None:
+    assert h.core.subscription(msg) == []
+    assert h.core.counters.dropped_malformed == 0
+    assert h.core.counters.published == 0
+
+
+@pytest.mark.parametrize("msg", [b"", b"\x02~x:", b"\x05junk", b"\xff", b"~x:"])
+def test_malformed_subscription_messages_are_dropped(h: Harness, msg: bytes) -> None:
+    assert h.core.subscription(msg) == []
+    assert h.core.counters.dropped_malformed == 1
+    assert h.core.counters.published == 0
