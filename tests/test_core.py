@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Sequence
 
@@ -210,11 +211,25 @@ def test_post_with_unknown_token_is_dropped_silently(h: Harness) -> None:
 )
 def test_malformed_ingest_messages_are_dropped(h: Harness, frames: list[bytes]) -> None:
     h.hello("alice")  # token-1: a valid token does not make a malformed message acceptable
-    before = h.core.counters.published
-    assert h.core.ingest(frames, T0) == []
+    seq = h.core.seq("general")
+    out = h.core.ingest(frames, T0)
+    # At most a note to the owner of a token that can still be read; never anything in a room.
+    assert all(topic == b"@alice:" and p.decode_event(ev).code == "bad_post" for topic, ev in out)
     assert h.core.counters.dropped_malformed == 1
-    assert h.core.counters.published == before
+    assert h.core.seq("general") == seq
     assert h.core.counters.received == 0
+
+
+def test_invalid_post_from_a_live_session_is_explained_on_its_inbox(h: Harness) -> None:
+    token = h.hello("alice")
+    body = {"token": token, "room": "general", "text": "hi", "kind": "shout", "id": "m-1"}
+    out = h.core.ingest([json.dumps(body).encode()], T0)
+    assert len(out) == 1
+    topic, payload = out[0]
+    event = p.decode_event(payload)
+    assert topic == b"@alice:"
+    assert (event.kind, event.code, event.id, event.seq) == ("error", "bad_post", "m-1", 0)
+    assert "kind" in event.text
 
 
 def test_too_long_text_gets_an_inbox_error_and_nothing_on_the_room(h: Harness) -> None:

@@ -9,6 +9,7 @@ knows nothing of sockets or the wire format.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -52,12 +53,18 @@ class Bot:
         self._stopping = True
 
     def run(self, *, idle_timeout: float | None = None) -> None:
-        """Connect and dispatch until :meth:`stop`, or ``idle_timeout`` seconds without events."""
+        """Connect and dispatch until :meth:`stop` (which may be called from a signal handler),
+        or until ``idle_timeout`` seconds pass without an event."""
         with self.client as client:
-            for event in client.events(timeout=idle_timeout):
-                self.dispatch(event)
-                if self._stopping:
-                    break
+            last_event = time.monotonic()
+            while not self._stopping:
+                events = client.poll(0.2)
+                for event in events:
+                    self.dispatch(event)
+                if events:
+                    last_event = time.monotonic()
+                elif idle_timeout is not None and time.monotonic() - last_event > idle_timeout:
+                    return
 
     def dispatch(self, event: Event) -> None:
         if event.kind not in ("message", "action") or event.nick.lower() == self.nick.lower():

@@ -131,7 +131,13 @@ class BrokerCore:
         try:
             post = p.decode_post(frames[0])
         except RemoteProtocolError as exc:
-            return self._drop(str(exc))
+            self._drop(str(exc))
+            # If the wreck still names a live session, tell its owner why nothing happened.
+            token, msg_id = p.post_token(frames[0])
+            sender = self._sessions.get(token or "")
+            if sender is None or sender.expires <= now:
+                return []
+            return [self._inbox_error(sender, "bad_post", str(exc), "", msg_id)]
         session = self._sessions.get(post.token)
         if session is None or session.expires <= now:
             self.counters.dropped_unknown_session += 1
@@ -267,8 +273,8 @@ class BrokerCore:
             rooms={room: self.seq(room) for room in rooms},
             epoch=self.epoch,
             history=self.history_id,
-            heartbeat_ms=int(self.heartbeat_interval * 1000),
-            lease_ms=int(self.lease * 1000),
+            heartbeat_ms=round(self.heartbeat_interval * 1000),
+            lease_ms=round(self.lease * 1000),
             max_text_bytes=p.MAX_TEXT_BYTES,
         )
         return reply, events

@@ -57,6 +57,7 @@ __all__ = [
     "inbox_topic",
     "is_probe_topic",
     "normalize_room",
+    "post_token",
     "probe_topic",
     "request_id",
     "room_topic",
@@ -314,20 +315,35 @@ def decode_reply(data: bytes) -> dict[str, object]:
     return _decode(_reply_decoder, data, "reply")
 
 
-class _ReqId(msgspec.Struct):
-    req: str | None = None
+class _Salvage(msgspec.Struct):
+    # What can still be read from a body that failed validation: any JSON value is accepted.
+    req: object = None
+    token: object = None
+    id: object = None
 
 
-_req_id_decoder = msgspec.json.Decoder(_ReqId)
+_salvage_decoder = msgspec.json.Decoder(_Salvage)
+
+
+def _salvage(data: bytes) -> _Salvage:
+    try:
+        return _salvage_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return _Salvage()
 
 
 def request_id(data: bytes) -> str | None:
     """The ``req`` of a request body that is not a valid request, if it has a readable one, so
     the error reply can still be matched to its request. Never raises."""
-    try:
-        return _req_id_decoder.decode(data).req
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return None
+    req = _salvage(data).req
+    return req if isinstance(req, str) else None
+
+
+def post_token(data: bytes) -> tuple[str | None, str | None]:
+    """``(token, id)`` of a post that is not valid, where readable, so the broker can tell its
+    sender what was wrong with it. Never raises."""
+    s = _salvage(data)
+    return (s.token if isinstance(s.token, str) else None, s.id if isinstance(s.id, str) else None)
 
 
 class _TsFormatter:
