@@ -34,6 +34,7 @@ class Lines:
         self.queue: queue.Queue[str] = queue.Queue()
         assert proc.stdout is not None
         stream = proc.stdout
+
         def pump() -> None:
             for line in stream:
                 self.queue.put(line)
