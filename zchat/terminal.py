@@ -7,9 +7,9 @@ over an ``inproc://`` PAIR socket, which also wakes the network thread's poll at
 terminal, output goes through ``patch_stdout`` so it is printed above the input line (whose
 prompt names the current room), never through it. ``/quit``, ``exit``, Ctrl-D and Ctrl-C all
 leave the same way: the network thread flushes what was typed, then the client says goodbye.
-Should the network thread die of a bug, the prompt ends and :func:`run` re-raises its error
-rather than leave the user typing into nothing. Protocol rules and rendering live elsewhere;
-this module owns the conversation.
+Should the network thread die of a bug, input stops (at once on a terminal, at the next stdin
+line otherwise) and :func:`run` re-raises its error, rather than leave the user typing into
+nothing. Protocol rules and rendering live elsewhere; this module owns the conversation.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ _LINE = b"line"
 #: How often a hand-over blocked on a full queue checks that the network thread still lives.
 _HANDOVER_CHECK_MS = 100
 
+#: Hands the network thread a line or the quit: ``hand_over(_LINE, text)``; False if it is gone.
+_HandOver = Callable[[bytes, str], bool]
+
 
 class _Network(threading.Thread):
     """The network thread: events out, lines in. Its failure, if any, is kept in ``error``."""
@@ -70,18 +73,26 @@ def run(client: Client, *, plain: bool) -> None:
     """Chat until the user quits; ``client`` must be connected and is closed on return."""
     address = f"inproc://zchat-terminal-{secrets.token_hex(4)}"
     session = None if plain else _session()
-    network = _Network(client, address, lambda: session and _end_prompt(session.app))
-    with client.context.socket(zmq.PAIR) as to_network:
+
+    def on_death() -> None:
+        if session is not None:
+            _end_prompt(session.app)
+
+    network = _Network(client, address, on_death)
+    # On a terminal every line, the network thread's too, goes through patch_stdout from the start.
+    output = contextlib.nullcontext() if session is None else patch_stdout()
+    with output, client.context.socket(zmq.PAIR) as to_network:
         to_network.setsockopt(zmq.LINGER, 0)
         to_network.setsockopt(zmq.SNDTIMEO, _HANDOVER_CHECK_MS)
         to_network.bind(address)
 
-        def hand_over(what: bytes, data: str) -> None:
-            """Give the network thread a line or the quit; never hangs if that thread is gone."""
+        def hand_over(what: bytes, data: str) -> bool:
+            """Give the network thread a line or the quit; False (at once) if that thread is gone."""
             while network.is_alive():
                 with contextlib.suppress(zmq.Again):
                     to_network.send_multipart([what, data.encode("utf-8", "surrogateescape")])
-                    return
+                    return True
+            return False
 
         network.start()
         try:
@@ -117,13 +128,14 @@ def _quit_reason(line: str) -> str | None:
     return None
 
 
-def _read_plain(hand_over: Callable[[bytes, str], None]) -> None:
+def _read_plain(hand_over: _HandOver) -> None:
     for raw in sys.stdin:
         line = raw.rstrip("\r\n")
         if (reason := _quit_reason(line)) is not None:
             hand_over(_QUIT, reason)
             return
-        hand_over(_LINE, line)
+        if not hand_over(_LINE, line):
+            return
     hand_over(_QUIT, "quit")
 
 
@@ -142,24 +154,21 @@ def _prompt(client: Client) -> str:
     return f"{room}{client.nick}> "
 
 
-def _read_tty(
-    client: Client, session: PromptSession[str], hand_over: Callable[[bytes, str], None], network: threading.Thread
-) -> None:
+def _read_tty(client: Client, session: PromptSession[str], hand_over: _HandOver, network: threading.Thread) -> None:
     def check_network() -> None:  # runs once the prompt is up: closes the race with _end_prompt
         if not network.is_alive():
             _exit_app(session.app)
 
-    with patch_stdout():
-        print(f"-- joined {', '.join('#' + r for r in client.rooms)} as {client.nick}; /help for commands")
-        while network.is_alive():
-            try:
-                line = session.prompt(lambda: _prompt(client), pre_run=check_network)
-            except (EOFError, KeyboardInterrupt):  # Ctrl-D on an empty line, Ctrl-C
-                line = "/quit"
-            if (reason := _quit_reason(line)) is not None:
-                hand_over(_QUIT, reason)
-                return
-            hand_over(_LINE, line)
+    _show(f"-- joined {', '.join('#' + r for r in client.rooms)} as {client.nick}; /help for commands")
+    while network.is_alive():
+        try:
+            line = session.prompt(lambda: _prompt(client), pre_run=check_network)
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D on an empty line, Ctrl-C
+            line = "/quit"
+        if (reason := _quit_reason(line)) is not None:
+            hand_over(_QUIT, reason)
+            return
+        hand_over(_LINE, line)
 
 
 def _end_prompt(app: Application[str]) -> None:
@@ -228,3 +237,10 @@ def _command(client: Client, line: str) -> None:
             _show(f"!! unknown command /{render.inert(name)}: /help lists the commands")
     except ZChatError as exc:
         _show(f"!! {exc}")
+
+
+def _show(line: str) -> None:
+    # One write with its newline: print() writes the two apart, and another thread's line could
+    # land between them (patch_stdout's proxy keeps a write whole, not a print).
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
