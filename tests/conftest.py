@@ -37,10 +37,14 @@ class ThreadBroker:
     """A Broker serving from a background thread of the test process."""
 
     def __init__(
-        self, ctx: zmq.Context[zmq.Socket[bytes]], heartbeat: float = TEST_HEARTBEAT, history_limit: int = 10_000
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        heartbeat: float = TEST_HEARTBEAT,
+        history_limit: int = 10_000,
+        **options: Any,
     ) -> None:
         self.store = Store(":memory:", history_limit=history_limit)
-        self.broker = Broker(LOOPBACK_ANY, context=ctx, heartbeat_interval=heartbeat, store=self.store)
+        self.broker = Broker(LOOPBACK_ANY, context=ctx, heartbeat_interval=heartbeat, store=self.store, **options)
         self.endpoints = self.broker.bind()
         self.thread = threading.Thread(target=self.broker.run, name="test-broker")
         self.thread.start()

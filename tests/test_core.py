@@ -526,7 +526,9 @@ def test_shutdown_with_no_rooms_publishes_nothing(h: Harness) -> None:
 
 def test_probe_subscription_is_answered_on_its_topic(h: Harness) -> None:
     topic = p.probe_topic("n0nce")
-    out = decoded(h.core.subscription(b"\x01" + topic))
+    granted, events = h.core.subscription(b"\x01" + topic)
+    assert granted == [topic]
+    out = decoded(events)
     assert len(out) == 1
     t, ev = out[0]
     assert t == topic
@@ -534,26 +536,37 @@ def test_probe_subscription_is_answered_on_its_topic(h: Harness) -> None:
     assert h.core.counters.published == 1
 
 
+SECRET = "s" * p.INBOX_SECRET_CHARS
+
+
 @pytest.mark.parametrize(
-    "msg",
+    ("msg", "granted"),
     [
-        b"\x00" + p.probe_topic("n0nce"),  # unsubscribing from a probe
-        b"\x01#general:",
-        b"\x01@alice:",
-        b"\x01",  # subscribe to everything
-        b"\x00",
-        b"\x01~no-colon",
-        b"\x01#~x:",
+        (b"\x00" + p.probe_topic("n0nce"), [p.probe_topic("n0nce")]),  # unsubscribing from a probe
+        (b"\x01#general:", [b"#general:"]),
+        (b"\x01#", [b"#"]),
+        (b"\x01!hb:", [b"!hb:"]),
+        # The empty subscription means "everything I may see": rooms and heartbeats, no inbox.
+        (b"\x01", [b"#", p.HEARTBEAT_TOPIC]),
+        (b"\x00", [b"#", p.HEARTBEAT_TOPIC]),
+        # An inbox only with its full secret: no prefix of anyone's inbox gets anything.
+        (b"\x01@alice:" + SECRET.encode(), [b"@alice:" + SECRET.encode()]),
+        (b"\x01@alice:", []),
+        (b"\x01@alice:" + SECRET[:-1].encode(), []),
+        (b"\x01@a", []),
+        (b"\x01@", []),
+        (b"\x01x", []),
     ],
 )
-def test_other_subscriptions_are_ignored(h: Harness, msg: bytes) -> None:
-    assert h.core.subscription(msg) == []
+def test_open_mode_subscriptions_are_vetted(h: Harness, msg: bytes, granted: list[bytes]) -> None:
+    assert h.core.subscription(msg) == (granted, [])
     assert h.core.counters.dropped_malformed == 0
     assert h.core.counters.published == 0
+    assert h.core.counters.subscriptions_refused == (0 if granted else 1)
 
 
 @pytest.mark.parametrize("msg", [b"", b"\x02~x:", b"\x05junk", b"\xff", b"~x:"])
 def test_malformed_subscription_messages_are_dropped(h: Harness, msg: bytes) -> None:
-    assert h.core.subscription(msg) == []
+    assert h.core.subscription(msg) == ([], [])
     assert h.core.counters.dropped_malformed == 1
     assert h.core.counters.published == 0

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -54,6 +54,14 @@ def assert_gapless(events: list[Event]) -> None:
     """Room events exactly once each, in seq order, with no hole."""
     seqs = [e.seq for e in events if e.seq > 0]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "duplicate or missing seq"
+
+
+@pytest.fixture
+def broker(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[ThreadBroker]:
+    """These tests send thousands of messages from one client: no rate limit here."""
+    b = ThreadBroker(ctx, rate=0)
+    yield b
+    b.stop()
 
 
 def test_late_joiner_gets_backlog_then_live_with_no_gap_while_messages_flow(
@@ -157,7 +165,7 @@ def test_broker_kill_9_and_restart_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_paused_subscriber_does_not_slow_others_and_repairs_its_gap(connect: ClientFactory) -> None:
-    bp = start_broker_process("--feed-hwm", "500", "--history-limit", "20000")
+    bp = start_broker_process("--feed-hwm", "500", "--history-limit", "20000", "--rate", "0")
     try:
         e = bp.endpoints
         # --since 0: the tail prints the warm-up from history even if it starts after it was said.

@@ -17,10 +17,13 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from zchat import transport
 from zchat.core import BrokerCore, Publish
+from zchat.identity import Authority
 from zchat.protocol import MAX_FRAME_BYTES, Endpoints
+from zchat.ratelimit import DEFAULT_BURST, DEFAULT_RATE
 from zchat.store import Store
 
 __all__ = ["Broker"]
@@ -39,6 +42,8 @@ SHUTDOWN_LINGER_MS = 500
 #: Seconds between two heartbeats on the feed. Sent even when the feed is busy: a client whose
 #: own rooms are quiet must still hear that the broker lives.
 FEED_HEARTBEAT = 1.0
+#: The ZAP domain of the broker's sockets.
+ZAP_DOMAIN = "zchat"
 #: Seconds between two prunings of the dedupe window.
 HOUSEKEEPING_INTERVAL = 60.0
 
@@ -55,17 +60,34 @@ class Broker:
         missed_heartbeats: int = 3,
         store: Store | None = None,
         feed_hwm: int = FEED_HWM,
+        curve: tuple[str, str] | None = None,
+        authority: Authority | None = None,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``curve`` is the broker's (public, secret) z85 keypair: with it every socket runs
+        CURVE and ``authority`` says which client keys may connect and which nicks they own."""
         transport.require_libzmq()
+        if (curve is None) != (authority is None):
+            raise ValueError("curve and authority go together")
         self.endpoints = endpoints
         self.store = store
         self.feed_hwm = feed_hwm
+        self._curve = curve
+        self._authority = authority
+        self._auth: ThreadAuthenticator | None = None
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         self._clock = clock
         self.core = BrokerCore(
-            clock(), heartbeat_interval=heartbeat_interval, missed_heartbeats=missed_heartbeats, store=store
+            clock(),
+            heartbeat_interval=heartbeat_interval,
+            missed_heartbeats=missed_heartbeats,
+            store=store,
+            authority=authority,
+            rate=rate,
+            burst=burst,
         )
         # Replies wait until the batch they belong to is stored and published, so that every
         # seq a client hears of in a reply can already be fetched from history.
@@ -93,8 +115,11 @@ class Broker:
         """Bind the three sockets; returns the endpoints as bound (``*`` ports resolved)."""
         e = self.endpoints
         try:
+            if self._authority is not None:
+                self._start_authenticator(self._authority)
             self.ingest = self._bind(zmq.PULL, e.ingest)
-            self.feed = self._bind(zmq.XPUB, e.feed, SNDHWM=self.feed_hwm)
+            # XPUB_MANUAL: the broker decides what each subscriber really gets (core._vet).
+            self.feed = self._bind(zmq.XPUB, e.feed, SNDHWM=self.feed_hwm, XPUB_MANUAL=1)
             self.rpc = self._bind(zmq.ROUTER, e.rpc)
         except zmq.ZMQError:
             self.close()
@@ -102,11 +127,28 @@ class Broker:
         self.endpoints = Endpoints(*(_last_endpoint(s) for s in (self.ingest, self.feed, self.rpc)))
         e = self.endpoints
         log.info("zchat broker listening: ingest %s (PULL), feed %s (XPUB), rpc %s (ROUTER)", e.ingest, e.feed, e.rpc)
+        log.info("security: %s", "CURVE on all sockets" if self._curve else "open (no authentication, no encryption)")
         return self.endpoints
 
+    def _start_authenticator(self, authority: Authority) -> None:
+        """ZAP, in pyzmq's authenticator thread: a key connects only if the authority knows it.
+        Each accepted connection's frames then carry the key as their ``User-Id``."""
+
+        class Keys:
+            def callback(self, domain: str, key: bytes) -> bool:
+                return authority.may_connect(key.decode("ascii"))
+
+        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("zchat.zap"))
+        self._auth.start()
+        self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=Keys())
+
     def _bind(self, kind: int, endpoint: str, **options: int) -> zmq.Socket[bytes]:
-        sock = transport.socket(self._ctx, kind, endpoint, MAXMSGSIZE=MAX_FRAME_BYTES, **options)
+        sock = transport.socket(self._ctx, kind, endpoint, None, MAXMSGSIZE=MAX_FRAME_BYTES, **options)
         self._sockets.append(sock)
+        if self._curve is not None:
+            sock.curve_server = True
+            sock.curve_publickey, sock.curve_secretkey = (k.encode("ascii") for k in self._curve)
+            sock.zap_domain = ZAP_DOMAIN.encode()
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -125,6 +167,9 @@ class Broker:
         self._sockets.clear()
         self._wake_r.close()
         self._wake_w.close()
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._own_context:
             self._ctx.term()
 
@@ -166,29 +211,45 @@ class Broker:
         log.info("zchat broker stopped")
 
     def _drain(
-        self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes], float], Iterable[Publish]], now: float
+        self,
+        sock: zmq.Socket[bytes],
+        handle: Callable[[list[bytes], float, str | None], Iterable[Publish]],
+        now: float,
     ) -> list[Publish]:
         out: list[Publish] = []
+        secure = self._curve is not None
         for _ in range(BATCH):
+            identity = None
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                if secure:
+                    # The sender is whoever the ZAP handler said, on the frame itself.
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    identity = _user_id(parts[-1])
+                    frames = [f.bytes for f in parts]
+                else:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             try:
-                out += handle(frames, now)
+                out += handle(frames, now, identity)
             except Exception:
                 # A bug must cost one message, never the broker.
                 log.exception("internal error on a message; dropped it")
         return out
 
-    def _reply(self, frames: list[bytes], now: float) -> list[Publish]:
-        reply, events = self.core.request(frames, now)
+    def _reply(self, frames: list[bytes], now: float, identity: str | None) -> list[Publish]:
+        reply, events = self.core.request(frames, now, identity)
         if reply is not None:
             self._replies.append(reply)
         return events
 
-    def _subscription(self, frames: list[bytes], now: float) -> list[Publish]:
-        return self.core.subscription(frames[0])
+    def _subscription(self, frames: list[bytes], now: float, identity: str | None) -> list[Publish]:
+        granted, events = self.core.subscription(frames[0], identity)
+        # XPUB_MANUAL applies these to the pipe of the message just received: before any recv.
+        option = zmq.SUBSCRIBE if frames[0][:1] == b"\x01" else zmq.UNSUBSCRIBE
+        for topic in granted:
+            self.feed.setsockopt(option, topic)
+        return events
 
     def _commit_and_publish(self, out: list[Publish]) -> None:
         """Store the batch in one transaction, then publish it, then send its replies."""
@@ -206,6 +267,15 @@ class Broker:
         for reply in self._replies:
             self.rpc.send_multipart(reply)
         self._replies.clear()
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    """The ZAP ``User-Id`` of a received frame; None on messages libzmq made up itself (the
+    unsubscriptions of a subscriber that went away carry no metadata)."""
+    try:
+        return str(frame.get("User-Id"))
+    except zmq.ZMQError:
+        return None
 
 
 def _timeout_ms(seconds: float) -> int:

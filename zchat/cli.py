@@ -15,17 +15,21 @@ import select
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import zmq
 
+from zchat import keys, render
 from zchat import protocol as p
-from zchat import render
 from zchat.broker import FEED_HWM, Broker
 from zchat.client import Client
 from zchat.errors import LocalProtocolError, ZChatError
+from zchat.identity import Authority
+from zchat.keys import CONFIG_DIR
+from zchat.ratelimit import DEFAULT_BURST, DEFAULT_RATE
 from zchat.store import DEFAULT_HISTORY_LIMIT, Store
 from zchat.terminal import run
 
@@ -34,7 +38,9 @@ __all__ = ["cli", "main"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
-DEFAULT_DB = os.path.join(click.get_app_dir("zchat"), "history.sqlite3")
+DEFAULT_DB = str(CONFIG_DIR / "history.sqlite3")
+#: A broker's public key placed here is used when no --server-key is given.
+DEFAULT_SERVER_PUBLIC = CONFIG_DIR / "server.key"
 
 log = logging.getLogger("zchat.broker")
 
@@ -80,6 +86,22 @@ def endpoint_options(f: F) -> F:
 
 def client_options(f: F) -> F:
     f = click.option(
+        "--server-key",
+        envvar="ZCHAT_SERVER_KEY",
+        metavar="KEY|FILE",
+        help=f"The broker's public key (z85, or a key file) for a secure broker; default: {DEFAULT_SERVER_PUBLIC}"
+        " if it exists.",
+    )(f)
+    f = click.option(
+        "--key",
+        "key_file",
+        envvar="ZCHAT_KEY",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=CONFIG_DIR / "id.key_secret",
+        show_default=True,
+        help="Your secret key file (from 'zchat keygen'), used with a secure broker.",
+    )(f)
+    f = click.option(
         "--timeout",
         envvar="ZCHAT_TIMEOUT",
         type=click.FloatRange(0.1, 60),
@@ -88,6 +110,15 @@ def client_options(f: F) -> F:
         help="Seconds to wait for the broker before giving up.",
     )(f)
     return endpoint_options(f)
+
+
+def _client(nick: str | None, rooms: Iterable[str], kw: dict[str, Any], **options: Any) -> Client:
+    """A client as the shared options describe it (endpoints, timeout, CURVE keys)."""
+    server_key = kw.pop("server_key")
+    if server_key is None and DEFAULT_SERVER_PUBLIC.exists():
+        server_key = str(DEFAULT_SERVER_PUBLIC)
+    curve = keys.client_curve(server_key, kw.pop("key_file"))
+    return Client(nick, rooms, endpoints=_endpoints(kw), timeout=kw.pop("timeout"), curve=curve, **options)
 
 
 def _endpoints(kw: dict[str, Any]) -> p.Endpoints:
@@ -153,18 +184,99 @@ def cli() -> None:
     show_default=True,
     help="Logging threshold (logs go to stderr).",
 )
-def broker_cmd(db: str, history_limit: int, feed_hwm: int, heartbeat: float, log_level: str, **kw: Any) -> None:
+@click.option("--secure", is_flag=True, help="Require CURVE (encryption and client keys) on all three sockets.")
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=CONFIG_DIR / "server.key_secret",
+    show_default=True,
+    help="With --secure: the broker's secret key file ('zchat keygen --name server').",
+)
+@click.option(
+    "--allow",
+    "allow_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --secure: allowlist file, one '<client public key> <nick>' per line.",
+)
+@click.option(
+    "--open-registration",
+    is_flag=True,
+    help="With --secure: any key may connect, and the first key to use a nick owns it.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow binding a non-loopback address without --secure (anyone there can read and post).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0),
+    default=DEFAULT_RATE,
+    show_default=True,
+    help="Messages per second one sender may sustain; 0 turns rate limiting off.",
+)
+@click.option(
+    "--burst",
+    type=click.IntRange(1),
+    default=DEFAULT_BURST,
+    show_default=True,
+    help="Messages one sender may send at once.",
+)
+def broker_cmd(
+    *,
+    db: str,
+    history_limit: int,
+    feed_hwm: int,
+    heartbeat: float,
+    log_level: str,
+    secure: bool,
+    key_file: Path,
+    allow_file: Path | None,
+    open_registration: bool,
+    insecure: bool,
+    rate: float,
+    burst: int,
+    **kw: Any,
+) -> None:
     """Run a broker: bind the ingest, feed and rpc sockets and serve until SIGINT/SIGTERM."""
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     with _clear_errors():
+        endpoints = _endpoints(kw)
+        exposed = [e for e in (endpoints.ingest, endpoints.feed, endpoints.rpc) if not keys.is_local(e)]
+        if exposed and not secure and not insecure:
+            raise ZChatError(
+                f"refusing to bind {exposed[0]} without --secure: anyone who can reach it could read every"
+                " message and post as anyone (see docs/security.md; --insecure if you really mean it)"
+            )
+        if (allow_file or open_registration) and not secure:
+            raise ZChatError("--allow and --open-registration need --secure")
+        if secure and not (allow_file or open_registration):
+            raise ZChatError("--secure needs --allow FILE, --open-registration, or both: who may connect?")
+        curve = keys.load_keypair(key_file) if secure else None
+        if curve is not None and not curve[1]:
+            raise ZChatError(f"{key_file} holds no secret key: pass the .key_secret file")
+        allowlist = keys.load_allowlist(allow_file) if allow_file else {}
         try:
             store = Store(db, history_limit=history_limit)
         except (OSError, sqlite3.Error) as exc:
             raise ZChatError(f"cannot open the history store {db}: {exc}") from None
+        authority = Authority(allowlist, open_registration=open_registration, claims=store.claims()) if secure else None
         try:
-            with Broker(_endpoints(kw), heartbeat_interval=heartbeat, store=store, feed_hwm=feed_hwm) as broker:
+            with Broker(
+                endpoints,
+                heartbeat_interval=heartbeat,
+                store=store,
+                feed_hwm=feed_hwm,
+                curve=curve,
+                authority=authority,
+                rate=rate,
+                burst=burst,
+            ) as broker:
+                if curve is not None:
+                    log.info("public key: %s (clients pass it as --server-key)", curve[0])
                 log.info("history: %s (keeping %d events a room); epoch %s", db, history_limit, broker.core.epoch)
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, lambda *_: broker.stop())
@@ -192,10 +304,10 @@ def broker_cmd(db: str, history_limit: int, feed_hwm: int, heartbeat: float, log
     help="Earlier messages to show from each room's history on joining.",
 )
 @client_options
-def join_cmd(nick: str, rooms: tuple[str, ...], plain: bool, backlog: int, timeout: float, **kw: Any) -> None:
+def join_cmd(nick: str, rooms: tuple[str, ...], plain: bool, backlog: int, **kw: Any) -> None:
     """Chat interactively. Type a line to send it; /help lists the commands."""
     with _clear_errors():
-        client = Client(nick, rooms, endpoints=_endpoints(kw), timeout=timeout, backlog=backlog).connect()
+        client = _client(nick, rooms, kw, backlog=backlog).connect()
         run(client, plain=plain or not (sys.stdin.isatty() and sys.stdout.isatty()))
 
 
@@ -218,11 +330,10 @@ def join_cmd(nick: str, rooms: tuple[str, ...], plain: bool, backlog: int, timeo
 )
 @click.option("--since", type=click.IntRange(0), metavar="SEQ", help="Print every stored event after SEQ first.")
 @client_options
-def tail_cmd(rooms: tuple[str, ...], as_json: bool, backlog: int, since: int | None, timeout: float, **kw: Any) -> None:
+def tail_cmd(rooms: tuple[str, ...], as_json: bool, backlog: int, since: int | None, **kw: Any) -> None:
     """Print rooms' events as they happen, in order and without gaps, until interrupted."""
     with _clear_errors():
-        reader = Client(None, rooms, endpoints=_endpoints(kw), timeout=timeout, backlog=backlog, since=since)
-        reader.connect()
+        reader = _client(None, rooms, kw, backlog=backlog, since=since).connect()
         show_room = len(reader.rooms) > 1
         try:
             while True:
@@ -244,18 +355,43 @@ def _echo(line: str) -> None:
         raise SystemExit(0) from None
 
 
+@cli.command("keygen")
+@click.option("--name", default="id", show_default=True, help="File name: NAME.key (public) and NAME.key_secret.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=CONFIG_DIR,
+    show_default=True,
+    help="Where to write the keys.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing keypair of that name.")
+def keygen_cmd(name: str, directory: Path, force: bool) -> None:
+    """Make a CURVE keypair (z85, files readable by you only) and print its public key.
+
+    Clients: 'zchat keygen', then give the public key to the broker's operator. Brokers:
+    'zchat keygen --name server', then give the public key to the users.
+    """
+    with _clear_errors():
+        public, secret, key = keys.keygen(name, directory, force=force)
+    click.echo(f"public key: {key}")
+    click.echo(f"wrote {public} and {secret} (mode 0600); keep {secret.name} to yourself")
+
+
 @cli.command("say")
 @click.option("--nick", envvar="ZCHAT_NICK", required=True, help=f"Nick to speak as ({p.NICK_RULE}).")
 @click.option("--room", default=p.DEFAULT_ROOM, show_default=True, help="Room to speak in.")
+@click.option("--to", metavar="NICK", help="Send privately to NICK instead of to the room.")
 @click.argument("text", required=False)
 @client_options
-def say_cmd(nick: str, room: str, text: str | None, timeout: float, **kw: Any) -> None:
+def say_cmd(nick: str, room: str, to: str | None, text: str | None, **kw: Any) -> None:
     """Send TEXT, or each line of stdin in order, then leave.
 
     Exits 0 only when the broker has accepted and published every line.
     """
     with _clear_errors():
-        client = Client(nick, [room], endpoints=_endpoints(kw), timeout=timeout).connect()
+        timeout = kw["timeout"]
+        client = _client(nick, [room], kw).connect()
         try:
             lines = [text] if text is not None else _stdin_lines(client)
             refused = 0
@@ -263,7 +399,10 @@ def say_cmd(nick: str, room: str, text: str | None, timeout: float, **kw: Any) -
                 if not line.strip():
                     continue
                 try:
-                    client.say(line)
+                    if to is not None:
+                        client.msg(to, line)
+                    else:
+                        client.say(line)
                 except LocalProtocolError as exc:
                     refused += 1
                     click.echo(f"zchat say: line {n} not sent: {exc}", err=True)

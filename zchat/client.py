@@ -26,6 +26,7 @@ from typing import Literal
 
 import msgspec
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from zchat import protocol as p
 from zchat import transport
@@ -35,6 +36,10 @@ from zchat.sequencer import RoomSequencer
 __all__ = ["Client", "Feed"]
 
 State = Literal["new", "connecting", "connected", "reconnecting", "closed"]
+
+_HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+)
 
 #: Longest wait between two attempts to rejoin a lost broker.
 MAX_BACKOFF = 8.0
@@ -46,6 +51,7 @@ class _Outgoing:
     kind: Literal["message", "action"]
     text: str
     at: float  # monotonic time of say()
+    to: str | None = None  # a private message's recipient
 
 
 class Client:
@@ -76,6 +82,7 @@ class Client:
         since: int | None = None,
         send_timeout: float = 30.0,
         dead_after: float = 3.0,
+        curve: transport.Curve | None = None,
     ) -> None:
         transport.require_libzmq()
         self.nick = p.check_nick(nick) if nick is not None else None
@@ -86,6 +93,9 @@ class Client:
         self.since = since
         self.send_timeout = send_timeout
         self.dead_after = dead_after
+        self.curve = curve
+        # Errors and private messages for this session come on a topic only it knows.
+        self.inbox = p.new_inbox_topic(nick) if nick is not None else b""
         self.state: State = "new"
         self.epoch: str | None = None
         self._history_id: str | None = None
@@ -138,17 +148,43 @@ class Client:
         :class:`Refused` if it turns the nick down.
         """
         self.state = "connecting"
+        monitor = None
         try:
             self._open_sockets()
-            assert self._feed is not None
-            for _topic, payload in self._feed.wait_live(self.timeout):
-                self._on_payload(payload)
-            self._accept_join(self._call(self._join_request()))
+            assert self._feed is not None and self._rpc is not None
+            monitor = self._rpc.get_monitor_socket(_HANDSHAKE_FAILURES)
+            try:
+                for _topic, payload in self._feed.wait_live(self.timeout):
+                    self._on_payload(payload)
+                self._accept_join(self._call(self._join_request()))
+            except Unreachable:
+                self._diagnose(monitor)
+                raise
         except BaseException:
-            self._close_sockets()
+            self._close_sockets(monitor)
             self.state = "closed"
             raise
+        self._rpc.disable_monitor()
+        monitor.close()
         return self
+
+    def _diagnose(self, monitor: zmq.Socket[bytes]) -> None:
+        """Turn a failed security handshake seen while connecting into a clear error."""
+        events = set()
+        while monitor.poll(0):
+            events.add(recv_monitor_message(monitor)["event"])
+        where = self.endpoints.rpc
+        if zmq.EVENT_HANDSHAKE_FAILED_AUTH in events:
+            key = self.curve.public if self.curve else "(none)"
+            raise Refused(
+                "key_refused", f"the broker at {where} refused this client's key {key}: ask its operator to allow it"
+            )
+        if events and self.curve is None:
+            raise Unreachable(f"the broker at {where} wants a secure connection: give its public key (--server-key)")
+        if events:
+            raise Unreachable(
+                f"the secure handshake with the broker at {where} failed: is --server-key its public key?"
+            )
 
     def close(self, reason: str = "quit") -> None:
         """Wait briefly for unconfirmed messages, leave the rooms, close the sockets."""
@@ -178,15 +214,19 @@ class Client:
         """Send an action (``/me waves``)."""
         return self._post(text, room, "action")
 
-    def _post(self, text: str, room: str | None, kind: Literal["message", "action"]) -> str:
+    def msg(self, to: str, text: str) -> str:
+        """Send a private message to ``to``: only that nick (and you) will see it."""
+        return self._post(text, None, "message", to=p.check_nick(to))
+
+    def _post(self, text: str, room: str | None, kind: Literal["message", "action"], to: str | None = None) -> str:
         if self.nick is None:
             raise ZChatError("a reader cannot speak: give a nick")
         if self.state not in ("connected", "reconnecting"):
             raise ZChatError(f"the client is {self.state}")
-        room = self._room(room)
+        room = "" if to is not None else self._room(room)
         p.check_text(text)
         msg_id = next(self._ids)
-        self.pending[msg_id] = _Outgoing(room, kind, text, time.monotonic())
+        self.pending[msg_id] = _Outgoing(room, kind, text, time.monotonic(), to)
         self._unsent.append(msg_id)
         self._flush_outbox()
         return msg_id
@@ -198,7 +238,8 @@ class Client:
         while self._unsent:
             out = self.pending.get(self._unsent[0])
             if out is not None:
-                post = p.Post(token=self._token, room=out.room, text=out.text, kind=out.kind, id=self._unsent[0])
+                msg_id = self._unsent[0]
+                post = p.Post(token=self._token, room=out.room, text=out.text, kind=out.kind, id=msg_id, to=out.to)
                 try:
                     self._push.send(p.encode(post), zmq.NOBLOCK)
                 except zmq.Again:
@@ -293,6 +334,9 @@ class Client:
     def _pump(self, timeout: float, also: Iterable[zmq.Socket[bytes] | int] = ()) -> None:
         """Wait up to ``timeout`` for input, handle it, and keep the session alive."""
         assert self._feed is not None and self._rpc is not None
+        # Whatever is due goes out before the wait, not a wait later.
+        self._flush_outbox()
+        self._fetch_missing()
         now = time.monotonic()
         wait = max(0.0, min(timeout, self._next_timer() - now))
         poller = zmq.Poller()
@@ -455,7 +499,7 @@ class Client:
         req = next(self._reqs)
         if self.nick is None:
             return p.Seqs(rooms=self.rooms, req=req)
-        return p.Hello(nick=self.nick, rooms=self.rooms, req=req)
+        return p.Hello(nick=self.nick, rooms=self.rooms, req=req, inbox=self.inbox.decode())
 
     def _beat_request(self) -> p.Request:
         if self.nick is None:
@@ -536,21 +580,23 @@ class Client:
         e = self.endpoints
         topics = [p.HEARTBEAT_TOPIC, *map(p.room_topic, self.rooms)]
         if self.nick is not None:
-            topics.append(p.inbox_topic(self.nick))
-        self._feed = Feed(self._ctx, e.feed, topics)
+            topics.append(self.inbox)
+        self._feed = Feed(self._ctx, e.feed, topics, curve=self.curve)
         # IMMEDIATE: never queue a message for a broker we are not connected to (the outbox
         # keeps it instead); LINGER: a last message may still leave after close.
-        self._push = transport.socket(self._ctx, zmq.PUSH, e.ingest, IMMEDIATE=1, LINGER=1000)
+        self._push = transport.socket(self._ctx, zmq.PUSH, e.ingest, self.curve, IMMEDIATE=1, LINGER=1000)
         self._push.connect(e.ingest)
         self._reopen_rpc()
 
     def _reopen_rpc(self) -> None:
         if self._rpc is not None:
             self._rpc.close()
-        self._rpc = transport.socket(self._ctx, zmq.DEALER, self.endpoints.rpc)
+        self._rpc = transport.socket(self._ctx, zmq.DEALER, self.endpoints.rpc, self.curve)
         self._rpc.connect(self.endpoints.rpc)
 
-    def _close_sockets(self) -> None:
+    def _close_sockets(self, monitor: zmq.Socket[bytes] | None = None) -> None:
+        if monitor is not None:
+            monitor.close()
         for sock in (self._push, self._rpc):
             if sock is not None:
                 sock.close()
@@ -580,9 +626,15 @@ class Feed:
     answer on it; subscriptions travel in order, so every earlier one is live by then.
     """
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, topics: Iterable[bytes]) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        topics: Iterable[bytes],
+        curve: transport.Curve | None = None,
+    ) -> None:
         self.endpoint = endpoint
-        self.socket = transport.socket(ctx, zmq.SUB, endpoint)
+        self.socket = transport.socket(ctx, zmq.SUB, endpoint, curve)
         self.socket.connect(endpoint)
         for topic in topics:
             self.subscribe(topic)

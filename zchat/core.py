@@ -21,6 +21,8 @@ import msgspec
 
 from zchat import protocol as p
 from zchat.errors import LocalProtocolError, RemoteProtocolError
+from zchat.identity import Authority
+from zchat.ratelimit import DEFAULT_BURST, DEFAULT_RATE, RateLimiter
 from zchat.store import Store
 
 __all__ = ["BrokerCore", "Publish", "Session"]
@@ -41,6 +43,8 @@ class Session:
     nick: str
     rooms: set[str]
     expires: float
+    inbox: bytes = b""  # the feed topic of this session's errors and private messages
+    identity: str | None = None  # the CURVE key it authenticated with (secure mode)
 
 
 @dataclass
@@ -50,6 +54,10 @@ class Counters:
     dropped_malformed: int = 0  # frames that are not zchat protocol, on any socket
     dropped_unknown_session: int = 0  # posts whose token is unknown or expired
     duplicates: int = 0  # resent posts already published (answered on the sender's inbox)
+    rate_limited: int = 0  # posts refused because their sender exceeded its rate
+    private: int = 0  # private messages delivered
+    dropped_wrong_identity: int = 0  # posts or requests with a token of another key's session
+    subscriptions_refused: int = 0  # subscriptions to topics the subscriber may not see
     requests: int = 0  # rpc requests answered
     published: int = 0  # events put on the feed
     joins: int = 0
@@ -77,11 +85,17 @@ class BrokerCore:
         store: Store | None = None,
         epoch: str | None = None,
         dedupe_window: float = DEDUPE_WINDOW,
+        authority: Authority | None = None,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
     ) -> None:
         self.started = now
         #: Identifies this broker run: clients tell a restart from a gap by it changing.
         self.epoch = epoch or secrets.token_hex(6)
         self._store = store
+        #: Secure mode: who may use which nick (None in open mode, where anyone may be anyone).
+        self._authority = authority
+        self._limiter = RateLimiter(rate, burst)
         #: Names the history this broker serves (the store's id; the epoch without a store).
         self.history_id = store.id if store is not None else self.epoch
         self._dedupe_window = dedupe_window
@@ -124,8 +138,11 @@ class BrokerCore:
 
     # --- ingest (PULL) --------------------------------------------------------------------
 
-    def ingest(self, frames: Sequence[bytes], now: float) -> list[Publish]:
-        """One message from the ingest socket: a single JSON frame holding a :class:`Post`."""
+    def ingest(self, frames: Sequence[bytes], now: float, identity: str | None = None) -> list[Publish]:
+        """One message from the ingest socket: a single JSON frame holding a :class:`Post`.
+
+        ``identity`` is the CURVE key the connection authenticated with (secure mode).
+        """
         if len(frames) != 1:
             return self._drop(f"ingest message with {len(frames)} frames (want 1)")
         try:
@@ -135,7 +152,7 @@ class BrokerCore:
             # If the wreck still names a live session, tell its owner why nothing happened.
             token, msg_id = p.post_token(frames[0])
             sender = self._sessions.get(token or "")
-            if sender is None or sender.expires <= now:
+            if sender is None or sender.expires <= now or sender.identity != identity:
                 return []
             return [self._inbox_error(sender, "bad_post", str(exc), "", msg_id)]
         session = self._sessions.get(post.token)
@@ -143,7 +160,19 @@ class BrokerCore:
             self.counters.dropped_unknown_session += 1
             log.debug("dropped post: unknown or expired session")
             return []
+        if session.identity != identity:
+            # Someone else's token: the key decides who speaks, never the payload.
+            self.counters.dropped_wrong_identity += 1
+            log.debug("dropped post: token of %s used by another key", session.nick)
+            return []
         session.expires = now + self.lease
+        if not self._limiter.allow(identity or session.nick.lower(), now):
+            self.counters.rate_limited += 1
+            rate = f"at most {self._limiter.rate:g} messages a second"
+            why = f"slow down: {rate} (bursts of {self._limiter.burst:g}); this one was not sent"
+            return [self._inbox_error(session, "rate_limited", why, post.room, post.id)]
+        if post.to is not None:
+            return self._private(session, post)
         try:
             room = p.check_room(post.room)
             if room not in session.rooms:
@@ -165,7 +194,7 @@ class BrokerCore:
             prior_room, prior_seq, _ = prior
             text = f"already delivered as #{prior_room} {prior_seq}"
             ev = p.Event(0, self._ts(), prior_room, "duplicate", p.SYSTEM_NICK, text, id=post.id, dup_of=prior_seq)
-            return [self._publish(p.inbox_topic(session.nick), ev)]
+            return [self._publish(session.inbox, ev)]
         self.counters.received += 1
         out = self._room_event(room, post.kind, session.nick, post.text, id=post.id)
         at = self._wallclock()
@@ -176,19 +205,50 @@ class BrokerCore:
 
     # --- subscriptions (XPUB) -------------------------------------------------------------
 
-    def subscription(self, msg: bytes) -> list[Publish]:
-        """A subscription message from the feed socket; probe topics are answered at once."""
+    def subscription(self, msg: bytes, identity: str | None = None) -> tuple[list[bytes], list[Publish]]:
+        """A (un)subscription message from the feed, vetted (the feed runs ``XPUB_MANUAL``).
+
+        Returns the topics to (un)subscribe that subscriber to — what it may see of what it
+        asked for — and events: a probe topic is answered at once with ``ready``.
+        """
         if not msg or msg[0] not in (0, 1):
-            return self._drop("malformed subscription message")
+            self._drop("malformed subscription message")
+            return [], []
         topic = msg[1:]
+        granted = self._vet(topic, identity)
+        if not granted:
+            self.counters.subscriptions_refused += 1
+            log.debug("refused subscription to %r", topic[:80])
         if msg[0] == 1 and p.is_probe_topic(topic):
             ev = p.Event(0, self._ts(), "", "ready", p.SYSTEM_NICK, "subscriptions are live")
-            return [self._publish(topic, ev)]
-        return []
+            return granted, [self._publish(topic, ev)]
+        return granted, []
+
+    def _vet(self, topic: bytes, identity: str | None) -> list[bytes]:
+        """The topics a subscription to ``topic`` may really get.
+
+        Rooms, heartbeats and probes are public. An inbox needs its full secret — or, in secure
+        mode, to be the subscriber's own, and then any prefix of it maps to all of it. So the
+        empty subscription and ``@``, ``@b``… never reach another nick's private messages.
+        """
+        own = [p.inbox_topic(n) for n in self._authority.nicks(identity)] if self._authority and identity else []
+        if topic == b"":
+            return [b"#", p.HEARTBEAT_TOPIC, *own]
+        if topic[:1] in (b"#", b"!", b"~"):
+            return [topic]
+        if topic[:1] != b"@":
+            return []
+        mine = [t if t.startswith(topic) else topic for t in own if t.startswith(topic) or topic.startswith(t)]
+        if mine:
+            return mine
+        parsed = p.parse_inbox(topic)
+        return [topic] if parsed is not None and len(parsed[1]) >= p.INBOX_SECRET_CHARS else []
 
     # --- rpc (ROUTER) -----------------------------------------------------------------------
 
-    def request(self, frames: Sequence[bytes], now: float) -> tuple[list[bytes] | None, list[Publish]]:
+    def request(
+        self, frames: Sequence[bytes], now: float, identity: str | None = None
+    ) -> tuple[list[bytes] | None, list[Publish]]:
         """One message from the rpc socket: ``[identity…, b"", json]``.
 
         Returns the reply frames (``None`` when the message cannot be addressed) and events.
@@ -206,15 +266,15 @@ class BrokerCore:
         # A lapsed lease must not keep a nick taken, so sweep before any hello.
         lapsed = self.expire(now) if isinstance(req, p.Hello) else []
         try:
-            reply, events = self._dispatch(req, now)
+            reply, events = self._dispatch(req, now, identity)
         except LocalProtocolError as exc:
             code = getattr(exc, "code", "invalid")
             reply, events = _error(req.req, code, str(exc)), []
         return [*envelope, p.encode(reply)], lapsed + events
 
-    def _dispatch(self, req: p.Request, now: float) -> tuple[dict[str, object], list[Publish]]:
+    def _dispatch(self, req: p.Request, now: float, identity: str | None) -> tuple[dict[str, object], list[Publish]]:
         if isinstance(req, p.Hello):
-            return self._hello(req, now)
+            return self._hello(req, now, identity)
         if isinstance(req, p.Who):
             room = p.check_room(req.room)
             return _ok(req, room=room, nicks=self.members(room)), []
@@ -225,7 +285,7 @@ class BrokerCore:
         if isinstance(req, p.Seqs):
             seqs = {room: self.seq(p.check_room(room)) for room in req.rooms[: p.MAX_ROOMS]}
             return _ok(req, seqs=seqs, history=self.history_id), []
-        session = self._live(req.token, now)
+        session = self._live(req.token, now, identity)
         session.expires = now + self.lease
         if isinstance(req, p.Heartbeat):
             # The rooms' newest seqs let the client notice messages it lost at the very end.
@@ -246,20 +306,36 @@ class BrokerCore:
         assert isinstance(req, p.Leave)
         return _ok(req), self._end(session, "quit", req.reason[:_MAX_REASON_CHARS])
 
-    def _live(self, token: str, now: float) -> Session:
+    def _live(self, token: str, now: float, identity: str | None) -> Session:
         session = self._sessions.get(token)
+        if session is not None and session.identity != identity:
+            self.counters.dropped_wrong_identity += 1
+            session = None
         if session is None or session.expires <= now:
             raise _Code("unknown_session", "unknown or expired session: say hello again")
         return session
 
-    def _hello(self, req: p.Hello, now: float) -> tuple[dict[str, object], list[Publish]]:
+    def _hello(self, req: p.Hello, now: float, identity: str | None) -> tuple[dict[str, object], list[Publish]]:
         nick = p.check_nick(req.nick)
         rooms = list(dict.fromkeys(p.check_room(r) for r in req.rooms))
         if len(rooms) > p.MAX_ROOMS:
             raise _Code("too_many_rooms", f"at most {p.MAX_ROOMS} rooms per session")
+        inbox = p.inbox_topic(nick) if req.inbox is None else req.inbox.encode()
+        parsed = p.parse_inbox(inbox)
+        if parsed is None or parsed[0] != nick.lower():
+            raise _Code("bad_inbox", f"inbox must be '@{nick.lower()}:' followed by a secret")
         if nick.lower() in self._by_nick:
             raise _Code("nick_taken", f"nick {nick!r} is in use by a live session")
-        session = Session(self._new_token(), nick, set(), now + self.lease)
+        if self._authority is not None:
+            if identity is None:
+                raise _Code("unauthenticated", "this broker needs CURVE authentication")
+            try:
+                claimed = self._authority.check(identity, nick)
+            except LocalProtocolError as exc:
+                raise _Code("nick_not_allowed", str(exc)) from None
+            if claimed and self._store is not None:
+                self._store.claim(nick.lower(), identity)
+        session = Session(self._new_token(), nick, set(), now + self.lease, inbox, identity)
         self._sessions[session.token] = session
         self._by_nick[nick.lower()] = session
         self._next_sweep = min(self._next_sweep, session.expires)
@@ -276,6 +352,7 @@ class BrokerCore:
             heartbeat_ms=round(self.heartbeat_interval * 1000),
             lease_ms=round(self.lease * 1000),
             max_text_bytes=p.MAX_TEXT_BYTES,
+            inbox=inbox.decode(),
         )
         return reply, events
 
@@ -367,7 +444,34 @@ class BrokerCore:
     def _inbox_error(self, session: Session, code: str, text: str, room: str, ref: str | None) -> Publish:
         room = room if room in session.rooms else ""
         ev = p.Event(0, self._ts(), room, "error", p.SYSTEM_NICK, text, id=ref, code=code)
-        return self._publish(p.inbox_topic(session.nick), ev)
+        return self._publish(session.inbox, ev)
+
+    def _private(self, session: Session, post: p.Post) -> list[Publish]:
+        """A message for one nick: to its inbox and the sender's (its confirmation), nowhere else."""
+        assert post.to is not None
+        recipient = self._by_nick.get(post.to.lower())
+        try:
+            p.check_text(post.text)
+            if recipient is None:
+                raise LocalProtocolError(f"no one called {post.to!r} is here")
+            if post.id is not None and len(post.id) > p.MAX_ID_CHARS:
+                raise LocalProtocolError(f"message id longer than {p.MAX_ID_CHARS} characters")
+        except LocalProtocolError as exc:
+            self.counters.rejected += 1
+            return [self._inbox_error(session, "rejected", str(exc), "", post.id)]
+        if post.id is not None:
+            key = (session.nick.lower(), post.id)
+            if key in self._sent:
+                self.counters.duplicates += 1
+                ev = p.Event(0, self._ts(), "", "duplicate", p.SYSTEM_NICK, "already delivered", id=post.id, dup_of=0)
+                return [self._publish(session.inbox, ev)]
+            self._sent[key] = ("", 0, self._wallclock())
+        self.counters.private += 1
+        ev = p.Event(0, self._ts(), "", "private", session.nick, post.text, id=post.id, to=recipient.nick)
+        out = [self._publish(recipient.inbox, ev)]
+        if recipient is not session:
+            out.append((session.inbox, out[0][1]))
+        return out
 
     def _publish(self, topic: bytes, ev: p.Event) -> Publish:
         self.counters.published += 1

@@ -11,6 +11,7 @@ from our own caller is a :class:`LocalProtocolError`.
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_ROOM",
     "HEARTBEAT_TOPIC",
+    "INBOX_SECRET_CHARS",
     "MAX_FRAME_BYTES",
     "MAX_HISTORY",
     "MAX_ID_CHARS",
@@ -56,7 +58,9 @@ __all__ = [
     "format_ts",
     "inbox_topic",
     "is_probe_topic",
+    "new_inbox_topic",
     "normalize_room",
+    "parse_inbox",
     "post_token",
     "probe_topic",
     "request_id",
@@ -135,9 +139,27 @@ def room_topic(room: str) -> bytes:
     return f"#{room}:".encode()
 
 
-def inbox_topic(nick: str) -> bytes:
-    """Feed topic of events addressed to one nick (errors for its session): ``@<nick>:``."""
-    return f"@{nick.lower()}:".encode()
+#: Shortest secret part of an inbox topic. In open mode the secret is what keeps private
+#: messages private: the broker refuses inbox subscriptions without a full-length one.
+INBOX_SECRET_CHARS = 16
+_INBOX_RE = re.compile(rb"@([a-z][a-z0-9_-]{0,23}):([A-Za-z0-9_-]*)")
+
+
+def inbox_topic(nick: str, secret: str = "") -> bytes:
+    """Feed topic of events addressed to one session (errors, private messages):
+    ``@<nick>:<secret>``, the nick lower-cased, the secret chosen by the client."""
+    return f"@{nick.lower()}:{secret}".encode()
+
+
+def new_inbox_topic(nick: str) -> bytes:
+    """An inbox topic with a fresh random secret."""
+    return inbox_topic(nick, secrets.token_urlsafe(18))
+
+
+def parse_inbox(topic: bytes) -> tuple[str, str] | None:
+    """``(nick, secret)`` of an inbox topic, or None if ``topic`` is not one."""
+    m = _INBOX_RE.fullmatch(topic)
+    return (m.group(1).decode(), m.group(2).decode()) if m else None
 
 
 #: The broker's liveness beacon (about once a second on an idle feed), carrying its epoch.
@@ -194,10 +216,12 @@ class Post(msgspec.Struct, frozen=True):
     """
 
     token: str
-    room: str
     text: str
+    room: str = ""
     kind: Literal["message", "action"] = "message"
     id: str | None = None
+    #: A private message: the nick it is for (``room`` is then ignored).
+    to: str | None = None
 
 
 class _Req(msgspec.Struct, frozen=True, tag_field="type"):
@@ -208,6 +232,9 @@ class _Req(msgspec.Struct, frozen=True, tag_field="type"):
 class Hello(_Req, frozen=True, tag="hello"):
     nick: str = ""
     rooms: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_ROOM])
+    #: The inbox topic this client subscribed to (``@<nick>:<secret>``); errors and private
+    #: messages for the session go there.
+    inbox: str | None = None
 
 
 class Heartbeat(_Req, frozen=True, tag="heartbeat"):
@@ -272,6 +299,7 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     code: str | None = None
     epoch: str | None = None
     dup_of: int | None = None
+    to: str | None = None
 
 
 # --- encoding -----------------------------------------------------------------------------

@@ -57,6 +57,8 @@ def format_event(event: Event, *, show_room: bool = False) -> str:
         return f"{prefix}{nick}: {text}"
     if event.kind == "action":
         return f"{prefix}* {nick} {text}"
+    if event.kind == "private":
+        return f"{prefix}[{nick} → {inert(event.to or '')}] {text}"
     if event.kind == "error":
         return f"{prefix}!! {text}"
     return f"{prefix}-- {text}"

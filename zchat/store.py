@@ -1,7 +1,8 @@
 """The broker's history: every room event and every accepted message id, in SQLite.
 
 :class:`Store` owns the database file: the schema, WAL mode, one transaction per drained batch,
-retention per room, the dedupe window of (sender, message id), and the reads that serve history
+retention per room, the dedupe window of (sender, message id), nicks registered by CURVE keys,
+and the reads that serve history
 requests and restore a restarted broker (each room's last ``seq``, recent ids). Writes are staged
 by :meth:`Store.append` / :meth:`Store.remember` and land together in :meth:`Store.commit`; the
 broker publishes a batch only after its commit returned. It knows nothing of sockets or of the
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS sent (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sent_at ON sent (at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (nick TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -65,6 +67,7 @@ class Store:
         self.id = str(self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0])
         self._events: list[tuple[str, int, bytes]] = []
         self._sent: list[tuple[str, str, str, int, float]] = []
+        self._claims: list[tuple[str, str]] = []
 
     def close(self) -> None:
         self._db.close()
@@ -78,21 +81,26 @@ class Store:
         """Record that ``sender``'s message ``msg_id`` became ``room``/``seq``."""
         self._sent.append((sender, msg_id, room, seq, at))
 
+    def claim(self, nick: str, key: str) -> None:
+        """Record that CURVE ``key`` registered ``nick`` (open registration)."""
+        self._claims.append((nick, key))
+
     @property
     def staged(self) -> bool:
-        return bool(self._events or self._sent)
+        return bool(self._events or self._sent or self._claims)
 
     def commit(self) -> None:
         """Write everything staged in one transaction, then apply retention to touched rooms."""
         if not self.staged:
             return
-        events, sent = self._events, self._sent
-        self._events, self._sent = [], []
+        events, sent, claims = self._events, self._sent, self._claims
+        self._events, self._sent, self._claims = [], [], []
         db = self._db
         db.execute("BEGIN")
         try:
             db.executemany("INSERT OR REPLACE INTO events (room, seq, data) VALUES (?, ?, ?)", events)
             db.executemany("INSERT OR REPLACE INTO sent (sender, id, room, seq, at) VALUES (?, ?, ?, ?, ?)", sent)
+            db.executemany("INSERT OR IGNORE INTO owners (nick, key) VALUES (?, ?)", claims)
             newest: dict[str, int] = {}
             for room, seq, _ in events:
                 newest[room] = max(seq, newest.get(room, 0))
@@ -126,6 +134,10 @@ class Store:
             "SELECT data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit)
         )
         return [bytes(r[0]) for r in rows]
+
+    def claims(self) -> dict[str, str]:
+        """Nicks registered by keys: ``{nick: z85 key}``."""
+        return dict(self._db.execute("SELECT nick, key FROM owners").fetchall())
 
     def sent_since(self, at: float) -> Iterable[tuple[str, str, str, int, float]]:
         """Dedupe records newer than ``at``: a restarted broker reloads its window from these."""

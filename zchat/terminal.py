@@ -37,6 +37,7 @@ __all__ = ["HELP", "run"]
 HELP = """\
 commands:
   /me TEXT        send an action (* alice waves)
+  /msg NICK TEXT  a private message: only NICK sees it
   /who [ROOM]     who is in the room
   /quit [REASON]  leave (also: exit, Ctrl-D, Ctrl-C)
   /help           this text"""
@@ -231,8 +232,11 @@ def _command(client: Client, line: str) -> None:
             _show(f"-- in #{room or client.rooms[0]}: {', '.join(client.who(room))}")
         elif name == "help":
             _show(HELP)
-        elif name == "me":
-            _show("!! usage: /me TEXT")
+        elif name == "msg" and len(arg.split(None, 1)) == 2:
+            to, text = arg.split(None, 1)
+            client.msg(to, text)
+        elif name in ("me", "msg"):
+            _show(f"!! usage: {'/me TEXT' if name == 'me' else '/msg NICK TEXT'}")
         else:
             _show(f"!! unknown command /{render.inert(name)}: /help lists the commands")
     except ZChatError as exc:

@@ -7,11 +7,13 @@ knows nothing of the zchat protocol.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import zmq
 
 from zchat.errors import ZChatError
 
-__all__ = ["MIN_LIBZMQ", "require_libzmq", "socket"]
+__all__ = ["MIN_LIBZMQ", "Curve", "require_libzmq", "socket"]
 
 #: 4.3.5 fixes the CVEs of older libzmq and is what the tests run against.
 MIN_LIBZMQ = (4, 3, 5)
@@ -25,10 +27,26 @@ def require_libzmq() -> None:
         raise ZChatError(f"zchat needs libzmq >= {need}; pyzmq here uses {zmq.zmq_version()}")
 
 
-def socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, **options: int) -> zmq.Socket[bytes]:
+@dataclass(frozen=True)
+class Curve:
+    """A client's CURVE setup: the broker's public key and the client's own keypair (z85)."""
+
+    server_key: str
+    public: str
+    secret: str
+
+
+def socket(
+    ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, curve: Curve | None = None, **options: int
+) -> zmq.Socket[bytes]:
     """A socket of ``kind`` with ``options`` set (``LINGER`` 0 unless given), IPv6 on if the
-    endpoint needs it. The caller binds or connects it."""
+    endpoint needs it, and CURVE as a client if ``curve`` is given. The caller binds or
+    connects it."""
     sock = ctx.socket(kind)
+    if curve is not None:
+        sock.curve_serverkey = curve.server_key.encode("ascii")
+        sock.curve_publickey = curve.public.encode("ascii")
+        sock.curve_secretkey = curve.secret.encode("ascii")
     sock.setsockopt(zmq.LINGER, options.pop("LINGER", 0))
     if endpoint.startswith("tcp://["):
         sock.setsockopt(zmq.IPV6, 1)

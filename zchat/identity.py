@@ -1,0 +1,80 @@
+"""Who may be whom in secure mode, sans-IO: the allowlist of keys and nicks, and open registration.
+
+:class:`Authority` answers two questions for a broker running CURVE: may a connection with this
+client key connect at all (asked by the ZAP handler), and may it use this nick (asked at hello).
+Keys come from an allowlist file in the spirit of SSH's ``authorized_keys`` — one
+``<z85 public key> <nick>`` per line, ``#`` comments — and, with open registration, from first
+claims (the first key to use a nick owns it; claims are persisted by the caller). It holds no
+sockets and reads no files except through :func:`parse_allowlist`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from zchat.errors import LocalProtocolError
+from zchat.protocol import check_nick
+
+__all__ = ["Authority", "parse_allowlist"]
+
+_Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+
+
+def parse_allowlist(text: str, source: str = "allowlist") -> dict[str, set[str]]:
+    """``{z85 key: {nick, …}}`` from allowlist text; raises LocalProtocolError naming the line."""
+    keys: dict[str, set[str]] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        parts = raw.split()
+        # '#' is a z85 character, so only a whole-line or a separate trailing comment is one.
+        if not parts or (parts[0].startswith("#") and not _Z85_KEY.fullmatch(parts[0])):
+            continue
+        if len(parts) > 2 and parts[2].startswith("#"):
+            parts = parts[:2]
+        if len(parts) != 2 or not _Z85_KEY.fullmatch(parts[0]):
+            raise LocalProtocolError(f"{source}:{number}: expected '<40-character z85 public key> <nick>'")
+        try:
+            nick = check_nick(parts[1])
+        except LocalProtocolError as exc:
+            raise LocalProtocolError(f"{source}:{number}: {exc}") from None
+        keys.setdefault(parts[0], set()).add(nick.lower())
+    return keys
+
+
+class Authority:
+    """Maps CURVE client keys to the nicks they may use."""
+
+    def __init__(
+        self,
+        allowlist: Mapping[str, Iterable[str]] | None = None,
+        *,
+        open_registration: bool = False,
+        claims: Mapping[str, str] | None = None,
+    ) -> None:
+        self.open_registration = open_registration
+        self._nicks: dict[str, set[str]] = {k: {n.lower() for n in v} for k, v in (allowlist or {}).items()}
+        self._owner: dict[str, str] = {n: k for k, nicks in self._nicks.items() for n in nicks}
+        for nick, key in (claims or {}).items():
+            self._owner.setdefault(nick.lower(), key)
+            self._nicks.setdefault(key, set()).add(nick.lower())
+
+    def may_connect(self, key: str) -> bool:
+        """The ZAP question: is this key known (or is anyone welcome to register)?"""
+        return self.open_registration or key in self._nicks
+
+    def nicks(self, key: str) -> set[str]:
+        """The (lower-cased) nicks ``key`` owns."""
+        return self._nicks.get(key, set())
+
+    def check(self, key: str, nick: str) -> bool:
+        """May ``key`` use ``nick``? True means yes and that a new claim must be persisted."""
+        owner = self._owner.get(nick.lower())
+        if owner == key:
+            return False
+        if owner is not None:
+            raise LocalProtocolError(f"nick {nick!r} belongs to another key")
+        if not self.open_registration:
+            raise LocalProtocolError(f"this key may not use nick {nick!r}")
+        self._owner[nick.lower()] = key
+        self._nicks.setdefault(key, set()).add(nick.lower())
+        return True
