@@ -184,6 +184,13 @@ def cli() -> None:
     show_default=True,
     help="Logging threshold (logs go to stderr).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as one JSON object per line (for log collectors).",
+)
 @click.option("--secure", is_flag=True, help="Require CURVE (encryption and client keys) on all three sockets.")
 @click.option(
     "--key",
@@ -225,6 +232,7 @@ def cli() -> None:
 )
 def broker_cmd(
     *,
+    log_format: str,
     db: str,
     history_limit: int,
     feed_hwm: int,
@@ -240,9 +248,7 @@ def broker_cmd(
     **kw: Any,
 ) -> None:
     """Run a broker: bind the ingest, feed and rpc sockets and serve until SIGINT/SIGTERM."""
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _setup_logging(log_level, log_format)
     with _clear_errors():
         endpoints = _endpoints(kw)
         exposed = [e for e in (endpoints.ingest, endpoints.feed, endpoints.rpc) if not keys.is_local(e)]
@@ -343,6 +349,46 @@ def tail_cmd(rooms: tuple[str, ...], as_json: bool, backlog: int, since: int | N
             pass
         finally:
             reader.close()
+
+
+class _JsonLogFormatter(logging.Formatter):
+    """One JSON object per log record: time, level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": p.format_ts(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return p.encode(entry).decode()
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+@cli.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as one JSON object.")
+@client_options
+def stats_cmd(as_json: bool, **kw: Any) -> None:
+    """Ask the broker for its counters: uptime, messages in and out, drops, sessions, rooms, store size."""
+    with _clear_errors(), _client(None, [], kw) as reader:
+        reply = reader.stats()
+    reply = {k: v for k, v in reply.items() if k not in ("type", "ok", "req")}
+    if as_json:
+        click.echo(p.encode(reply).decode())
+        return
+    width = max(map(len, reply))
+    for name, value in reply.items():
+        click.echo(f"{name:<{width}}  {value}")
 
 
 def _echo(line: str) -> None:

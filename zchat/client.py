@@ -118,7 +118,9 @@ class Client:
         #: Messages refused by the broker or never sent -> the reason.
         self.failed: dict[str, str] = {}
         self._next_heartbeat = 0.0
-        self._last_rx = 0.0
+        # When the oldest unanswered rpc request (a heartbeat, mostly) went out; None when every
+        # request has been answered. The broker is lost when this gets older than dead_after.
+        self._waiting_since: float | None = None
         self._retry_at = 0.0
         self._backoff = 0.5
         self._rejoin_req: str | None = None
@@ -357,14 +359,15 @@ class Client:
     def _next_timer(self) -> float:
         if self.state == "reconnecting":
             return self._retry_at
-        return min(self._next_heartbeat, self._last_rx + self.dead_after + 0.01)
+        if self._waiting_since is None:
+            return self._next_heartbeat
+        return min(self._next_heartbeat, self._waiting_since + self.dead_after + 0.01)
 
     def _on_payload(self, payload: bytes) -> None:
         try:
             event = p.decode_event(payload)
         except RemoteProtocolError:
             return  # not from a zchat broker: nothing to show
-        self._last_rx = time.monotonic()
         if event.kind == "heartbeat":
             if self.epoch is not None and event.epoch != self.epoch and self.state == "connected":
                 self._lost("the broker restarted")
@@ -400,7 +403,7 @@ class Client:
                 reply = p.decode_reply(frames[-1])
             except RemoteProtocolError:
                 continue
-            self._last_rx = time.monotonic()
+            self._waiting_since = None
             req = reply.get("req")
             if not isinstance(req, str):
                 continue
@@ -445,7 +448,9 @@ class Client:
 
     def _keepalive(self, now: float) -> None:
         if self.state == "connected":
-            if now - self._last_rx > self.dead_after:
+            # Only an unanswered request says the broker is gone: a quiet feed may just be a
+            # restarting relay, and a client that was paused sends a heartbeat before judging.
+            if self._waiting_since is not None and now - self._waiting_since > self.dead_after:
                 self._lost("connection lost")
             elif now >= self._next_heartbeat:
                 self._next_heartbeat = now + self._heartbeat
@@ -517,7 +522,7 @@ class Client:
             self.epoch = epoch if isinstance(epoch, str) else None
             reply = {"seqs": reply.get("rooms"), "history": reply.get("history")}
         now = time.monotonic()
-        self._last_rx = now
+        self._waiting_since = None
         self._next_heartbeat = now + self._heartbeat
         self.state = "connected"
         self._start_rooms(reply)
@@ -571,6 +576,8 @@ class Client:
 
     def _send(self, req: p.Request) -> None:
         assert self._rpc is not None
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
         with contextlib.suppress(zmq.Again):  # not connected yet: the caller's timeout reports it
             self._rpc.send_multipart([b"", p.encode(req)], zmq.NOBLOCK)
 

@@ -406,6 +406,9 @@ class BrokerCore:
             "uptime_s": round(now - self.started, 3),
             "sessions": len(self._sessions),
             "rooms": len(self._rooms),
+            "store_bytes": self._store.size() if self._store is not None else 0,
+            "epoch": self.epoch,
+            "secure": self._authority is not None,
             **vars(self.counters),
         }
 

@@ -119,6 +119,12 @@ class Store:
 
     # --- reads ----------------------------------------------------------------------------------
 
+    def size(self) -> int:
+        """Bytes on disk: the database file and its write-ahead log (0 for ``:memory:``)."""
+        if self.path == ":memory:":
+            return 0
+        return sum(p.stat().st_size for p in (Path(self.path), Path(self.path + "-wal")) if p.exists())
+
     def last_seqs(self) -> dict[str, int]:
         """Each room's newest ``seq``: a restarted broker continues from these."""
         return dict(self._db.execute("SELECT room, MAX(seq) FROM events GROUP BY room").fetchall())
