@@ -30,6 +30,7 @@ from zchat.errors import LocalProtocolError, ZChatError
 from zchat.identity import Authority
 from zchat.keys import CONFIG_DIR
 from zchat.ratelimit import DEFAULT_BURST, DEFAULT_RATE
+from zchat.relay import Relay
 from zchat.store import DEFAULT_HISTORY_LIMIT, Store
 from zchat.terminal import run
 
@@ -399,6 +400,84 @@ def _echo(line: str) -> None:
         # The reader went away (`zchat tail | head`): stop quietly, like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
+
+
+@cli.command("relay")
+@click.option(
+    "--upstream",
+    required=True,
+    metavar="HOST[:PORT]|ENDPOINT",
+    help="The broker or relay to relay from: its HOST[:PORT] (its feed is on PORT+1), or a full feed endpoint.",
+)
+@click.option(
+    "--host", envvar="ZCHAT_RELAY_HOST", default=p.DEFAULT_HOST, show_default=True, help="Address to serve on."
+)
+@click.option(
+    "--port",
+    envvar="ZCHAT_RELAY_PORT",
+    type=click.IntRange(1, 65533),
+    default=p.DEFAULT_PORT,
+    show_default=True,
+    help="Base port, as for a broker: the relayed feed is served on PORT+1.",
+)
+@click.option("--feed", metavar="ENDPOINT", help="Full endpoint to serve the feed on; overrides --host/--port.")
+@click.option(
+    "--insecure", is_flag=True, help="Allow serving on a non-loopback address (room traffic is not encrypted)."
+)
+@click.option("--server-key", metavar="KEY|FILE", help="The upstream broker's public key, if it runs --secure.")
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=CONFIG_DIR / "id.key_secret",
+    show_default=True,
+    help="This relay's secret key file, for a secure upstream (its key must be allowed there).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Logging threshold (logs go to stderr).",
+)
+def relay_cmd(
+    *,
+    upstream: str,
+    host: str,
+    port: int,
+    feed: str | None,
+    insecure: bool,
+    server_key: str | None,
+    key_file: Path,
+    log_level: str,
+) -> None:
+    """Relay a broker's feed (room events only, never private ones) to subscribers here.
+
+    Clients use it with --feed ENDPOINT while still pushing to, and asking, the broker.
+    """
+    _setup_logging(log_level, "text")
+    with _clear_errors():
+        source = upstream if "://" in upstream else _feed_of(upstream)
+        bind = feed or p.Endpoints.from_host_port(host, port).feed
+        if not keys.is_local(bind) and not insecure:
+            raise ZChatError(
+                f"refusing to serve {bind}: a relay's traffic is not encrypted (--insecure if you mean it)"
+            )
+        curve = keys.client_curve(server_key, key_file)
+        with Relay(source, bind, curve=curve) as relay:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: relay.stop())
+            relay.run()
+
+
+def _feed_of(address: str) -> str:
+    """The feed endpoint of a broker given as HOST[:PORT] (IPv6 hosts in brackets)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or host.endswith(":") or (host.count(":") and not host.endswith("]")):
+        host, port = address, str(p.DEFAULT_PORT)
+    if not port.isdigit():
+        raise ZChatError(f"--upstream {address!r}: expected HOST[:PORT] or an endpoint")
+    return p.Endpoints.from_host_port(host.strip("[]"), int(port)).feed
 
 
 @cli.command("keygen")

@@ -1,0 +1,166 @@
+"""Relays: broker -> relay A -> relay B, subscribers on both; private topics never relayed;
+a restarted relay costs its subscribers nothing (they repair from the broker's history).
+
+Real processes on loopback and ipc:// endpoints in the test's temp dir (so a restarted relay has
+the same address). The machine's network namespaces are not used: loopback is what CI has.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from conftest import ZCHAT, BrokerProcess, child_env, start_broker_process
+
+from zchat.client import Client, Feed
+from zchat.protocol import Endpoints, Event, decode_event
+from zchat.relay import public_topics
+
+
+class RelayProcess:
+    """`zchat relay` as a child process, started and waited for (bounded) by its log line."""
+
+    def __init__(self, upstream: str, feed: str) -> None:
+        self.upstream, self.feed = upstream, feed
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[str]:
+        cmd = [*ZCHAT, "relay", "--upstream", self.upstream, "--feed", self.feed]
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env()
+        )
+        assert proc.stderr is not None
+        ready = threading.Event()
+        stream = proc.stderr
+
+        def pump() -> None:
+            for line in stream:
+                if "zchat relay:" in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(10) or proc.poll() is not None:
+            proc.kill()
+            proc.wait()
+            stream.close()
+            raise AssertionError("relay did not start")
+        return proc
+
+    def restart(self) -> None:
+        self.stop()
+        self.proc = self._start()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(10)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[tuple[BrokerProcess, RelayProcess, RelayProcess]]:
+    broker = start_broker_process("--rate", "0", heartbeat=1.0)
+    relays: list[RelayProcess] = []
+    try:
+        a = RelayProcess(broker.endpoints.feed, f"ipc://{tmp_path}/relay-a")
+        relays.append(a)
+        b = RelayProcess(a.feed, f"ipc://{tmp_path}/relay-b")
+        relays.append(b)
+        yield broker, a, b
+    finally:
+        for relay in relays:
+            relay.stop()
+        broker.stop()
+
+
+def via(broker: BrokerProcess, feed: str) -> Endpoints:
+    """A client's endpoints: push and ask the broker, subscribe through ``feed``."""
+    return Endpoints(broker.endpoints.ingest, feed, broker.endpoints.rpc)
+
+
+def messages_until(reader: Client, last: str, timeout: float = 20.0) -> list[Event]:
+    got: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while not got or got[-1].text != last:
+        left = deadline - time.monotonic()
+        event = reader.recv(left) if left > 0 else None
+        if event is None:
+            raise AssertionError(f"{last!r} not seen in {timeout} s; got {len(got)} messages")
+        if event.kind == "message":
+            got.append(event)
+    return got
+
+
+def test_relay_chain_delivers_everything_in_order_and_survives_a_relay_restart(
+    chain: tuple[BrokerProcess, RelayProcess, RelayProcess],
+) -> None:
+    broker, a, b = chain
+    with (
+        Client(None, endpoints=via(broker, a.feed)) as on_a,
+        Client(None, endpoints=via(broker, b.feed)) as on_b,
+        Client("sender", endpoints=broker.endpoints) as sender,
+    ):
+        for n in range(300):
+            sender.say(f"m {n}")
+        sender.wait_sent(10)
+        a.restart()  # both readers lose their feed for a while: A's directly, B's through A
+        for n in range(300, 600):
+            sender.say(f"m {n}")
+        sender.wait_sent(10)
+        expected = [f"m {n}" for n in range(600)]
+        for reader in (on_a, on_b):
+            got = messages_until(reader, "m 599")
+            assert [e.text for e in got] == expected
+            assert [e.seq for e in got] == list(range(got[0].seq, got[0].seq + 600))
+
+
+def test_a_relay_forwards_no_private_topic(
+    chain: tuple[BrokerProcess, RelayProcess, RelayProcess], ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    broker, a, _ = chain
+    with (
+        Client("bob", endpoints=broker.endpoints) as bob,
+        Client("carol", endpoints=broker.endpoints) as carol,
+    ):
+        # eve, behind the relay, asks for everything and for bob's exact inbox topic.
+        eve = Feed(ctx, a.feed, [b"", bob.inbox, b"@"])
+        try:
+            eve.wait_live(5)
+            carol.msg("bob", "for bob only")
+            carol.say("marker")
+            carol.wait_sent(5)
+            seen: list[Event] = []
+            deadline = time.monotonic() + 10
+            while not any(e.text == "marker" for e in seen) and eve.socket.poll(
+                int(max(0, deadline - time.monotonic()) * 1000)
+            ):
+                seen += [decode_event(payload) for topic, payload in eve.drain() if not topic.startswith(b"!")]
+            assert any(e.text == "marker" for e in seen), "eve's subscription through the relay is live"
+            assert not any(e.kind == "private" for e in seen)
+        finally:
+            eve.close()
+        assert any(e.kind == "private" and e.text == "for bob only" for e in bob.events(timeout=1))
+
+
+@pytest.mark.parametrize(
+    ("topic", "forwarded"),
+    [
+        (b"", [b"#", b"!hb:"]),
+        (b"#general:", [b"#general:"]),
+        (b"#", [b"#"]),
+        (b"~probe:", [b"~probe:"]),
+        (b"!hb:", [b"!hb:"]),
+        (b"@", []),
+        (b"@bob:secretsecretsecret", []),
+        (b"x", []),
+    ],
+)
+def test_public_topics(topic: bytes, forwarded: list[bytes]) -> None:
+    assert public_topics(topic) == forwarded
