@@ -158,6 +158,11 @@ def cli() -> None:
     help="SQLite file for history and dedupe (WAL mode); ':memory:' for a throwaway broker.",
 )
 @click.option(
+    "--no-store",
+    is_flag=True,
+    help="Keep no history at all: no backlog, no gap repair, no dedupe across restarts (benchmarks, demos).",
+)
+@click.option(
     "--history-limit",
     type=click.IntRange(1),
     default=DEFAULT_HISTORY_LIMIT,
@@ -235,6 +240,7 @@ def broker_cmd(
     *,
     log_format: str,
     db: str,
+    no_store: bool,
     history_limit: int,
     feed_hwm: int,
     heartbeat: float,
@@ -267,10 +273,11 @@ def broker_cmd(
             raise ZChatError(f"{key_file} holds no secret key: pass the .key_secret file")
         allowlist = keys.load_allowlist(allow_file) if allow_file else {}
         try:
-            store = Store(db, history_limit=history_limit)
+            store = None if no_store else Store(db, history_limit=history_limit)
         except (OSError, sqlite3.Error) as exc:
             raise ZChatError(f"cannot open the history store {db}: {exc}") from None
-        authority = Authority(allowlist, open_registration=open_registration, claims=store.claims()) if secure else None
+        claims = store.claims() if store is not None else {}
+        authority = Authority(allowlist, open_registration=open_registration, claims=claims) if secure else None
         try:
             with Broker(
                 endpoints,
@@ -284,12 +291,14 @@ def broker_cmd(
             ) as broker:
                 if curve is not None:
                     log.info("public key: %s (clients pass it as --server-key)", curve[0])
-                log.info("history: %s (keeping %d events a room); epoch %s", db, history_limit, broker.core.epoch)
+                where = "none (--no-store)" if store is None else f"{db} (keeping {history_limit} events a room)"
+                log.info("history: %s; epoch %s", where, broker.core.epoch)
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, lambda *_: broker.stop())
                 broker.run()
         finally:
-            store.close()
+            if store is not None:
+                store.close()
 
 
 @cli.command("join")
