@@ -58,8 +58,7 @@ def test_committed_events_come_back_in_seq_order_with_after_and_limit(store: Sto
 def test_nothing_is_visible_before_commit(store: Store, db: Path) -> None:
     other = Store(db)  # a second connection to the same file
     try:
-        store.append(ROOM, 1, data(ROOM, 1))
-        store.remember("alice", "m1", ROOM, 1, 100.0)
+        store.append(ROOM, 1, data(ROOM, 1), ("alice", "m1", 100.0))
         assert store.staged
         for s in (store, other):
             assert s.range(ROOM, 0, 10) == []
@@ -111,9 +110,8 @@ def test_retention_keeps_the_newest_history_limit_events_per_room(db: Path, batc
 def test_a_reopened_store_keeps_everything_in_wal_mode(db: Path) -> None:
     store = Store(db, history_limit=5)
     for seq in range(1, 9):
-        store.append(ROOM, seq, data(ROOM, seq))
+        store.append(ROOM, seq, data(ROOM, seq), ("alice", f"m{seq}", 100.0 + seq))
     store.append("dev", 1, data("dev", 1))
-    store.remember("alice", "m1", ROOM, 2, 100.0)
     store.commit()
     store.close()
 
@@ -122,7 +120,8 @@ def test_a_reopened_store_keeps_everything_in_wal_mode(db: Path) -> None:
         assert again.range(ROOM, 0, 100) == [data(ROOM, n) for n in range(4, 9)]
         assert again.last_seqs() == {ROOM: 8, "dev": 1}
         assert again.first_seq(ROOM) == 4
-        assert list(again.sent_since(0.0)) == [("alice", "m1", ROOM, 2, 100.0)]
+        # The dedupe records went with the events retention deleted.
+        assert list(again.sent_since(0.0)) == [("alice", f"m{n}", ROOM, n, 100.0 + n) for n in range(4, 9)]
         with sqlite3.connect(db) as raw:  # WAL mode is a property of the file
             assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
@@ -161,22 +160,19 @@ def test_memory_store_works_without_a_file(tmp_path: Path, monkeypatch: pytest.M
 # --- the dedupe window --------------------------------------------------------------------------
 
 
-def test_sent_records_are_kept_forgotten_by_age_and_persist(db: Path) -> None:
+def test_sent_records_are_read_by_age_and_persist(db: Path) -> None:
     store = Store(db)
     for n, at in enumerate((100.0, 200.0, 300.0), 1):
-        store.remember("alice", f"m{n}", ROOM, n, at)
+        store.append(ROOM, n, data(ROOM, n), ("alice", f"m{n}", at))
+    store.append(ROOM, 4, data(ROOM, 4))  # a broker event: no dedupe record
     store.commit()
-    assert sorted(store.sent_since(200.0)) == [("alice", "m2", ROOM, 2, 200.0), ("alice", "m3", ROOM, 3, 300.0)]
+    assert store.sent_since(200.0) == [("alice", "m2", ROOM, 2, 200.0), ("alice", "m3", ROOM, 3, 300.0)]
     assert list(store.sent_since(300.5)) == []
-    store.forget_sent_before(200.0)  # strictly older only
-    assert sorted(r[1] for r in store.sent_since(0.0)) == ["m2", "m3"]
     store.close()
 
     again = Store(db)
     try:
-        assert sorted(again.sent_since(0.0)) == [("alice", "m2", ROOM, 2, 200.0), ("alice", "m3", ROOM, 3, 300.0)]
-        again.forget_sent_before(1000.0)
-        assert list(again.sent_since(0.0)) == []
+        assert [r[1] for r in again.sent_since(0.0)] == ["m1", "m2", "m3"]
     finally:
         again.close()
 
@@ -193,19 +189,15 @@ def test_commit_of_nothing_does_not_touch_the_database(store: Store) -> None:
         store.commit()
 
 
-@pytest.mark.parametrize("bad", ["event", "sent"])
-def test_a_failing_commit_rolls_back_the_whole_batch_and_raises(store: Store, db: Path, bad: str) -> None:
+def test_a_failing_commit_rolls_back_the_whole_batch_and_raises(store: Store, db: Path) -> None:
     store.append(ROOM, 1, data(ROOM, 1))
     store.commit()
     # A batch whose last row breaks a NOT NULL constraint: the rows before it were written
     # inside the transaction and must go with it.
-    for seq in (2, 3):
-        store.append(ROOM, seq, data(ROOM, seq))
-    store.remember("alice", "m2", ROOM, 2, 100.0)
-    if bad == "event":
-        store.append(ROOM, 4, cast(bytes, None))
-    else:
-        store.remember("alice", "m3", ROOM, 3, cast(float, None))
+    store.append(ROOM, 2, data(ROOM, 2), ("alice", "m2", 100.0))
+    store.append(ROOM, 3, data(ROOM, 3))
+    store.claim("dave", "k" * 40)
+    store.append(ROOM, 4, cast(bytes, None))
     with pytest.raises(sqlite3.IntegrityError):
         store.commit()
     assert not store.staged  # the failed batch is dropped, not retried with the next one
@@ -214,6 +206,7 @@ def test_a_failing_commit_rolls_back_the_whole_batch_and_raises(store: Store, db
         for s in (store, other):
             assert stored_seqs(s, ROOM) == [1]
             assert list(s.sent_since(0.0)) == []
+            assert s.claims() == {}
     finally:
         other.close()
     # No transaction was left open: the store goes on working.

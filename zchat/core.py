@@ -174,8 +174,9 @@ class BrokerCore:
         if post.to is not None:
             return self._private(session, post)
         try:
-            room = p.check_room(post.room)
-            if room not in session.rooms:
+            room = post.room
+            if room not in session.rooms:  # membership first: valid names are the common case
+                p.check_room(room)
                 raise LocalProtocolError(f"you are not in room {room!r}: join it first")
             p.check_text(post.text)
             if post.id is not None and len(post.id) > p.MAX_ID_CHARS:
@@ -196,11 +197,9 @@ class BrokerCore:
             ev = p.Event(0, self._ts(), prior_room, "duplicate", p.SYSTEM_NICK, text, id=post.id, dup_of=prior_seq)
             return [self._publish(session.inbox, ev)]
         self.counters.received += 1
-        out = self._room_event(room, post.kind, session.nick, post.text, id=post.id)
         at = self._wallclock()
+        out = self._room_event(room, post.kind, session.nick, post.text, id=post.id, sent=(key[0], post.id, at))
         self._sent[key] = (room, self.seq(room), at)
-        if self._store is not None:
-            self._store.remember(key[0], post.id, room, self.seq(room), at)
         return [out]
 
     # --- subscriptions (XPUB) -------------------------------------------------------------
@@ -381,8 +380,6 @@ class BrokerCore:
             if at >= horizon:
                 break
             del self._sent[key]
-        if self._store is not None:
-            self._store.forget_sent_before(horizon)
 
     def expire(self, now: float) -> list[Publish]:
         """End every session whose lease ran out before ``now``."""
@@ -434,14 +431,22 @@ class BrokerCore:
         return [self._part(session, room, reason, text) for room in sorted(session.rooms)]
 
     def _room_event(
-        self, room: str, kind: str, nick: str, text: str, *, id: str | None = None, reason: str | None = None
+        self,
+        room: str,
+        kind: str,
+        nick: str,
+        text: str,
+        *,
+        id: str | None = None,
+        reason: str | None = None,
+        sent: tuple[str, str, float] | None = None,
     ) -> Publish:
         r = self._rooms.setdefault(room, _Room())
         r.seq += 1
         ev = p.Event(r.seq, self._ts(), room, kind, nick, text, id=id, reason=reason)
         topic, payload = self._publish(p.room_topic(room), ev)
         if self._store is not None:
-            self._store.append(room, r.seq, payload)
+            self._store.append(room, r.seq, payload, sent)
         return topic, payload
 
     def _inbox_error(self, session: Session, code: str, text: str, room: str, ref: str | None) -> Publish:

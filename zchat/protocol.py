@@ -375,20 +375,21 @@ def post_token(data: bytes) -> tuple[str | None, str | None]:
 
 
 class _TsFormatter:
-    """ISO-8601 UTC with milliseconds; the seconds part is cached because bursts share it."""
+    """ISO-8601 UTC with milliseconds, cached per millisecond because bursts share it."""
 
     def __init__(self) -> None:
-        # One tuple, replaced whole: threads sharing the cache never see one second's number
-        # with another second's text.
+        # One tuple, replaced whole: threads sharing the cache never see one time's number
+        # with another time's text.
         self._cache = (-1, "")
 
     def __call__(self, t: float) -> str:
-        sec = int(t)
-        cached, prefix = self._cache
-        if sec != cached:
-            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-            self._cache = (sec, prefix)
-        return f"{prefix}.{int((t - sec) * 1000):03d}Z"
+        ms = int(t * 1000)
+        cached, text = self._cache
+        if ms != cached:
+            sec, frac = divmod(ms, 1000)
+            text = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(sec))}.{frac:03d}Z"
+            self._cache = (ms, text)
+        return text
 
 
 format_ts = _TsFormatter()

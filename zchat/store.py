@@ -1,10 +1,10 @@
 """The broker's history: every room event and every accepted message id, in SQLite.
 
 :class:`Store` owns the database file: the schema, WAL mode, one transaction per drained batch,
-retention per room, the dedupe window of (sender, message id), nicks registered by CURVE keys,
-and the reads that serve history
-requests and restore a restarted broker (each room's last ``seq``, recent ids). Writes are staged
-by :meth:`Store.append` / :meth:`Store.remember` and land together in :meth:`Store.commit`; the
+retention per room, the dedupe record of each client message (sender, id, time: columns of its
+event, so one insert per message), nicks registered by CURVE keys, and the reads that serve
+history requests and restore a restarted broker (each room's last ``seq``, recent ids). Writes
+are staged by :meth:`Store.append` / :meth:`Store.claim` and land together in :meth:`Store.commit`; the
 broker publishes a batch only after its commit returned. It knows nothing of sockets or of the
 protocol beyond (room, seq, JSON bytes).
 
@@ -33,17 +33,11 @@ CREATE TABLE IF NOT EXISTS events (
     room TEXT NOT NULL,
     seq INTEGER NOT NULL,
     data BLOB NOT NULL,
+    sender TEXT,  -- with msg_id and at: the dedupe record of a message a client sent
+    msg_id TEXT,
+    at REAL,
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sent (
-    sender TEXT NOT NULL,
-    id TEXT NOT NULL,
-    room TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (sender, id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sent_at ON sent (at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS owners (nick TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID;
 """
@@ -65,8 +59,7 @@ class Store:
         # Names this history: a client that sees it change knows old seqs mean nothing here.
         self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id', ?)", (secrets.token_hex(8),))
         self.id = str(self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0])
-        self._events: list[tuple[str, int, bytes]] = []
-        self._sent: list[tuple[str, str, str, int, float]] = []
+        self._events: list[tuple[str, int, bytes, str | None, str | None, float | None]] = []
         self._claims: list[tuple[str, str]] = []
 
     def close(self) -> None:
@@ -74,12 +67,11 @@ class Store:
 
     # --- writes: staged, then committed as one transaction ---------------------------------------
 
-    def append(self, room: str, seq: int, data: bytes) -> None:
-        self._events.append((room, seq, data))
-
-    def remember(self, sender: str, msg_id: str, room: str, seq: int, at: float) -> None:
-        """Record that ``sender``'s message ``msg_id`` became ``room``/``seq``."""
-        self._sent.append((sender, msg_id, room, seq, at))
+    def append(self, room: str, seq: int, data: bytes, sent: tuple[str, str, float] | None = None) -> None:
+        """Stage event ``room``/``seq``; ``sent`` = (sender, message id, wall time) for a message
+        a client sent, so a restarted broker can still recognise its resend."""
+        sender, msg_id, at = sent or (None, None, None)
+        self._events.append((room, seq, data, sender, msg_id, at))
 
     def claim(self, nick: str, key: str) -> None:
         """Record that CURVE ``key`` registered ``nick`` (open registration)."""
@@ -87,22 +79,23 @@ class Store:
 
     @property
     def staged(self) -> bool:
-        return bool(self._events or self._sent or self._claims)
+        return bool(self._events or self._claims)
 
     def commit(self) -> None:
         """Write everything staged in one transaction, then apply retention to touched rooms."""
         if not self.staged:
             return
-        events, sent, claims = self._events, self._sent, self._claims
-        self._events, self._sent, self._claims = [], [], []
+        events, claims = self._events, self._claims
+        self._events, self._claims = [], []
         db = self._db
         db.execute("BEGIN")
         try:
-            db.executemany("INSERT OR REPLACE INTO events (room, seq, data) VALUES (?, ?, ?)", events)
-            db.executemany("INSERT OR REPLACE INTO sent (sender, id, room, seq, at) VALUES (?, ?, ?, ?, ?)", sent)
+            db.executemany(
+                "INSERT OR REPLACE INTO events (room, seq, data, sender, msg_id, at) VALUES (?, ?, ?, ?, ?, ?)", events
+            )
             db.executemany("INSERT OR IGNORE INTO owners (nick, key) VALUES (?, ?)", claims)
             newest: dict[str, int] = {}
-            for room, seq, _ in events:
+            for room, seq, *_ in events:
                 newest[room] = max(seq, newest.get(room, 0))
             db.executemany(
                 "DELETE FROM events WHERE room = ? AND seq <= ?",
@@ -112,10 +105,6 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-
-    def forget_sent_before(self, at: float) -> None:
-        """Drop dedupe records older than ``at`` (wall-clock seconds)."""
-        self._db.execute("DELETE FROM sent WHERE at < ?", (at,))
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -146,5 +135,8 @@ class Store:
         return dict(self._db.execute("SELECT nick, key FROM owners").fetchall())
 
     def sent_since(self, at: float) -> Iterable[tuple[str, str, str, int, float]]:
-        """Dedupe records newer than ``at``: a restarted broker reloads its window from these."""
-        return self._db.execute("SELECT sender, id, room, seq, at FROM sent WHERE at >= ?", (at,)).fetchall()
+        """Dedupe records newer than ``at`` among the stored events, oldest first: a restarted
+        broker reloads its window from these (so the window also ends where retention does)."""
+        return self._db.execute(
+            "SELECT sender, msg_id, room, seq, at FROM events WHERE msg_id IS NOT NULL AND at >= ? ORDER BY at", (at,)
+        ).fetchall()
