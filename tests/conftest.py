@@ -3,10 +3,13 @@ connected clients. Every wait here is bounded and ends on a condition, never on 
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -184,7 +187,13 @@ def broker_proc() -> Iterator[BrokerProcess]:
 
 
 def child_env() -> dict[str, str]:
-    """The environment for child processes: no ZCHAT_* from the developer's shell."""
+    """The environment for child processes: no ZCHAT_* and no config dir of the developer's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZCHAT_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # Keys and history files of the person running the tests are none of the tests' business.
+    env["XDG_CONFIG_HOME"] = _CONFIG_HOME
     return env
+
+
+_CONFIG_HOME = tempfile.mkdtemp(prefix="zchat-test-config-")
+atexit.register(shutil.rmtree, _CONFIG_HOME, True)

@@ -56,11 +56,19 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         # Names this history: a client that sees it change knows old seqs mean nothing here.
         self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id', ?)", (secrets.token_hex(8),))
         self.id = str(self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0])
         self._events: list[tuple[str, int, bytes, str | None, str | None, float | None]] = []
         self._claims: list[tuple[str, str]] = []
+
+    def _migrate(self) -> None:
+        """Bring a file written by an older zchat up to this schema, keeping its history."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        for name, kind in (("sender", "TEXT"), ("msg_id", "TEXT"), ("at", "REAL")):
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self._db.close()
