@@ -121,12 +121,13 @@ def test_relay_chain_delivers_everything_in_order_and_survives_a_relay_restart(
             assert [e.seq for e in got] == list(range(got[0].seq, got[0].seq + 600))
 
 
-def test_a_relay_forwards_no_private_topic(
+def test_a_relay_forwards_no_private_topic_and_inboxes_come_from_the_broker(
     chain: tuple[BrokerProcess, RelayProcess, RelayProcess], ctx: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
     broker, a, _ = chain
     with (
-        Client("bob", endpoints=broker.endpoints) as bob,
+        # bob reads rooms through the relay and his inbox straight from the broker.
+        Client("bob", endpoints=via(broker, a.feed), inbox_feed=broker.endpoints.feed) as bob,
         Client("carol", endpoints=broker.endpoints) as carol,
     ):
         # eve, behind the relay, asks for everything and for bob's exact inbox topic.

@@ -119,7 +119,13 @@ def _client(nick: str | None, rooms: Iterable[str], kw: dict[str, Any], **option
     if server_key is None and DEFAULT_SERVER_PUBLIC.exists():
         server_key = str(DEFAULT_SERVER_PUBLIC)
     curve = keys.client_curve(server_key, kw.pop("key_file"))
-    return Client(nick, rooms, endpoints=_endpoints(kw), timeout=kw.pop("timeout"), curve=curve, **options)
+    # With --feed pointing at a relay, the broker's own feed (at --host/--port) carries the inbox.
+    relayed = kw["feed"] and not kw["rpc"]
+    inbox_feed = p.Endpoints.from_host_port(kw["host"], kw["port"]).feed if relayed else None
+    endpoints = _endpoints(kw)
+    return Client(
+        nick, rooms, endpoints=endpoints, timeout=kw.pop("timeout"), curve=curve, inbox_feed=inbox_feed, **options
+    )
 
 
 def _endpoints(kw: dict[str, Any]) -> p.Endpoints:
@@ -319,12 +325,40 @@ def broker_cmd(
     show_default=True,
     help="Earlier messages to show from each room's history on joining.",
 )
+@click.option("--no-color", is_flag=True, help="No colour (also when NO_COLOR is set to anything).")
+@click.option("--no-bell", is_flag=True, help="Do not ring the terminal bell when someone names you.")
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, writable=True, path_type=Path),
+    help="Append each room's conversation to DIR/<room>.log (private messages: DIR/@<nick>.log).",
+)
 @client_options
-def join_cmd(nick: str, rooms: tuple[str, ...], plain: bool, backlog: int, **kw: Any) -> None:
+def join_cmd(
+    *,
+    nick: str,
+    rooms: tuple[str, ...],
+    plain: bool,
+    backlog: int,
+    no_color: bool,
+    no_bell: bool,
+    log_dir: Path | None,
+    **kw: Any,
+) -> None:
     """Chat interactively. Type a line to send it; /help lists the commands."""
     with _clear_errors():
+        if log_dir is not None:
+            try:
+                log_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ZChatError(f"cannot use --log-dir {log_dir}: {exc.strerror or exc}") from None
         client = _client(nick, rooms, kw, backlog=backlog).connect()
-        run(client, plain=plain or not (sys.stdin.isatty() and sys.stdout.isatty()))
+        run(
+            client,
+            plain=plain or not (sys.stdin.isatty() and sys.stdout.isatty()),
+            color=not (no_color or os.environ.get("NO_COLOR")),
+            bell=not no_bell,
+            log_dir=log_dir,
+        )
 
 
 @cli.command("tail")

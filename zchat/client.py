@@ -30,7 +30,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zchat import protocol as p
 from zchat import transport
-from zchat.errors import Refused, RemoteProtocolError, Unreachable, ZChatError
+from zchat.errors import LocalProtocolError, Refused, RemoteProtocolError, Unreachable, ZChatError
 from zchat.sequencer import RoomSequencer
 
 __all__ = ["Client", "Feed"]
@@ -83,6 +83,7 @@ class Client:
         send_timeout: float = 30.0,
         dead_after: float = 3.0,
         curve: transport.Curve | None = None,
+        inbox_feed: str | None = None,
     ) -> None:
         transport.require_libzmq()
         self.nick = p.check_nick(nick) if nick is not None else None
@@ -94,6 +95,9 @@ class Client:
         self.send_timeout = send_timeout
         self.dead_after = dead_after
         self.curve = curve
+        #: The broker's own feed, when ``endpoints.feed`` is a relay: relays carry no inbox, so
+        #: errors and private messages are subscribed to here instead.
+        self.inbox_feed = inbox_feed if inbox_feed != self.endpoints.feed else None
         # Errors and private messages for this session come on a topic only it knows.
         self.inbox = p.new_inbox_topic(nick) if nick is not None else b""
         self.state: State = "new"
@@ -125,6 +129,7 @@ class Client:
         self._backoff = 0.5
         self._rejoin_req: str | None = None
         self._feed: Feed | None = None
+        self._inbox_feed: Feed | None = None
         self._push: zmq.Socket[bytes] | None = None
         self._rpc: zmq.Socket[bytes] | None = None
 
@@ -156,8 +161,9 @@ class Client:
             assert self._feed is not None and self._rpc is not None
             monitor = self._rpc.get_monitor_socket(_HANDSHAKE_FAILURES)
             try:
-                for _topic, payload in self._feed.wait_live(self.timeout):
-                    self._on_payload(payload)
+                for feed in self._feeds():
+                    for _topic, payload in feed.wait_live(self.timeout):
+                        self._on_payload(payload)
                 self._accept_join(self._call(self._join_request()))
             except Unreachable:
                 self._diagnose(monitor)
@@ -295,6 +301,18 @@ class Client:
         if self._feed is not None:
             self._feed.unsubscribe(p.room_topic(room))
 
+    def history(self, room: str | None = None, limit: int = 50) -> list[p.Event]:
+        """The last ``limit`` (1 to ``MAX_HISTORY``) stored events of ``room`` (default: the
+        first room joined), oldest first. They are not delivered as events."""
+        if not 1 <= limit <= p.MAX_HISTORY:
+            raise LocalProtocolError(f"history limit must be 1-{p.MAX_HISTORY}, not {limit}")
+        reply = self._call(p.History(room=self._room(room, member=False), limit=limit))
+        raw = reply.get("events")
+        try:
+            return msgspec.convert(raw, list[p.Event])
+        except msgspec.ValidationError as exc:
+            raise RemoteProtocolError(f"bad history reply: {exc}") from None
+
     def stats(self) -> dict[str, object]:
         return self._call(p.Stats())
 
@@ -342,14 +360,16 @@ class Client:
         now = time.monotonic()
         wait = max(0.0, min(timeout, self._next_timer() - now))
         poller = zmq.Poller()
-        poller.register(self._feed.socket, zmq.POLLIN)
+        for feed in self._feeds():
+            poller.register(feed.socket, zmq.POLLIN)
         poller.register(self._rpc, zmq.POLLIN)
         for extra in also:
             poller.register(extra, zmq.POLLIN)
         ready = dict(poller.poll(math.ceil(wait * 1000)))
-        if self._feed.socket in ready:
-            for _topic, payload in self._feed.drain():
-                self._on_payload(payload)
+        for feed in self._feeds():
+            if feed.socket in ready:
+                for _topic, payload in feed.drain():
+                    self._on_payload(payload)
         if self._rpc in ready:
             self._drain_rpc()
         self._keepalive(time.monotonic())
@@ -586,7 +606,9 @@ class Client:
     def _open_sockets(self) -> None:
         e = self.endpoints
         topics = [p.HEARTBEAT_TOPIC, *map(p.room_topic, self.rooms)]
-        if self.nick is not None:
+        if self.nick is not None and self.inbox_feed is not None:
+            self._inbox_feed = Feed(self._ctx, self.inbox_feed, [self.inbox], curve=self.curve)
+        elif self.nick is not None:
             topics.append(self.inbox)
         self._feed = Feed(self._ctx, e.feed, topics, curve=self.curve)
         # IMMEDIATE: never queue a message for a broker we are not connected to (the outbox
@@ -607,12 +629,15 @@ class Client:
         for sock in (self._push, self._rpc):
             if sock is not None:
                 sock.close()
-        if self._feed is not None:
-            self._feed.close()
-        self._feed, self._push, self._rpc = None, None, None
+        for feed in self._feeds():
+            feed.close()
+        self._feed, self._inbox_feed, self._push, self._rpc = None, None, None, None
         if self._own_context:
             self._ctx.term()
             self._own_context = False
+
+    def _feeds(self) -> list[Feed]:
+        return [f for f in (self._feed, self._inbox_feed) if f is not None]
 
     def _room(self, room: str | None, *, member: bool = True) -> str:
         if room is None:
@@ -639,6 +664,7 @@ class Feed:
         endpoint: str,
         topics: Iterable[bytes],
         curve: transport.Curve | None = None,
+        inbox_feed: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.socket = transport.socket(ctx, zmq.SUB, endpoint, curve)
