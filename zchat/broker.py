@@ -223,11 +223,11 @@ class Broker:
             try:
                 if secure:
                     # The sender is whoever the ZAP handler said, on the frame itself.
-                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    parts = sock.recv_multipart(transport.NOBLOCK, copy=False)
                     identity = _user_id(parts[-1])
                     frames = [f.bytes for f in parts]
                 else:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    frames = sock.recv_multipart(transport.NOBLOCK)
             except zmq.Again:
                 break
             try:

@@ -249,7 +249,7 @@ class Client:
                 msg_id = self._unsent[0]
                 post = p.Post(token=self._token, room=out.room, text=out.text, kind=out.kind, id=msg_id, to=out.to)
                 try:
-                    self._push.send(p.encode(post), zmq.NOBLOCK)
+                    self._push.send(p.encode(post), transport.NOBLOCK)
                 except zmq.Again:
                     return  # not connected right now (or the queue is full): retried on the next pump
             self._unsent.popleft()
@@ -416,7 +416,7 @@ class Client:
         assert self._rpc is not None
         while True:
             try:
-                frames = self._rpc.recv_multipart(zmq.NOBLOCK)
+                frames = self._rpc.recv_multipart(transport.NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -599,7 +599,7 @@ class Client:
         if self._waiting_since is None:
             self._waiting_since = time.monotonic()
         with contextlib.suppress(zmq.Again):  # not connected yet: the caller's timeout reports it
-            self._rpc.send_multipart([b"", p.encode(req)], zmq.NOBLOCK)
+            self._rpc.send_multipart([b"", p.encode(req)], transport.NOBLOCK)
 
     # --- sockets ---------------------------------------------------------------------------------
 
@@ -702,7 +702,7 @@ class Feed:
         out: list[tuple[bytes, bytes]] = []
         while True:
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                frames = self.socket.recv_multipart(transport.NOBLOCK)
             except zmq.Again:
                 return out
             if len(frames) != 2:

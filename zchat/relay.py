@@ -128,7 +128,7 @@ class Relay:
         up, down = self.up, self.down
         for _ in range(BATCH):
             try:
-                frames = up.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = up.recv_multipart(transport.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             down.send_multipart(frames, copy=False)
@@ -137,7 +137,7 @@ class Relay:
     def _subscriptions(self) -> None:
         for _ in range(BATCH):
             try:
-                msg = self.down.recv(zmq.NOBLOCK)
+                msg = self.down.recv(transport.NOBLOCK)
             except zmq.Again:
                 return
             if not msg or msg[0] not in (0, 1):
