@@ -191,7 +191,8 @@ class Client:
             raise Unreachable(f"the broker at {where} wants a secure connection: give its public key (--server-key)")
         if events:
             raise Unreachable(
-                f"the secure handshake with the broker at {where} failed: is --server-key its public key?"
+                f"the secure handshake with the broker at {where} failed: is --server-key its public key,"
+                " and does the broker run --secure?"
             )
 
     def close(self, reason: str = "quit") -> None:
@@ -667,7 +668,8 @@ class Feed:
         inbox_feed: str | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self.socket = transport.socket(ctx, zmq.SUB, endpoint, curve)
+        # A deep receive queue: a client that stalls loses less, and repairs less from history.
+        self.socket = transport.socket(ctx, zmq.SUB, endpoint, curve, RCVHWM=100_000)
         self.socket.connect(endpoint)
         for topic in topics:
             self.subscribe(topic)

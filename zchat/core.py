@@ -166,9 +166,12 @@ class BrokerCore:
             log.debug("dropped post: token of %s used by another key", session.nick)
             return []
         session.expires = now + self.lease
-        if not self._limiter.allow(identity or session.nick.lower(), now):
+        # A resend of something already delivered costs nothing, so it is never limited.
+        resend = post.id is not None and (session.nick.lower(), post.id) in self._sent
+        if not resend and not self._limiter.allow(identity or session.nick.lower(), now):
             self.counters.rate_limited += 1
-            rate = f"at most {self._limiter.rate:g} messages a second"
+            per_second = self._limiter.rate
+            rate = f"at most {per_second:g} message{'' if per_second == 1 else 's'} a second"
             why = f"slow down: {rate} (bursts of {self._limiter.burst:g}); this one was not sent"
             return [self._inbox_error(session, "rate_limited", why, post.room, post.id)]
         if post.to is not None:
@@ -215,7 +218,7 @@ class BrokerCore:
             return [], []
         topic = msg[1:]
         granted = self._vet(topic, identity)
-        if not granted:
+        if not granted and msg[0] == 1:
             self.counters.subscriptions_refused += 1
             log.debug("refused subscription to %r", topic[:80])
         if msg[0] == 1 and p.is_probe_topic(topic):
@@ -241,7 +244,12 @@ class BrokerCore:
         if mine:
             return mine
         parsed = p.parse_inbox(topic)
-        return [topic] if parsed is not None and len(parsed[1]) >= p.INBOX_SECRET_CHARS else []
+        if parsed is None or len(parsed[1]) < p.INBOX_SECRET_CHARS:
+            return []
+        # In secure mode even a known secret is no key: another key's nick is never granted.
+        if self._authority is not None and self._authority.owner(parsed[0]) not in (None, identity):
+            return []
+        return [topic]
 
     # --- rpc (ROUTER) -----------------------------------------------------------------------
 
@@ -321,8 +329,12 @@ class BrokerCore:
             raise _Code("too_many_rooms", f"at most {p.MAX_ROOMS} rooms per session")
         inbox = p.inbox_topic(nick) if req.inbox is None else req.inbox.encode()
         parsed = p.parse_inbox(inbox)
-        if parsed is None or parsed[0] != nick.lower():
-            raise _Code("bad_inbox", f"inbox must be '@{nick.lower()}:' followed by a secret")
+        short = parsed is not None and req.inbox is not None and len(parsed[1]) < p.INBOX_SECRET_CHARS
+        if parsed is None or parsed[0] != nick.lower() or (short and self._authority is None):
+            # In open mode the feed grants no inbox without a full secret: say so now, not never.
+            raise _Code(
+                "bad_inbox", f"inbox must be '@{nick.lower()}:' and a secret of {p.INBOX_SECRET_CHARS}+ characters"
+            )
         if nick.lower() in self._by_nick:
             raise _Code("nick_taken", f"nick {nick!r} is in use by a live session")
         if self._authority is not None:

@@ -66,6 +66,10 @@ class Authority:
         """The (lower-cased) nicks ``key`` owns."""
         return self._nicks.get(key, set())
 
+    def owner(self, nick: str) -> str | None:
+        """The key that owns ``nick``, if any."""
+        return self._owner.get(nick.lower())
+
     def check(self, key: str, nick: str) -> bool:
         """May ``key`` use ``nick``? True means yes and that a new claim must be persisted."""
         owner = self._owner.get(nick.lower())
