@@ -9,9 +9,7 @@ users lives in the core as leases.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket as stdsocket
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -93,11 +91,7 @@ class Broker:
         # seq a client hears of in a reply can already be fetched from history.
         self._replies: list[list[bytes]] = []
         self._next_beat = clock()
-        # stop() may be called from a signal handler or another thread; a byte on this pair
-        # wakes the poll loop, which alone touches the ZeroMQ sockets.
-        self._wake_r, self._wake_w = stdsocket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._waker = transport.Waker()
         self._sockets: list[zmq.Socket[bytes]] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -157,16 +151,13 @@ class Broker:
 
     def stop(self) -> None:
         """Ask :meth:`run` to publish the shutdown notice and return. Signal- and thread-safe."""
-        # BlockingIOError: a wake-up is already pending; OSError: the broker is closed.
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._wake_w.send(b"x")
+        self._waker.wake()
 
     def close(self) -> None:
         for sock in self._sockets:
             sock.close()  # LINGER is 0 but for the feed after a shutdown notice
         self._sockets.clear()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waker.close()
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -181,7 +172,7 @@ class Broker:
         poller = zmq.Poller()
         for sock in (self.ingest, self.rpc, self.feed):
             poller.register(sock, zmq.POLLIN)
-        wake = self._wake_r.fileno()
+        wake = self._waker.fileno()
         poller.register(wake, zmq.POLLIN)
         next_housekeeping = clock() + HOUSEKEEPING_INTERVAL
         while True:

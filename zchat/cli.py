@@ -46,6 +46,15 @@ DEFAULT_SERVER_PUBLIC = CONFIG_DIR / "server.key"
 log = logging.getLogger("zchat.broker")
 
 
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Logging threshold (logs go to stderr).",
+)
+
+
 def endpoint_options(f: F) -> F:
     """The options every command shares to find the broker (also read from ``ZCHAT_*``)."""
     options = [
@@ -189,13 +198,7 @@ def cli() -> None:
     show_default=True,
     help="Seconds between client heartbeats; a session lapses after 3 missed ones.",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="Logging threshold (logs go to stderr).",
-)
+@log_level_option
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -317,7 +320,9 @@ def broker_cmd(
     show_default=True,
     help="Room to join (repeat for several); the first is the current room.",
 )
-@click.option("--plain", is_flag=True, help="Plain line mode even on a terminal (the default without one).")
+@click.option(
+    "--plain", is_flag=True, help="Plain line mode even on a terminal (the default without one, or with TERM=dumb)."
+)
 @click.option(
     "--backlog",
     type=click.IntRange(0, p.MAX_HISTORY),
@@ -354,7 +359,7 @@ def join_cmd(
         client = _client(nick, rooms, kw, backlog=backlog).connect()
         run(
             client,
-            plain=plain or not (sys.stdin.isatty() and sys.stdout.isatty()),
+            plain=plain or not (sys.stdin.isatty() and sys.stdout.isatty()) or os.environ.get("TERM") == "dumb",
             color=not (no_color or os.environ.get("NO_COLOR")),
             bell=not no_bell,
             log_dir=log_dir,
@@ -476,13 +481,7 @@ def _echo(line: str) -> None:
     show_default=True,
     help="This relay's secret key file, for a secure upstream (its key must be allowed there).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="Logging threshold (logs go to stderr).",
-)
+@log_level_option
 def relay_cmd(
     *,
     upstream: str,

@@ -12,9 +12,7 @@ repair. It holds no chat state and decodes no message.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket as stdsocket
 from collections import Counter
 from types import TracebackType
 
@@ -59,9 +57,7 @@ class Relay:
         # first, unsubscribe on the last.
         self._wanted: Counter[bytes] = Counter()
         self.forwarded = 0
-        self._wake_r, self._wake_w = stdsocket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._waker = transport.Waker()
         self._sockets: list[zmq.Socket[bytes]] = []
 
     def __enter__(self) -> Relay:
@@ -96,15 +92,13 @@ class Relay:
 
     def stop(self) -> None:
         """Make :meth:`run` return. Signal- and thread-safe."""
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._wake_w.send(b"x")
+        self._waker.wake()
 
     def close(self) -> None:
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waker.close()
         if self._own_context:
             self._ctx.term()
 
@@ -112,7 +106,7 @@ class Relay:
         poller = zmq.Poller()
         poller.register(self.up, zmq.POLLIN)
         poller.register(self.down, zmq.POLLIN)
-        wake = self._wake_r.fileno()
+        wake = self._waker.fileno()
         poller.register(wake, zmq.POLLIN)
         while True:
             ready = dict(poller.poll())

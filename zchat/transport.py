@@ -7,13 +7,15 @@ knows nothing of the zchat protocol.
 
 from __future__ import annotations
 
+import contextlib
+import socket as stdsocket
 from dataclasses import dataclass
 
 import zmq
 
 from zchat.errors import ZChatError
 
-__all__ = ["MIN_LIBZMQ", "NOBLOCK", "Curve", "require_libzmq", "socket"]
+__all__ = ["MIN_LIBZMQ", "NOBLOCK", "Curve", "Waker", "require_libzmq", "socket"]
 
 #: ``zmq.NOBLOCK`` as a plain int: pyzmq converts enum flags on every call, which costs more
 #: than the receive itself on a hot path (measured: 6.5 µs vs 2.5 µs per recv_multipart).
@@ -57,3 +59,25 @@ def socket(
     for name, value in options.items():
         sock.setsockopt(getattr(zmq, name), value)
     return sock
+
+
+class Waker:
+    """Wakes a poll loop from a signal handler or another thread: a byte on a socket pair whose
+    read end the loop polls next to its ZeroMQ sockets (which only the loop may touch)."""
+
+    def __init__(self) -> None:
+        self._r, self._w = stdsocket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._r.fileno()
+
+    def wake(self) -> None:
+        # BlockingIOError: a wake-up is already pending; OSError: the loop is closed.
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._w.send(b"x")
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()
