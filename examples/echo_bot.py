@@ -2,6 +2,11 @@
 
     python examples/echo_bot.py --nick echo --room general --room dev
 
+Against a secure broker, give its public key and the bot's key file (``zchat keygen --name echo``;
+the broker must allow that key to use the bot's nick):
+
+    python examples/echo_bot.py --server-key server.key --key ~/.config/zchat/echo.key_secret
+
 :class:`zchat.Bot` does the protocol work (the readiness handshake, hello, heartbeats, ignoring
 the bot's own messages so an echo cannot loop, leaving on exit); the bot is the handler.
 Ctrl-C or SIGTERM makes it leave its rooms cleanly ("echo left (quit)").
@@ -12,8 +17,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from zchat import Bot, Endpoints, Event, ZChatError
+from zchat.keys import client_curve
 from zchat.protocol import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_ROOM
 
 
@@ -25,12 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"base port ({DEFAULT_PORT}); feed +1, rpc +2")
     for name in ("ingest", "feed", "rpc"):
         ap.add_argument(f"--{name}", metavar="ENDPOINT", help=f"full {name} endpoint; overrides --host/--port")
+    ap.add_argument("--server-key", metavar="KEY|FILE", help="a secure broker's public key: z85, or its key file")
+    ap.add_argument("--key", metavar="FILE", type=Path, help="with --server-key: the bot's secret key file")
     args = ap.parse_args(argv)
     endpoints = Endpoints.from_host_port(args.host, args.port, ingest=args.ingest, feed=args.feed, rpc=args.rpc)
+    if (args.server_key is None) != (args.key is None):
+        ap.error("--server-key and --key go together")
 
     try:
-        bot = Bot(args.nick, args.rooms or [DEFAULT_ROOM], endpoints=endpoints)
-    except ZChatError as exc:  # an invalid nick or room
+        curve = client_curve(args.server_key, args.key) if args.key else None  # CURVE on all three sockets
+        bot = Bot(args.nick, args.rooms or [DEFAULT_ROOM], endpoints=endpoints, curve=curve)
+    except ZChatError as exc:  # an invalid nick or room, an unreadable key
         print(f"echo_bot: {exc}", file=sys.stderr)
         return 2
 
@@ -45,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         bot.run()  # connects, then dispatches until interrupted; leaves the rooms on the way out
     except KeyboardInterrupt:
         pass
-    except ZChatError as exc:  # no broker there, or the nick is taken
+    except ZChatError as exc:  # no broker there, the nick is taken, or the broker refused the key
         print(f"echo_bot: {exc}", file=sys.stderr)
         return 1
     return 0

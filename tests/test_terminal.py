@@ -1,8 +1,10 @@
 """The interactive client end to end: `zchat join` as a real process, driven through a real
-pseudo-terminal (pexpect) or a pipe, against a real broker on loopback.
+pseudo-terminal or a pipe, against a real broker on loopback.
 
-Every wait ends on a condition (a pattern in the pty, an event on a Client, a process exit) and
-is bounded; nothing sleeps.
+On a terminal it is the full-screen client; tests/test_tui.py covers its features, these its
+life cycle (every way out, a crash, the broker going away) and the plain mode without a terminal.
+Every wait ends on a condition (the screen showing something, an event on a Client, a process
+exit) and is bounded; nothing sleeps.
 """
 
 from __future__ import annotations
@@ -16,32 +18,26 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import pexpect
 import pytest
 import zmq
 from conftest import ZCHAT, BrokerProcess, ClientFactory, ThreadBroker, child_env, collect, wait_for
+from pty_screen import Term, terminals
 
 from zchat import render, terminal
 from zchat.client import Client
-from zchat.protocol import Endpoints, Event
+from zchat.protocol import Event
 
 #: The broker's heartbeat here: a 12 s lease, so a Client the test is not polling while it
 #: waits on the pty (up to the pexpect timeout) keeps its session.
 HEARTBEAT = 4.0
-#: Bound on every pexpect wait.
+#: Bound on every wait.
 TIMEOUT = 10
 #: Run children from the repository root so ``-m zchat`` finds the package even uninstalled.
 ROOT = Path(__file__).resolve().parent.parent
-#: Any run of terminal control sequences (prompt_toolkit redraws lines with cursor moves).
-CSI = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"
-#: The prompt, naming the current room.
-PROMPT = r"#general bob>"
 TIME = r"\d\d:\d\d"
 
-Pty = Any  # pexpect.spawn: pexpect ships no type hints
-PtyJoin = Callable[..., Pty]
+PtyJoin = Callable[..., Term]
 
 
 @pytest.fixture
@@ -54,39 +50,8 @@ def broker(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[ThreadBroker]:
 
 @pytest.fixture
 def pty_join() -> Iterator[PtyJoin]:
-    """``pty_join(endpoints)`` -> `zchat join --nick bob` in a pty, joined and at its prompt."""
-    children: list[Pty] = []
-
-    def spawn(endpoints: Endpoints, *extra: str) -> Pty:
-        e = endpoints
-        args = ["-m", "zchat", "join", "--nick", "bob", "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
-        child = pexpect.spawn(
-            sys.executable,
-            [*args, *extra],
-            env=child_env(),
-            cwd=ROOT,
-            dimensions=(24, 100),
-            timeout=TIMEOUT,
-            encoding="utf-8",
-        )
-        child.logfile_read = io.StringIO()  # the whole transcript, for checks after the fact
-        children.append(child)
-        # The banner and bob's own join event, in either order; then the prompt drawn after both,
-        # so no output is in flight when the test starts typing. (While prompt_toolkit prints
-        # above the prompt the tty is briefly in cooked mode, where a Ctrl-D would be eaten.)
-        banner = re.escape("-- joined #general as bob; /help for commands")
-        joined = rf"{TIME} -- bob joined\r\n"
-        first = child.expect([banner, joined])
-        child.expect([joined, banner][first])
-        child.expect(PROMPT)
-        return child
-
-    yield spawn
-    for child in children:
-        if child.isalive():
-            child.kill(signal.SIGKILL)
-            child.wait()  # bounded: nothing outlives SIGKILL
-        child.close(force=True)
+    """``pty_join(endpoints)`` -> `zchat join --nick bob` in a pty, joined and showing its input line."""
+    yield from terminals()
 
 
 def from_bob() -> Callable[[Event], bool]:
@@ -98,25 +63,6 @@ def bob_joined(e: Event) -> bool:
     return e.kind == "join" and e.nick == "bob"
 
 
-def strip_csi(text: str) -> str:
-    return re.sub(CSI, "", text)
-
-
-def transcript(child: Pty) -> str:
-    """Everything the pty child has written so far."""
-    text: str = child.logfile_read.getvalue()
-    return text
-
-
-def exit_status(child: Pty) -> tuple[int | None, int | None]:
-    """Wait (bounded) for the pty child to end; its exit status and the signal that killed it."""
-    child.expect(pexpect.EOF)
-    child.close()
-    assert "Traceback" not in transcript(child)
-    status: tuple[int | None, int | None] = (child.exitstatus, child.signalstatus)
-    return status
-
-
 # --- through a pseudo-terminal ------------------------------------------------------------------
 
 
@@ -126,19 +72,20 @@ def test_typed_line_reaches_the_room_and_incoming_shows_as_time_nick_text(
     alice = connect("alice")
     bob = pty_join(broker.endpoints)
     wait_for(alice, bob_joined)
+    assert bob.lines[0] == "-- joined #general as bob; /help for commands"
 
     bob.send("hello from the pty\r")
     said = wait_for(alice, from_bob())
     assert (said.kind, said.text, said.room) == ("message", "hello from the pty", "general")
-    bob.expect_exact(f"{render.clock(said.ts)} bob: hello from the pty\r\n")
+    bob.wait(re.escape(f"{render.clock(said.ts)} bob: hello from the pty"))
 
     alice.say("hi bob")
     mine = wait_for(alice, lambda e: e.kind == "message" and e.nick == "alice")
-    bob.expect_exact(f"{render.clock(mine.ts)} alice: hi bob\r\n")
+    bob.wait(re.escape(f"{render.clock(mine.ts)} alice: hi bob"))
     assert re.fullmatch(TIME, render.clock(mine.ts))
     # No cursor position requests: nothing waits for, or warns about, a terminal that never answers.
-    assert "\x1b[6n" not in transcript(bob)
-    assert "CPR" not in transcript(bob)
+    assert "\x1b[6n" not in bob.raw
+    assert "CPR" not in bob.raw
 
 
 def test_half_typed_line_survives_an_incoming_message(
@@ -149,12 +96,11 @@ def test_half_typed_line_survives_an_incoming_message(
     wait_for(alice, bob_joined)
 
     bob.send("half-typ")
-    bob.expect_exact("half-typ")
+    bob.wait(lambda t: t.input_line == "#general> half-typ")
     alice.say("incoming while typing")
-    # The message gets a line of its own, above the input line...
-    bob.expect(rf"{TIME} alice: incoming while typing\r\n")
-    # ...which is then redrawn below it, the partial text intact.
-    bob.expect(rf"{PROMPT}{CSI} {CSI}half-typ")
+    # The message gets a line of its own in the message area; the input line is untouched.
+    bob.wait(rf"{TIME} alice: incoming while typing")
+    assert bob.input_line == "#general> half-typ"
     bob.send("ed line\r")
     got = wait_for(alice, from_bob())
     assert (got.kind, got.text) == ("message", "half-typed line")
@@ -168,28 +114,28 @@ def test_me_who_and_unknown_command(broker: ThreadBroker, connect: ClientFactory
     bob.send("/me waves\r")
     action = wait_for(alice, from_bob())
     assert (action.kind, action.text) == ("action", "waves")
-    bob.expect_exact(f"{render.clock(action.ts)} * bob waves\r\n")
+    bob.wait(re.escape(f"{render.clock(action.ts)} * bob waves"))
 
     bob.send("/who\r")
-    bob.expect(r"-- in #general: ([^\r\n]*)\r\n")
-    assert sorted(bob.match.group(1).split(", ")) == ["alice", "bob"]
+    bob.wait(r"-- in #general: [^\n]*, ")
+    who = re.search(r"-- in #general: ([^\n]*)", bob.text)
+    assert who is not None and sorted(who.group(1).split(", ")) == ["alice", "bob"]
 
     bob.send("/frob now\r")
-    bob.expect_exact("!! unknown command /frob: /help lists the commands\r\n")
-    bob.expect(PROMPT)
-    assert strip_csi(bob.before).strip() == ""  # one line, then straight back to the prompt
+    bob.wait(re.escape("!! unknown command /frob: /help lists the commands"))
+    assert bob.input_line == "#general>"
     # Nothing of it went to the room: the next thing alice hears from bob is his next line.
     bob.send("still here\r")
     assert wait_for(alice, from_bob()).text == "still here"
 
 
-WAYS_OUT: dict[str, tuple[Callable[[Pty], object], str]] = {
-    "/quit": (lambda c: c.send("/quit\r"), "bob left (quit)"),
-    "/quit reason": (lambda c: c.send("/quit gone fishing\r"), "bob left (quit: gone fishing)"),
-    "exit": (lambda c: c.send("exit\r"), "bob left (quit)"),
-    "ctrl-d": (lambda c: c.sendcontrol("d"), "bob left (quit)"),
-    "ctrl-c": (lambda c: c.sendcontrol("c"), "bob left (quit)"),
-    "SIGINT": (lambda c: c.kill(signal.SIGINT), "bob left (quit)"),
+WAYS_OUT: dict[str, tuple[Callable[[Term], object], str]] = {
+    "/quit": (lambda t: t.send("/quit\r"), "bob left (quit)"),
+    "/quit reason": (lambda t: t.send("/quit gone fishing\r"), "bob left (quit: gone fishing)"),
+    "exit": (lambda t: t.send("exit\r"), "bob left (quit)"),
+    "ctrl-d": (lambda t: t.send("\x04"), "bob left (quit)"),
+    "ctrl-c": (lambda t: t.send("\x03"), "bob left (quit)"),
+    "SIGINT": (lambda t: t.child.kill(signal.SIGINT), "bob left (quit)"),
 }
 
 
@@ -203,9 +149,10 @@ def test_every_way_out_exits_0_and_leaves(
 
     press, text = WAYS_OUT[way]
     press(bob)
-    assert exit_status(bob) == (0, None)
+    assert bob.exit_status() == (0, None)
     left = wait_for(alice, from_bob())
     assert (left.kind, left.nick, left.text, left.reason) == ("leave", "bob", text, "quit")
+    assert "\x1b[?1049l" in bob.raw  # the terminal's own screen is back
 
 
 def test_ctrl_c_with_a_half_typed_line_leaves_without_sending_it(
@@ -216,21 +163,37 @@ def test_ctrl_c_with_a_half_typed_line_leaves_without_sending_it(
     wait_for(alice, bob_joined)
 
     bob.send("never sent")
-    bob.expect_exact("never sent")
-    bob.sendcontrol("c")
-    assert exit_status(bob) == (0, None)
+    bob.wait(lambda t: t.input_line == "#general> never sent")
+    bob.send("\x03")
+    assert bob.exit_status() == (0, None)
     left = wait_for(alice, from_bob())
     assert (left.kind, left.text) == ("leave", "bob left (quit)")
 
 
-def test_shutdown_notice_reaches_an_interactive_client(broker_proc: BrokerProcess, pty_join: PtyJoin) -> None:
+def test_ctrl_d_on_a_half_typed_line_does_not_quit(
+    broker: ThreadBroker, connect: ClientFactory, pty_join: PtyJoin
+) -> None:
+    alice = connect("alice")
+    bob = pty_join(broker.endpoints)
+    wait_for(alice, bob_joined)
+
+    bob.send("abc\x01\x04")  # Ctrl-A, Ctrl-D: deletes the character under the cursor
+    bob.wait(lambda t: t.input_line == "#general> bc")
+    bob.send("\r")
+    assert wait_for(alice, from_bob()).text == "bc"
+
+
+def test_shutdown_notice_and_the_connection_state_reach_an_interactive_client(
+    broker_proc: BrokerProcess, pty_join: PtyJoin
+) -> None:
     bob = pty_join(broker_proc.endpoints)
     broker_proc.proc.send_signal(signal.SIGTERM)
-    bob.expect(rf"{TIME} -- the broker is shutting down\r\n")
+    bob.wait(rf"{TIME} -- the broker is shutting down")
     assert broker_proc.proc.wait(5) == 0
-    # /quit rather than Ctrl-D: bob may be printing "connection lost" right now (see pty_join).
+    # With the broker gone the client notices the silence and says so on the status line.
+    bob.wait(lambda t: t.status_line().endswith("reconnecting"))
     bob.send("/quit\r")
-    assert exit_status(bob) == (0, None)
+    assert bob.exit_status() == (0, None)
 
 
 # --- without a terminal ---------------------------------------------------------------------------

@@ -149,9 +149,9 @@ def _clear_errors() -> Iterator[None]:
     try:
         yield
     except ZChatError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(render.inert(str(exc))) from None
     except zmq.ZMQError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(render.inert(str(exc))) from None
 
 
 @click.group(context_settings={"auto_envvar_prefix": "ZCHAT", "help_option_names": ["-h", "--help"]})

@@ -283,12 +283,17 @@ class Client:
         """Join another room (its backlog comes as for the first ones)."""
         room = p.check_room(p.normalize_room(room))
         assert self._feed is not None
-        self._feed.subscribe(p.room_topic(room))
-        if self.nick is None:
-            reply = self._call(p.Seqs(rooms=[room]))
-        else:
-            reply = self._call(p.Join(token=self._token, room=room))
-            reply = {"seqs": {room: reply.get("seq")}}
+        self._feed.subscribe(p.room_topic(room))  # first, so nothing after the join is missed
+        try:
+            if self.nick is None:
+                reply = self._call(p.Seqs(rooms=[room]))
+            else:
+                reply = self._call(p.Join(token=self._token, room=room))
+                reply = {"seqs": {room: reply.get("seq")}}
+        except ZChatError:
+            if room not in self.rooms:
+                self._feed.unsubscribe(p.room_topic(room))
+            raise
         if room not in self.rooms:
             self.rooms.append(room)
         self._start_rooms(reply)

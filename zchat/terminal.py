@@ -1,15 +1,15 @@
-"""The interactive chat for people: a prompt that incoming messages never disturb.
+"""The interactive chat for people: the full-screen client on a terminal, plain lines without one.
 
 Two threads, sharing nothing but messages. The network thread owns the :class:`Client` and does
-all socket work: it prints events and runs the lines it is handed. The input thread (the main
-one) only reads lines, with prompt_toolkit on a terminal or from stdin otherwise, and hands them
-over an ``inproc://`` PAIR socket, which also wakes the network thread's poll at once. On a
-terminal, output goes through ``patch_stdout`` so it is printed above the input line (whose
-prompt names the current room), never through it. ``/quit``, ``exit``, Ctrl-D and Ctrl-C all
-leave the same way: the network thread flushes what was typed, then the client says goodbye.
-Should the network thread die of a bug, input stops (at once on a terminal, at the next stdin
-line otherwise) and :func:`run` re-raises its error, rather than leave the user typing into
-nothing. Protocol rules and rendering live elsewhere; this module owns the conversation.
+all socket work: it shows events (and appends them to the transcripts, with ``log_dir``) and runs
+what it is handed. The input side (the main thread) reads: on a terminal it is the full-screen
+:class:`~zchat.tui.Screen`, which hands over encoded commands; otherwise it reads stdin lines and
+hands them over as they are. Hand-overs travel on an ``inproc://`` PAIR socket, which also wakes
+the network thread's poll at once. ``/quit``, ``exit``, Ctrl-D and Ctrl-C all leave the same way:
+the network thread flushes what was typed, then the client says goodbye. Should the network
+thread die of a bug, input stops (at once on a terminal, at the next stdin line otherwise) and
+:func:`run` re-raises its error, rather than leave the user typing into nothing. Protocol rules,
+rendering and the screen live elsewhere; this module owns the threads and the plain mode.
 """
 
 from __future__ import annotations
@@ -19,18 +19,16 @@ import secrets
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
 
 import zmq
-from prompt_toolkit import PromptSession
-from prompt_toolkit.application import Application
-from prompt_toolkit.output import create_output
-from prompt_toolkit.output.vt100 import Vt100_Output
-from prompt_toolkit.patch_stdout import patch_stdout
 
-from zchat import render
+from zchat import render, tui
 from zchat.client import Client
 from zchat.errors import ZChatError
 from zchat.protocol import Event
+from zchat.transcript import Transcript
 
 __all__ = ["HELP", "run"]
 
@@ -47,18 +45,48 @@ _LINE = b"line"
 #: How often a hand-over blocked on a full queue checks that the network thread still lives.
 _HANDOVER_CHECK_MS = 100
 
-#: Hands the network thread a line or the quit: ``hand_over(_LINE, text)``; False if it is gone.
-_HandOver = Callable[[bytes, str], bool]
+#: Hands the network thread a line or the quit: ``hand_over(_LINE, data)``; False if it is gone.
+_HandOver = Callable[[bytes, bytes], bool]
+
+
+class _Front(Protocol):
+    """What the network thread shows events and results on, and runs hand-overs with."""
+
+    def started(self, client: Client) -> None: ...
+    def show(self, client: Client, events: list[Event]) -> None: ...
+    def notice(self, text: str) -> None: ...
+    def run(self, client: Client, data: bytes) -> None: ...
+    def died(self) -> None: ...
+
+
+class _Plain:
+    """Plain lines on stdout; a hand-over is a line as typed."""
+
+    def started(self, client: Client) -> None:
+        pass
+
+    def show(self, client: Client, events: list[Event]) -> None:
+        _show_events(events, client)
+
+    def notice(self, text: str) -> None:
+        _show(text)
+
+    def run(self, client: Client, data: bytes) -> None:
+        _command(client, data.decode("utf-8", "replace"))
+
+    def died(self) -> None:
+        pass  # the input loop notices at its next line
 
 
 class _Network(threading.Thread):
-    """The network thread: events out, lines in. Its failure, if any, is kept in ``error``."""
+    """The network thread: events out, hand-overs in. Its failure, if any, is kept in ``error``."""
 
-    def __init__(self, client: Client, address: str, on_death: Callable[[], None]) -> None:
+    def __init__(self, client: Client, address: str, front: _Front, transcript: Transcript | None) -> None:
         super().__init__(name="zchat-network")
         self.client = client
         self.address = address
-        self.on_death = on_death
+        self.front = front
+        self.transcript = transcript
         self.reason = "quit"
         self.error: BaseException | None = None
 
@@ -67,47 +95,58 @@ class _Network(threading.Thread):
             _network(self)
         except BaseException as exc:  # a bug: run() re-raises it in the main thread
             self.error = exc
-            self.on_death()
+            self.front.died()
 
 
-def run(client: Client, *, plain: bool) -> None:
-    """Chat until the user quits; ``client`` must be connected and is closed on return."""
+def run(client: Client, *, plain: bool, color: bool = True, bell: bool = True, log_dir: Path | None = None) -> None:
+    """Chat until the user quits; ``client`` must be connected and is closed on return.
+
+    ``plain`` reads lines from stdin and prints plain lines; otherwise the full-screen client
+    runs on the terminal (``color`` and ``bell`` off for none). ``log_dir`` keeps transcripts.
+    """
     address = f"inproc://zchat-terminal-{secrets.token_hex(4)}"
-    session = None if plain else _session()
+    transcript = Transcript(log_dir, client.nick) if log_dir is not None else None
+    try:
+        screen = None if plain else tui.Screen(client.nick or "", client.rooms, color=color, bell=bell)
+    except BaseException:
+        client.close()
+        raise
+    network = _Network(client, address, _Plain() if screen is None else tui.Front(screen), transcript)
+    try:
+        with client.context.socket(zmq.PAIR) as to_network:
+            to_network.setsockopt(zmq.LINGER, 0)
+            to_network.setsockopt(zmq.SNDTIMEO, _HANDOVER_CHECK_MS)
+            to_network.bind(address)
 
-    def on_death() -> None:
-        if session is not None:
-            _end_prompt(session.app)
+            def hand_over(what: bytes, data: bytes) -> bool:
+                """Give the network thread a line or the quit; False (at once) if that thread is gone."""
+                while network.is_alive():
+                    with contextlib.suppress(zmq.Again):
+                        to_network.send_multipart([what, data])
+                        return True
+                return False
 
-    network = _Network(client, address, on_death)
-    # On a terminal every line, the network thread's too, goes through patch_stdout from the start.
-    output = contextlib.nullcontext() if session is None else patch_stdout()
-    with output, client.context.socket(zmq.PAIR) as to_network:
-        to_network.setsockopt(zmq.LINGER, 0)
-        to_network.setsockopt(zmq.SNDTIMEO, _HANDOVER_CHECK_MS)
-        to_network.bind(address)
-
-        def hand_over(what: bytes, data: str) -> bool:
-            """Give the network thread a line or the quit; False (at once) if that thread is gone."""
-            while network.is_alive():
-                with contextlib.suppress(zmq.Again):
-                    to_network.send_multipart([what, data.encode("utf-8", "surrogateescape")])
-                    return True
-            return False
-
-        network.start()
-        try:
-            if session is None:
-                _read_plain(hand_over)
-            else:
-                _read_tty(client, session, hand_over, network)
-        except KeyboardInterrupt:  # Ctrl-C outside the prompt (or anywhere in plain mode)
-            hand_over(_QUIT, "quit")
-        finally:
-            _join(network)
-    # Only now, with the network thread gone and the inproc sockets closed, may the client
-    # (which may own the context) be closed.
-    client.close(network.reason)
+            try:
+                if screen is None:
+                    network.start()
+                    _read_plain(hand_over)
+                else:
+                    # The screen starts the network thread once its loop runs, to be reachable.
+                    screen.run(
+                        lambda command: hand_over(_LINE, command),
+                        lambda reason: hand_over(_QUIT, reason.encode("utf-8", "surrogateescape")),
+                        network,
+                    )
+            except BaseException as exc:  # Ctrl-C outside the screen (or in plain mode), or a bug
+                hand_over(_QUIT, b"quit")
+                if not isinstance(exc, KeyboardInterrupt):
+                    raise
+            finally:
+                _join(network)
+    finally:
+        # Only now, with the network thread gone and the inproc sockets closed, may the client
+        # (which may own the context) be closed.
+        client.close(network.reason)
     if network.error is not None:
         raise network.error
 
@@ -133,82 +172,49 @@ def _read_plain(hand_over: _HandOver) -> None:
     for raw in sys.stdin:
         line = raw.rstrip("\r\n")
         if (reason := _quit_reason(line)) is not None:
-            hand_over(_QUIT, reason)
+            hand_over(_QUIT, reason.encode("utf-8", "surrogateescape"))
             return
-        if not hand_over(_LINE, line):
+        if not hand_over(_LINE, line.encode("utf-8", "surrogateescape")):
             return
-    hand_over(_QUIT, "quit")
-
-
-def _session() -> PromptSession[str]:
-    output = create_output()
-    if isinstance(output, Vt100_Output):
-        # Cursor position requests only help place drop-down menus, and this prompt has none.
-        # Without them nothing waits for (or warns about) a terminal that never answers, and a
-        # late answer on a slow link cannot land in the input as "^[[5;1R".
-        output.enable_cpr = False
-    return PromptSession(output=output)
-
-
-def _prompt(client: Client) -> str:
-    room = f"#{client.rooms[0]} " if client.rooms else ""
-    return f"{room}{client.nick}> "
-
-
-def _read_tty(client: Client, session: PromptSession[str], hand_over: _HandOver, network: threading.Thread) -> None:
-    def check_network() -> None:  # runs once the prompt is up: closes the race with _end_prompt
-        if not network.is_alive():
-            _exit_app(session.app)
-
-    _show(f"-- joined {', '.join('#' + r for r in client.rooms)} as {client.nick}; /help for commands")
-    while network.is_alive():
-        try:
-            line = session.prompt(lambda: _prompt(client), pre_run=check_network)
-        except (EOFError, KeyboardInterrupt):  # Ctrl-D on an empty line, Ctrl-C
-            line = "/quit"
-        if (reason := _quit_reason(line)) is not None:
-            hand_over(_QUIT, reason)
-            return
-        hand_over(_LINE, line)
-
-
-def _end_prompt(app: Application[str]) -> None:
-    """From another thread: end the running prompt as Ctrl-D would (if one is running)."""
-    loop = app.loop
-    if loop is not None:
-        with contextlib.suppress(RuntimeError):  # that prompt's loop has just closed
-            loop.call_soon_threadsafe(_exit_app, app)
-
-
-def _exit_app(app: Application[str]) -> None:
-    if app.future is not None and not app.is_done:
-        app.exit(exception=EOFError())
+    hand_over(_QUIT, b"quit")
 
 
 def _network(network: _Network) -> None:
-    """Show events and run lines until the input side says quit (its reason goes in ``reason``)."""
-    client = network.client
+    """Show events and run hand-overs until the input side says quit (its reason goes in ``reason``)."""
+    client, front = network.client, network.front
     with client.context.socket(zmq.PAIR) as from_input:
         from_input.setsockopt(zmq.LINGER, 0)
         from_input.connect(network.address)
+        front.started(client)
         while True:
-            _show_events(client.poll(1.0, also=[from_input]), client)
+            _deliver(network, client.poll(1.0, also=[from_input]))
             while from_input.poll(0):
                 what, data = from_input.recv_multipart()
                 if what == _QUIT:
                     network.reason = data.decode("utf-8", "replace")
-                    _flush(client)
+                    _flush(network)
                     return
-                _command(client, data.decode("utf-8", "replace"))
+                front.run(client, data)
 
 
-def _flush(client: Client) -> None:
+def _deliver(network: _Network, events: list[Event]) -> None:
+    """Record ``events`` in the transcripts (if kept), then show them."""
+    if network.transcript is not None and events:
+        try:
+            network.transcript.write(events)
+        except OSError as exc:
+            network.transcript = None
+            network.front.notice(f"!! transcripts stopped: {exc}")
+    network.front.show(network.client, events)
+
+
+def _flush(network: _Network) -> None:
     """Before leaving: let what was typed reach the room, and show what arrived meanwhile."""
     try:
-        client.wait_sent(timeout=2.0, raise_on_failure=False)
+        network.client.wait_sent(timeout=2.0, raise_on_failure=False)
     except ZChatError as exc:
-        _show(f"!! {exc}")
-    _show_events(client.poll(0), client)
+        network.front.notice(f"!! {render.inert(str(exc))}")
+    _deliver(network, network.client.poll(0))
 
 
 def _show_events(events: list[Event], client: Client) -> None:
@@ -229,7 +235,7 @@ def _command(client: Client, line: str) -> None:
             client.me(arg)
         elif name == "who":
             room = arg or None
-            _show(f"-- in #{room or client.rooms[0]}: {', '.join(client.who(room))}")
+            _show(render.inert(f"-- in #{room or client.rooms[0]}: {', '.join(client.who(room))}"))
         elif name == "help":
             _show(HELP)
         elif name == "msg" and len(arg.split(None, 1)) == 2:
@@ -240,11 +246,10 @@ def _command(client: Client, line: str) -> None:
         else:
             _show(f"!! unknown command /{render.inert(name)}: /help lists the commands")
     except ZChatError as exc:
-        _show(f"!! {exc}")
+        _show(f"!! {render.inert(str(exc))}")
 
 
 def _show(line: str) -> None:
-    # One write with its newline: print() writes the two apart, and another thread's line could
-    # land between them (patch_stdout's proxy keeps a write whole, not a print).
+    # One write with its newline: print() writes the two apart.
     sys.stdout.write(line + "\n")
     sys.stdout.flush()

@@ -1,0 +1,145 @@
+"""Unit tests of the interactive client's command language: parsing, completion, hand-over encoding."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from zchat import commands as c
+from zchat.protocol import MAX_HISTORY
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ("hello", c.Say("hello")),
+        ("  indented", c.Say("  indented")),
+        ("//etc/passwd is a path", c.Say("/etc/passwd is a path")),
+        ("two\nlines", c.Say("two\nlines")),
+        ("exit", c.Quit()),
+        ("/me waves", c.Me("waves")),
+        ("/ME waves  ", c.Me("waves")),
+        ("/me waves\nand more", c.Me("waves\nand more")),
+        ("/msg alice hi there", c.Msg("alice", "hi there")),
+        ("/msg alice\nhi", c.Msg("alice", "hi")),
+        ("/who", c.Who()),
+        ("/who #Dev", c.Who("dev")),
+        ("/history", c.History(c.DEFAULT_HISTORY)),
+        ("/history 5", c.History(5)),
+        (f"/history {MAX_HISTORY}", c.History(MAX_HISTORY)),
+        ("/join #dev", c.Join("dev")),
+        ("/join Dev", c.Join("dev")),
+        ("/part", c.Part()),
+        ("/part #dev", c.Part("dev")),
+        ("/rooms", c.Rooms()),
+        ("/switch dev", c.Switch("dev")),
+        ("/help", c.Help()),
+        ("/clear", c.Clear()),
+        ("/quit", c.Quit()),
+        ("/quit gone fishing", c.Quit("gone fishing")),
+    ],
+)
+def test_parse(line: str, command: c.Command) -> None:
+    assert c.parse(line) == command
+
+
+@pytest.mark.parametrize("line", ["", "   ", "\n"])
+def test_blank_lines_are_nothing(line: str) -> None:
+    assert c.parse(line) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("/frob", "unknown command /frob: /help lists the commands"),
+        ("/\x1b[31mred", "unknown command /␛[31mred: /help lists the commands"),
+        ("/me", "usage: /me TEXT"),
+        ("/msg", "usage: /msg NICK TEXT"),
+        ("/msg alice", "usage: /msg NICK TEXT"),
+        ("/join", "usage: /join #ROOM"),
+        ("/join a b", "usage: /join #ROOM"),
+        ("/switch", "usage: /switch #ROOM"),
+        ("/who a b", "usage: /who [#ROOM]"),
+        ("/part a b", "usage: /part [#ROOM]"),
+        ("/history 0", f"usage: /history [N]  (N: 1-{MAX_HISTORY})"),
+        (f"/history {MAX_HISTORY + 1}", f"usage: /history [N]  (N: 1-{MAX_HISTORY})"),
+        ("/history -3", f"usage: /history [N]  (N: 1-{MAX_HISTORY})"),
+        ("/history ²", f"usage: /history [N]  (N: 1-{MAX_HISTORY})"),
+        ("/rooms all", "usage: /rooms"),
+        ("/clear now", "usage: /clear"),
+        ("/help me", "usage: /help"),
+    ],
+)
+def test_mistakes_give_one_helpful_line(line: str, message: str) -> None:
+    assert c.parse(line) == c.Usage(message)
+
+
+def test_bad_room_and_nick_arguments_say_the_rule() -> None:
+    room = c.parse("/join #no!")
+    nick = c.parse("/msg 9lives hi")
+    assert isinstance(room, c.Usage) and room.message.startswith("/join: invalid room 'no!': 1-32 characters")
+    assert isinstance(nick, c.Usage) and nick.message.startswith("/msg: invalid nick '9lives': 1-24 characters")
+
+
+@given(st.text())
+def test_any_line_parses_to_a_command_a_usage_or_nothing_in_one_line(line: str) -> None:
+    result = c.parse(line)
+    if isinstance(result, c.Usage):
+        assert "\n" not in result.message
+        assert not any(ch < " " for ch in result.message)
+    else:
+        assert result is None or isinstance(result, c.Command)
+
+
+def test_help_names_every_command() -> None:
+    for name in c.NAMES:
+        assert f"/{name}" in c.HELP
+
+
+NICKS = ["alice", "Albert", "bob"]
+ROOMS = ["general", "dev", "devops"]
+
+
+@pytest.mark.parametrize(
+    ("before", "start", "candidates"),
+    [
+        ("al", 0, ["Albert: ", "alice: "]),
+        ("AL", 0, ["Albert: ", "alice: "]),
+        ("hi al", 3, ["Albert ", "alice "]),
+        ("b", 0, ["bob: "]),
+        ("z", 0, []),
+        ("", 0, []),
+        ("hi ", 3, []),
+        ("/j", 0, ["/join "]),
+        ("/", 0, [f"/{n} " for n in c.NAMES]),
+        ("/h", 0, ["/history ", "/help "]),
+        ("//x", 0, []),
+        ("see #de", 4, ["#dev", "#devops"]),
+        ("#", 0, ["#dev", "#devops", "#general"]),
+        ("/join de", 6, ["#dev", "#devops"]),
+        ("/switch ", 8, ["#dev", "#devops", "#general"]),
+        ("/part #g", 6, ["#general"]),
+        ("/msg al", 5, ["Albert ", "alice "]),
+        ("/me greets al", 11, ["Albert ", "alice "]),
+    ],
+)
+def test_complete(before: str, start: int, candidates: list[str]) -> None:
+    assert c.complete(before, nicks=NICKS, rooms=ROOMS) == (start, candidates)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        c.Say("hi", "general"),
+        c.Me("waves\nhard"),
+        c.Msg("alice", "psst"),
+        c.Who(),
+        c.History(3, "dev"),
+        c.Join("dev"),
+        c.Part("dev"),
+        c.Part(),
+    ],
+)
+def test_network_commands_survive_the_hand_over(command: c.NetworkCommand) -> None:
+    assert c.decode(c.encode(command)) == command

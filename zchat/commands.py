@@ -1,0 +1,251 @@
+"""What a line typed in the full-screen client means: commands, their help, and tab completion.
+
+This module owns the command language of the interactive client: :func:`parse` turns a typed
+line into a typed command (or one line saying what is wrong with it), :data:`HELP` describes the
+commands and keys, and :func:`complete` lists what Tab may put in place of the word before the
+cursor. Commands that need the broker travel from the UI to the network thread as bytes
+(:func:`encode`, :func:`decode`). It is pure: it opens no socket, touches no terminal and never
+calls a :class:`~zchat.client.Client`; running the commands belongs to :mod:`zchat.tui`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import msgspec
+
+from zchat import protocol as p
+from zchat.errors import LocalProtocolError
+from zchat.render import inert
+
+__all__ = [
+    "DEFAULT_HISTORY",
+    "HELP",
+    "NAMES",
+    "Clear",
+    "Command",
+    "Help",
+    "History",
+    "Join",
+    "Me",
+    "Msg",
+    "NetworkCommand",
+    "Part",
+    "Quit",
+    "Rooms",
+    "Say",
+    "Switch",
+    "Usage",
+    "Who",
+    "complete",
+    "decode",
+    "encode",
+    "parse",
+]
+
+#: Events ``/history`` shows without a count.
+DEFAULT_HISTORY = 20
+
+
+class _Command(msgspec.Struct, frozen=True, tag=str.lower):
+    pass
+
+
+# Commands the network thread carries out (``room`` None: the UI's current room, filled in by it).
+class Say(_Command, frozen=True):
+    text: str
+    room: str | None = None
+
+
+class Me(_Command, frozen=True):
+    text: str
+    room: str | None = None
+
+
+class Msg(_Command, frozen=True):
+    nick: str
+    text: str
+
+
+class Who(_Command, frozen=True):
+    room: str | None = None
+
+
+class History(_Command, frozen=True):
+    count: int = DEFAULT_HISTORY
+    room: str | None = None
+
+
+class Join(_Command, frozen=True):
+    room: str
+
+
+class Part(_Command, frozen=True):
+    room: str | None = None
+
+
+# Commands the UI carries out by itself.
+class Rooms(_Command, frozen=True):
+    pass
+
+
+class Switch(_Command, frozen=True):
+    room: str
+
+
+class Help(_Command, frozen=True):
+    pass
+
+
+class Clear(_Command, frozen=True):
+    pass
+
+
+class Quit(_Command, frozen=True):
+    reason: str = "quit"
+
+
+NetworkCommand = Say | Me | Msg | Who | History | Join | Part
+Command = NetworkCommand | Rooms | Switch | Help | Clear | Quit
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """Why a line is not a valid command: one line for the person who typed it."""
+
+    message: str
+
+
+#: Each command's usage: the first word is what Tab completes.
+_USAGE = {
+    "join": "/join #ROOM",
+    "part": "/part [#ROOM]",
+    "switch": "/switch #ROOM",
+    "rooms": "/rooms",
+    "me": "/me TEXT",
+    "msg": "/msg NICK TEXT",
+    "who": "/who [#ROOM]",
+    "history": f"/history [N]  (N: 1-{p.MAX_HISTORY})",
+    "clear": "/clear",
+    "quit": "/quit [REASON]",
+    "help": "/help",
+}
+#: The command names, for completion.
+NAMES = tuple(_USAGE)
+
+HELP = f"""\
+commands:
+  /join #ROOM      join a room and make it the current one
+  /part [#ROOM]    leave a room (default: the current one)
+  /switch #ROOM    make ROOM the current room
+  /rooms           your rooms, with unread counts
+  /me TEXT         send an action (* alice waves)
+  /msg NICK TEXT   a private message: only NICK sees it
+  /who [#ROOM]     who is in the room
+  /history [N]     the room's last N events (default {DEFAULT_HISTORY})
+  /clear           clear the message area
+  /quit [REASON]   leave (also: exit, Ctrl-D on an empty line, Ctrl-C)
+  /help            this text
+  //TEXT           send a line that starts with /
+keys:
+  Enter send, Alt-Enter (or Esc Enter) new line, Tab complete a nick, room or command
+  Up/Down input history, Ctrl-N/Ctrl-P (or Alt-Right/Alt-Left) next/previous room
+  PageUp/PageDown scroll, Ctrl-L clear, Ctrl-D (empty line) or Ctrl-C quit"""
+
+_COMMAND = re.compile(r"/(\S*)\s*(.*)", re.DOTALL)
+#: Commands whose first argument is a room, and those whose first argument is a nick.
+_ROOM_ARG = frozenset({"/join", "/part", "/switch", "/who"})
+_MSG = re.compile(r"(\S+)\s+(.*)", re.DOTALL)
+
+
+def parse(line: str) -> Command | Usage | None:
+    """What ``line`` asks for; None for a blank line.
+
+    A line not starting with ``/`` is a message (``//`` sends one starting with ``/``), and
+    ``exit`` alone quits. Room arguments may be written ``#Dev`` or ``dev``.
+    """
+    if not line.strip():
+        return None
+    if line.strip() == "exit":
+        return Quit()
+    if not line.startswith("/") or line.startswith("//"):
+        return Say(line.removeprefix("/"))
+    m = _COMMAND.fullmatch(line)
+    assert m is not None  # any line starting with "/" matches
+    name, arg = m.group(1).lower(), m.group(2).strip()
+    words = arg.split()
+    try:
+        return _parse(name, arg, words)
+    except LocalProtocolError as exc:
+        return Usage(f"/{name}: {exc}")
+
+
+def _parse(name: str, arg: str, words: list[str]) -> Command | Usage:
+    if name not in _USAGE:
+        return Usage(f"unknown command /{inert(name)[:40]}: /help lists the commands")
+    usage = Usage(f"usage: {_USAGE[name]}")
+    if name in ("me", "msg") and not arg:
+        return usage
+    if name == "me":
+        return Me(arg)
+    if name == "msg":
+        m = _MSG.fullmatch(arg)
+        return Msg(p.check_nick(m.group(1)), m.group(2)) if m else usage
+    if name == "quit":
+        return Quit(arg or "quit")
+    if name in ("rooms", "help", "clear"):
+        return usage if words else Rooms() if name == "rooms" else Help() if name == "help" else Clear()
+    if name == "history":
+        if len(words) > 1 or (words and not (words[0].isdecimal() and 1 <= int(words[0]) <= p.MAX_HISTORY)):
+            return usage
+        return History(int(words[0]) if words else DEFAULT_HISTORY)
+    # join, part, switch, who: one room, required for join and switch
+    if len(words) > 1 or (not words and name in ("join", "switch")):
+        return usage
+    room = p.check_room(p.normalize_room(words[0])) if words else None
+    if name == "who":
+        return Who(room)
+    if name == "part":
+        return Part(room)
+    assert room is not None
+    return Join(room) if name == "join" else Switch(room)
+
+
+def complete(before: str, *, nicks: Iterable[str], rooms: Iterable[str]) -> tuple[int, list[str]]:
+    """What Tab may put in place of the word that ends ``before`` (the text left of the cursor).
+
+    Returns where that word starts and the candidates, best first: a command name at the start
+    of a line, a room after ``#`` or as a room command's argument, otherwise a nick (followed
+    by ``: `` when it starts the line, as people address each other).
+    """
+    word = re.search(r"\S*\Z", before)
+    assert word is not None
+    start, prefix = word.start(), word.group()
+    head = before[:start]
+    first = head.split(maxsplit=1)[0].lower() if head.strip() else ""
+    arg_index = len(head.split())  # 0: the first word of the line
+    if arg_index == 0 and prefix.startswith("/") and not prefix.startswith("//"):
+        found = [f"/{n} " for n in NAMES if n.startswith(prefix[1:].lower())]
+        return start, found
+    if prefix.startswith("#") or (arg_index == 1 and first in _ROOM_ARG):
+        want = prefix.removeprefix("#").lower()
+        return start, [f"#{r}" for r in sorted(set(rooms)) if r.startswith(want)]
+    if not prefix:
+        return start, []
+    lower = prefix.lower()
+    names = sorted({n for n in nicks if n.lower().startswith(lower)}, key=str.lower)
+    return start, [f"{n}: " if arg_index == 0 else f"{n} " for n in names]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[NetworkCommand] = msgspec.msgpack.Decoder(NetworkCommand)
+
+
+def encode(command: NetworkCommand) -> bytes:
+    """``command`` as bytes for the hand-over to the network thread."""
+    return _encoder.encode(command)
+
+
+def decode(data: bytes) -> NetworkCommand:
+    """The command :func:`encode` made."""
+    return _decoder.decode(data)
