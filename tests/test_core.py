@@ -6,11 +6,14 @@ import itertools
 import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 from zchat import protocol as p
 from zchat.core import BrokerCore, Publish
+from zchat.identity import Authority
+from zchat.store import Store
 
 #: The fixed wall clock of every test core, and how its timestamps read.
 WALL = 1_700_000_000.25
@@ -570,3 +573,230 @@ def test_malformed_subscription_messages_are_dropped(h: Harness, msg: bytes) -> 
     assert h.core.subscription(msg) == ([], [])
     assert h.core.counters.dropped_malformed == 1
     assert h.core.counters.published == 0
+
+
+# --- secure mode: vetting, identities (tests/test_security.py shows the same on sockets) -------------
+
+BOB_KEY, CAROL_KEY, EVE_KEY, STRANGER_KEY = ("B" * 40, "C" * 40, "E" * 40, "S" * 40)
+BOB_INBOX = b"@bob:" + SECRET.encode()
+
+
+def make_core(**options: Any) -> BrokerCore:
+    counter = itertools.count(1)
+    return BrokerCore(T0, wallclock=lambda: WALL, new_token=lambda: f"token-{next(counter)}", **options)
+
+
+def secure_core(**options: Any) -> BrokerCore:
+    authority = Authority({BOB_KEY: {"bob"}, CAROL_KEY: {"carol"}, EVE_KEY: {"eve"}})
+    return make_core(authority=authority, **options)
+
+
+def hello_as(
+    core: BrokerCore, nick: str, key: str | None, inbox: bytes | None = None, now: float = T0
+) -> dict[str, object]:
+    req = p.Hello(nick=nick, rooms=["general"], inbox=None if inbox is None else inbox.decode(), req="h")
+    reply, _ = core.request([b"peer", b"", p.encode(req)], now, key)
+    assert reply is not None
+    return p.decode_reply(reply[-1])
+
+
+def token_of(reply: dict[str, object]) -> str:
+    assert reply["ok"] is True, reply
+    assert isinstance(reply["token"], str)
+    return reply["token"]
+
+
+def post_as(core: BrokerCore, token: str, key: str | None, now: float = T0, **fields: object) -> Out:
+    body = {"token": token, "room": "general", "text": "hi", **fields}
+    return decoded(core.ingest([p.encode(body)], now, key))
+
+
+@pytest.mark.parametrize(
+    ("topic", "key", "granted"),
+    [
+        # Everything a key may see: rooms, heartbeats and the inboxes of its own nicks.
+        (b"", EVE_KEY, [b"#", p.HEARTBEAT_TOPIC, b"@eve:"]),
+        # Any prefix of one's own inbox means all of it; nothing of anyone else's.
+        (b"@", EVE_KEY, [b"@eve:"]),
+        (b"@e", EVE_KEY, [b"@eve:"]),
+        (b"@eve:", EVE_KEY, [b"@eve:"]),
+        (b"@eve:" + SECRET.encode(), EVE_KEY, [b"@eve:" + SECRET.encode()]),
+        (b"@eve:xy", EVE_KEY, [b"@eve:xy"]),
+        (b"@b", EVE_KEY, []),
+        (b"@bob", EVE_KEY, []),
+        (b"@bob:", EVE_KEY, []),
+        (b"@bob:" + SECRET[:-1].encode(), EVE_KEY, []),
+        # Not even with the full secret: in secure mode the key decides, never a leaked secret.
+        (BOB_INBOX, EVE_KEY, []),
+        (BOB_INBOX + b"more", EVE_KEY, []),
+        (BOB_INBOX, STRANGER_KEY, []),
+        (BOB_INBOX, BOB_KEY, [BOB_INBOX]),
+        # A nick nobody owns yet (open registration claims it at hello): the secret decides.
+        (b"@zed:" + SECRET.encode(), EVE_KEY, [b"@zed:" + SECRET.encode()]),
+        (b"@zed:" + SECRET[:-1].encode(), EVE_KEY, []),
+        (b"@", BOB_KEY, [b"@bob:"]),
+        (b"@bob:", BOB_KEY, [b"@bob:"]),
+        (b"#general:", EVE_KEY, [b"#general:"]),
+        # A key the authority does not know has no inbox of its own.
+        (b"", STRANGER_KEY, [b"#", p.HEARTBEAT_TOPIC]),
+        (b"@", STRANGER_KEY, []),
+        # No identity (libzmq's own unsubscriptions for a peer that went away): open-mode rules.
+        (b"", None, [b"#", p.HEARTBEAT_TOPIC]),
+        (b"@bob:", None, []),
+    ],
+)
+def test_secure_mode_subscriptions_are_vetted_by_key(topic: bytes, key: str | None, granted: list[bytes]) -> None:
+    core = secure_core()
+    assert core.subscription(b"\x01" + topic, key) == (granted, [])
+    assert core.subscription(b"\x00" + topic, key) == (granted, [])  # unsubscribing maps the same way
+
+
+def test_secure_hello_checks_the_key_against_the_nick() -> None:
+    core = secure_core()
+    refused = hello_as(core, "bob", EVE_KEY)
+    assert (refused["ok"], refused["code"]) == (False, "nick_not_allowed")
+    assert "bob" in str(refused["error"])
+    refused = hello_as(core, "bob", None)
+    assert (refused["ok"], refused["code"]) == (False, "unauthenticated")
+    refused = hello_as(core, "mallory", STRANGER_KEY)
+    assert (refused["ok"], refused["code"]) == (False, "nick_not_allowed")
+    assert core.session(token_of(hello_as(core, "Bob", BOB_KEY))) is not None
+    assert core.counters.joins == 1
+
+
+def test_open_registration_claims_are_staged_in_the_store() -> None:
+    store = Store(":memory:")
+    try:
+        core = make_core(store=store, authority=Authority({}, open_registration=True))
+        dave = token_of(hello_as(core, "Dave", EVE_KEY))
+        token_of(hello_as(core, "dave2", BOB_KEY))
+        store.commit()
+        assert store.claims() == {"dave": EVE_KEY, "dave2": BOB_KEY}
+        core.request([b"p", b"", p.encode(p.Leave(token=dave))], T0, EVE_KEY)
+        refused = hello_as(core, "dave", CAROL_KEY)
+        assert (refused["ok"], refused["code"]) == (False, "nick_not_allowed")
+        # The owner's next session persists nothing new.
+        token_of(hello_as(core, "dave", EVE_KEY))
+        assert store._claims == []
+    finally:
+        store.close()
+
+
+def test_a_post_with_another_keys_token_is_dropped() -> None:
+    core = secure_core()
+    bob = token_of(hello_as(core, "bob", BOB_KEY, BOB_INBOX))
+    for key in (EVE_KEY, STRANGER_KEY, None):
+        assert post_as(core, bob, key, text="as bob") == []
+    assert core.counters.dropped_wrong_identity == 3
+    assert core.counters.received == 0
+    assert core.seq("general") == 1  # bob's join only
+    # Not even the explanation of a malformed post goes to bob's inbox on eve's behalf.
+    assert decoded(core.ingest([p.encode({"token": bob, "text": 42})], T0, EVE_KEY)) == []
+    # With the right key, the payload's nick is ignored: the session's is stamped.
+    [(topic, ev)] = post_as(core, bob, BOB_KEY, text="really bob", nick="carol")
+    assert (topic, ev.nick, ev.text) == (b"#general:", "bob", "really bob")
+
+
+def test_a_request_with_another_keys_token_is_refused() -> None:
+    core = secure_core()
+    bob = token_of(hello_as(core, "bob", BOB_KEY))
+    for req in (
+        p.Heartbeat(token=bob),
+        p.Leave(token=bob),
+        p.Join(token=bob, room="dev"),
+        p.Part(token=bob, room="general"),
+    ):
+        reply, out = core.request([b"peer", b"", p.encode(req)], T0, EVE_KEY)
+        assert reply is not None and out == []
+        answer = p.decode_reply(reply[-1])
+        assert (answer["ok"], answer["code"]) == (False, "unknown_session")
+    assert core.counters.dropped_wrong_identity == 4
+    assert core.members("general") == ["bob"]
+
+
+# --- private messages -------------------------------------------------------------------------------
+
+
+def test_private_message_goes_to_both_inboxes_and_nowhere_else(h: Harness) -> None:
+    h.hello("alice")
+    h.hello("Bob")
+    token = h.hello("carol")
+    seq = h.core.seq("general")
+    out = h.post(token, "general", "psst", to="BOB", id="m1")
+    assert [t for t, _ in out] == [b"@bob:", b"@carol:"]
+    for _, ev in out:
+        assert (ev.kind, ev.nick, ev.to, ev.text, ev.seq, ev.room, ev.id) == (
+            "private",
+            "carol",
+            "Bob",
+            "psst",
+            0,
+            "",
+            "m1",
+        )
+    assert h.core.seq("general") == seq  # not in any room's sequence
+    assert (h.core.counters.private, h.core.counters.received) == (1, 0)
+
+
+def test_private_message_to_oneself_is_published_once(h: Harness) -> None:
+    token = h.hello("bob")
+    [(topic, ev)] = h.post(token, "", "note to self", to="bob")
+    assert (topic, ev.kind, ev.to) == (b"@bob:", "private", "bob")
+
+
+def test_private_message_to_an_absent_nick_or_without_text_is_refused(h: Harness) -> None:
+    token = h.hello("carol")
+    [(topic, ev)] = h.post(token, "", "hello?", to="nobody", id="m1")
+    assert (topic, ev.kind, ev.code, ev.id) == (b"@carol:", "error", "rejected", "m1")
+    assert "nobody" in ev.text
+    h.hello("bob")
+    [(topic, ev)] = h.post(token, "", "   ", to="bob")
+    assert (topic, ev.code, ev.text) == (b"@carol:", "rejected", "empty message")
+    assert h.core.counters.private == 0
+    assert h.core.counters.rejected == 2
+
+
+def test_a_resent_private_message_is_delivered_once(h: Harness) -> None:
+    h.hello("bob")
+    token = h.hello("carol")
+    assert len(h.post(token, "", "once", to="bob", id="m1")) == 2
+    [(topic, ev)] = h.post(token, "", "once", to="bob", id="m1")
+    assert (topic, ev.kind, ev.id) == (b"@carol:", "duplicate", "m1")
+    assert h.core.counters.private == 1
+
+
+# --- the rate limit in the core ---------------------------------------------------------------------------
+
+
+def test_posts_past_the_burst_get_a_rate_limited_error_and_are_not_published() -> None:
+    core = make_core(rate=2.0, burst=3)
+    token = token_of(hello_as(core, "flood", None))
+    other = token_of(hello_as(core, "alice", None))
+    published = [post_as(core, token, None, text=f"m{n}", id=f"m{n}") for n in range(5)]
+    assert [len(out) for out in published] == [1, 1, 1, 1, 1]
+    assert [t for out in published for t, _ in out][:3] == [b"#general:"] * 3
+    for out, n in zip(published[3:], (3, 4), strict=True):
+        [(topic, ev)] = out
+        assert (topic, ev.kind, ev.code, ev.id, ev.room) == (b"@flood:", "error", "rate_limited", f"m{n}", "general")
+        assert "at most 2 messages a second" in ev.text and "not sent" in ev.text
+    assert core.counters.rate_limited == 2
+    assert core.seq("general") == 2 + 3  # two joins, three messages
+    # Another sender is not held back; the flooder gets a token back after 1/rate s.
+    assert post_as(core, other, None)[0][0] == b"#general:"
+    assert post_as(core, token, None, now=T0 + 0.5, text="later")[0][0] == b"#general:"
+
+
+def test_in_secure_mode_the_limit_is_per_key_not_per_nick() -> None:
+    authority = Authority({BOB_KEY: {"bob", "bob2"}})
+    core = make_core(authority=authority, rate=1.0, burst=2)
+    first = token_of(hello_as(core, "bob", BOB_KEY))
+    second = token_of(hello_as(core, "bob2", BOB_KEY))
+    kinds = [post_as(core, t, BOB_KEY)[0][1].kind for t in (first, second, first, second)]
+    assert kinds == ["message", "message", "error", "error"]
+
+
+def test_rate_zero_means_no_limit() -> None:
+    core = make_core(rate=0)
+    token = token_of(hello_as(core, "bulk", None))
+    assert all(post_as(core, token, None)[0][1].kind == "message" for _ in range(500))
+    assert core.counters.rate_limited == 0

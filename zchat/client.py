@@ -41,6 +41,9 @@ _HANDSHAKE_FAILURES = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 )
 
+#: Most feed messages handled per poll: the heartbeat is never more than one batch away.
+DRAIN_BATCH = 1000
+
 #: Longest wait between two attempts to rejoin a lost broker.
 MAX_BACKOFF = 8.0
 
@@ -157,9 +160,8 @@ class Client:
         self.state = "connecting"
         monitor = None
         try:
-            self._open_sockets()
+            monitor = self._open_sockets()
             assert self._feed is not None and self._rpc is not None
-            monitor = self._rpc.get_monitor_socket(_HANDSHAKE_FAILURES)
             try:
                 for feed in self._feeds():
                     for _topic, payload in feed.wait_live(self.timeout):
@@ -609,7 +611,9 @@ class Client:
 
     # --- sockets ---------------------------------------------------------------------------------
 
-    def _open_sockets(self) -> None:
+    def _open_sockets(self) -> zmq.Socket[bytes]:
+        """Open and connect the three sockets; returns a monitor of the rpc socket's handshakes,
+        attached before it connects so that not even the first failure is missed."""
         e = self.endpoints
         topics = [p.HEARTBEAT_TOPIC, *map(p.room_topic, self.rooms)]
         if self.nick is not None and self.inbox_feed is not None:
@@ -621,13 +625,17 @@ class Client:
         # keeps it instead); LINGER: a last message may still leave after close.
         self._push = transport.socket(self._ctx, zmq.PUSH, e.ingest, self.curve, IMMEDIATE=1, LINGER=1000)
         self._push.connect(e.ingest)
-        self._reopen_rpc()
+        monitor = self._reopen_rpc(monitor=True)
+        assert monitor is not None
+        return monitor
 
-    def _reopen_rpc(self) -> None:
+    def _reopen_rpc(self, *, monitor: bool = False) -> zmq.Socket[bytes] | None:
         if self._rpc is not None:
             self._rpc.close()
         self._rpc = transport.socket(self._ctx, zmq.DEALER, self.endpoints.rpc, self.curve)
+        watcher = self._rpc.get_monitor_socket(_HANDSHAKE_FAILURES) if monitor else None
         self._rpc.connect(self.endpoints.rpc)
+        return watcher
 
     def _close_sockets(self, monitor: zmq.Socket[bytes] | None = None) -> None:
         if monitor is not None:
@@ -704,20 +712,22 @@ class Feed:
         self.unsubscribe(probe)
         return received
 
-    def drain(self) -> list[tuple[bytes, bytes]]:
-        """Every ``(topic, payload)`` waiting now; malformed messages and probe answers skipped."""
+    def drain(self, limit: int = DRAIN_BATCH) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` ``(topic, payload)`` waiting now; malformed messages and probe answers
+        skipped. Bounded, so a deep backlog cannot keep its reader from its heartbeats."""
         out: list[tuple[bytes, bytes]] = []
-        while True:
+        for _ in range(limit):
             try:
                 frames = self.socket.recv_multipart(transport.NOBLOCK)
             except zmq.Again:
-                return out
+                break
             if len(frames) != 2:
                 continue
             if frames[0] == self._probe:
                 self._probe = None
             elif not p.is_probe_topic(frames[0]):
                 out.append((frames[0], frames[1]))
+        return out
 
     def close(self) -> None:
         self.socket.close()

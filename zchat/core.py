@@ -244,7 +244,7 @@ class BrokerCore:
         if mine:
             return mine
         parsed = p.parse_inbox(topic)
-        if parsed is None or len(parsed[1]) < p.INBOX_SECRET_CHARS:
+        if parsed is None or len(parsed[1]) != p.INBOX_SECRET_CHARS:
             return []
         # In secure mode even a known secret is no key: another key's nick is never granted.
         if self._authority is not None and self._authority.owner(parsed[0]) not in (None, identity):
@@ -329,11 +329,11 @@ class BrokerCore:
             raise _Code("too_many_rooms", f"at most {p.MAX_ROOMS} rooms per session")
         inbox = p.inbox_topic(nick) if req.inbox is None else req.inbox.encode()
         parsed = p.parse_inbox(inbox)
-        short = parsed is not None and req.inbox is not None and len(parsed[1]) < p.INBOX_SECRET_CHARS
+        short = parsed is not None and req.inbox is not None and len(parsed[1]) != p.INBOX_SECRET_CHARS
         if parsed is None or parsed[0] != nick.lower() or (short and self._authority is None):
             # In open mode the feed grants no inbox without a full secret: say so now, not never.
             raise _Code(
-                "bad_inbox", f"inbox must be '@{nick.lower()}:' and a secret of {p.INBOX_SECRET_CHARS}+ characters"
+                "bad_inbox", f"inbox must be '@{nick.lower()}:' and a secret of {p.INBOX_SECRET_CHARS} characters"
             )
         if nick.lower() in self._by_nick:
             raise _Code("nick_taken", f"nick {nick!r} is in use by a live session")

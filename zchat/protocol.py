@@ -139,9 +139,10 @@ def room_topic(room: str) -> bytes:
     return f"#{room}:".encode()
 
 
-#: Shortest secret part of an inbox topic. In open mode the secret is what keeps private
-#: messages private: the broker refuses inbox subscriptions without a full-length one.
-INBOX_SECRET_CHARS = 16
+#: Length of the secret part of an inbox topic. In open mode the secret is what keeps private
+#: messages private: the broker grants an inbox subscription only with a secret of exactly this
+#: length, so no shorter prefix of someone's inbox can match it.
+INBOX_SECRET_CHARS = 24
 _INBOX_RE = re.compile(rb"@([a-z][a-z0-9_-]{0,23}):([A-Za-z0-9_-]*)")
 
 
@@ -153,7 +154,7 @@ def inbox_topic(nick: str, secret: str = "") -> bytes:
 
 def new_inbox_topic(nick: str) -> bytes:
     """An inbox topic with a fresh random secret."""
-    return inbox_topic(nick, secrets.token_urlsafe(18))
+    return inbox_topic(nick, secrets.token_urlsafe(INBOX_SECRET_CHARS * 3 // 4))
 
 
 def parse_inbox(topic: bytes) -> tuple[str, str] | None:
