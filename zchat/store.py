@@ -20,10 +20,14 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["DEFAULT_HISTORY_LIMIT", "Store"]
+
+#: Seconds between two WAL checkpoints (made off the broker's loop; see Store.__init__).
+CHECKPOINT_INTERVAL = 1.0
 
 #: Events kept per room; older ones are deleted as new ones arrive.
 DEFAULT_HISTORY_LIMIT = 10_000
@@ -62,6 +66,15 @@ class Store:
         self.id = str(self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0])
         self._events: list[tuple[str, int, bytes, str | None, str | None, float | None]] = []
         self._claims: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if self.path != ":memory:":
+            # SQLite's automatic checkpoint runs inside a commit and stalls it for milliseconds
+            # now and then: on the broker's loop that is everyone's latency. A thread with its
+            # own connection checkpoints instead (sqlite3 releases the GIL while it works).
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = threading.Thread(target=self._checkpoints, name="zchat-checkpoint", daemon=True)
+            self._checkpointer.start()
 
     def _migrate(self) -> None:
         """Bring a file written by an older zchat up to this schema, keeping its history."""
@@ -70,7 +83,18 @@ class Store:
             if name not in columns:
                 self._db.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
 
+    def _checkpoints(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stop.wait(CHECKPOINT_INTERVAL):
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
     def close(self) -> None:
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
         self._db.close()
 
     # --- writes: staged, then committed as one transaction ---------------------------------------
