@@ -352,6 +352,12 @@ class Client:
         self._inbox.clear()
         return events
 
+    @property
+    def sockets(self) -> list[zmq.Socket[bytes]]:
+        """The sockets this client reads, for one loop that serves many clients: poll them all,
+        then call :meth:`poll` with ``timeout=0`` on each client (which also keeps it alive)."""
+        return [*(f.socket for f in self._feeds()), *([self._rpc] if self._rpc is not None else [])]
+
     def events(self, timeout: float | None = None) -> Iterator[p.Event]:
         """Events as they come; stops after ``timeout`` seconds without one (``None``: never)."""
         while (event := self.recv(timeout)) is not None:
