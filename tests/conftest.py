@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AnyStr, Generic
 
 import pytest
 import zmq
@@ -110,6 +111,41 @@ def collect(client: Client, count: int, pred: Callable[[Event], bool], timeout: 
             got.append(event)
     assert len(got) == count, f"got {len(got)} of {count} events"
     return got
+
+
+class Lines(Generic[AnyStr]):
+    """A child's stdout, read in a thread so that every wait for a line is bounded."""
+
+    def __init__(self, proc: subprocess.Popen[AnyStr]) -> None:
+        self.queue: queue.Queue[AnyStr] = queue.Queue()
+        assert proc.stdout is not None
+        stream = proc.stdout
+
+        def pump() -> None:
+            for line in stream:
+                self.queue.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def get(self, timeout: float = 5.0) -> AnyStr:
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output line in {timeout} s") from None
+
+    def until(self, needle: AnyStr, timeout: float = 5.0) -> list[AnyStr]:
+        """Lines up to and including the first that contains ``needle``."""
+        got: list[AnyStr] = []
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.queue.get(timeout=left)
+            except queue.Empty:
+                break
+            got.append(line)
+            if needle in line:
+                return got
+        raise AssertionError(f"no line with {needle!r} in {timeout} s; got {got}")
 
 
 # --- brokers as real processes ------------------------------------------------------------------

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import ZCHAT, ClientFactory, ThreadBroker, child_env, collect, start_broker_process, wait_for
+from conftest import ZCHAT, ClientFactory, Lines, ThreadBroker, child_env, collect, start_broker_process, wait_for
 
 from zchat.client import Client
 
@@ -27,29 +25,8 @@ def free_port() -> int:
             return port
 
 
-class Lines:
-    """Reads a child's stdout in a thread so the test can wait for lines with a timeout."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.queue: queue.Queue[str] = queue.Queue()
-        assert proc.stdout is not None
-        stream = proc.stdout
-
-        def pump() -> None:
-            for line in stream:
-                self.queue.put(line)
-
-        threading.Thread(target=pump, daemon=True).start()
-
-    def get(self, timeout: float = 5.0) -> str:
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no output line in {timeout} s") from None
-
-
 @pytest.fixture
-def tail(broker: ThreadBroker) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
+def tail(broker: ThreadBroker) -> Iterator[tuple[subprocess.Popen[str], Lines[str]]]:
     e = broker.endpoints
     cmd = [*ZCHAT, "tail", "--json", "--room", "general", "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env()) as proc:
@@ -59,7 +36,7 @@ def tail(broker: ThreadBroker) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
             proc.kill()
 
 
-def until_live(lines: Lines, connect: ClientFactory) -> list[dict[str, object]]:
+def until_live(lines: Lines[str], connect: ClientFactory) -> list[dict[str, object]]:
     """Speak until `tail` prints what was said: from then on it is surely subscribed."""
     warm = connect("warmup")
     deadline = time.monotonic() + 10
@@ -73,7 +50,7 @@ def until_live(lines: Lines, connect: ClientFactory) -> list[dict[str, object]]:
     raise AssertionError("tail never showed the feed")
 
 
-def test_tail_json_prints_event_objects(tail: tuple[subprocess.Popen[str], Lines], connect: ClientFactory) -> None:
+def test_tail_json_prints_event_objects(tail: tuple[subprocess.Popen[str], Lines[str]], connect: ClientFactory) -> None:
     _, lines = tail
     until_live(lines, connect)
     alice = connect("alice")

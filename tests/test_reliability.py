@@ -21,12 +21,12 @@ import zmq
 from conftest import (
     ZCHAT,
     ClientFactory,
+    Lines,
     ThreadBroker,
     child_env,
     start_broker_process,
     wait_for,
 )
-from test_cli import Lines
 
 from zchat.client import Client
 from zchat.protocol import Endpoints, Event

@@ -13,7 +13,6 @@ would have leaked to it would have come before the marker.
 from __future__ import annotations
 
 import json
-import queue
 import re
 import secrets
 import signal
@@ -33,6 +32,7 @@ from conftest import (
     LOOPBACK_ANY,
     ZCHAT,
     BrokerProcess,
+    Lines,
     ThreadBroker,
     child_env,
     collect,
@@ -637,35 +637,6 @@ def run_cli(args: list[str], tmp_path: Path, stdin: str | None = None) -> subpro
     )
 
 
-class ByteLines:
-    """A child's stdout as raw lines, read in a thread so waits can be bounded."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.queue: queue.Queue[bytes] = queue.Queue()
-        assert proc.stdout is not None
-        stream = proc.stdout
-
-        def pump() -> None:
-            for line in stream:
-                self.queue.put(line)
-
-        threading.Thread(target=pump, daemon=True).start()
-
-    def until(self, needle: bytes, timeout: float = WAIT) -> list[bytes]:
-        """Lines up to and including the first that contains ``needle``."""
-        got: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.queue.get(timeout=left)
-            except queue.Empty:
-                break
-            got.append(line)
-            if needle in line:
-                return got
-        raise AssertionError(f"no line with {needle!r} in {timeout} s; got {got}")
-
-
 def test_zchat_tail_shows_hostile_text_inert_and_json_keeps_it_exact(
     open_broker: ThreadBroker, ctx: Context, tmp_path: Path
 ) -> None:
@@ -684,7 +655,7 @@ def test_zchat_tail_shows_hostile_text_inert_and_json_keeps_it_exact(
                     cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=hermetic_env(tmp_path), cwd=ROOT
                 )
             )
-        plain, as_json = (ByteLines(proc) for proc in procs)
+        plain, as_json = (Lines(proc) for proc in procs)
 
         shown = b"".join(plain.until(b"evil"))
         for raw in (b"\x1b", b"\x07", "\u202e".encode()):
