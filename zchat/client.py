@@ -122,6 +122,7 @@ class Client:
         #: Sent messages the feed has not shown back yet, oldest first.
         self.pending: dict[str, _Outgoing] = {}
         self._unsent: collections.deque[str] = collections.deque()  # ids of pending not pushed yet
+        self._behind = False  # the last poll left feed messages unread
         #: Messages refused by the broker or never sent -> the reason.
         self.failed: dict[str, str] = {}
         self._next_heartbeat = 0.0
@@ -380,9 +381,13 @@ class Client:
         for extra in also:
             poller.register(extra, zmq.POLLIN)
         ready = dict(poller.poll(math.ceil(wait * 1000)))
+        self._behind = False
         for feed in self._feeds():
             if feed.socket in ready:
-                for _topic, payload in feed.drain():
+                batch = feed.drain()
+                # A full batch means more is waiting: this client is behind its own input.
+                self._behind = self._behind or len(batch) >= DRAIN_BATCH
+                for _topic, payload in batch:
                     self._on_payload(payload)
         if self._rpc in ready:
             self._drain_rpc()
@@ -500,6 +505,8 @@ class Client:
         self._expire_outbox(now)
 
     def _expire_outbox(self, now: float) -> None:
+        if self._behind:
+            return  # the confirmation may be in the backlog we have not read yet
         # pending is in say() order, so only its head can be stale.
         while self.pending:
             msg_id, out = next(iter(self.pending.items()))
