@@ -204,12 +204,16 @@ class Client:
             return
         try:
             if self.state == "connected" and self.nick is not None:
-                if self.pending:
-                    self.wait_sent(timeout=min(self.timeout, 2.0), raise_on_failure=False)
-                self._call(p.Leave(token=self._token, reason=reason), timeout=min(self.timeout, 1.0))
-        except ZChatError:
-            pass  # leaving is best-effort: the lease ends the session anyway
+                # Leaving is best-effort (the lease ends the session anyway), but one failure
+                # (a message never confirmed) must not skip the leave itself.
+                with contextlib.suppress(ZChatError):
+                    if self.pending:
+                        self.wait_sent(timeout=min(self.timeout, 2.0), raise_on_failure=False)
+                with contextlib.suppress(ZChatError):
+                    self._call(p.Leave(token=self._token, reason=reason), timeout=min(self.timeout, 1.0))
         finally:
+            if self._rpc is not None:
+                self._rpc.setsockopt(zmq.LINGER, 200)  # an unanswered leave may still go out
             self._close_sockets()
             self.state = "closed"
 
