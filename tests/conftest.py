@@ -63,8 +63,9 @@ class ThreadBroker:
 
 
 @pytest.fixture
-def broker(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[ThreadBroker]:
-    b = ThreadBroker(ctx)
+def broker(ctx: zmq.Context[zmq.Socket[bytes]], request: pytest.FixtureRequest) -> Iterator[ThreadBroker]:
+    """An in-thread broker; a test module may set ``BROKER_OPTIONS`` (ThreadBroker keywords)."""
+    b = ThreadBroker(ctx, **getattr(request.module, "BROKER_OPTIONS", {}))
     yield b
     b.stop()
 

@@ -44,13 +44,9 @@ TIMEOUT = 10.0
 Keys = tuple[str, str, str]
 
 
-@pytest.fixture
-def broker(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[ThreadBroker]:
-    """This module's broker (``connect`` uses it too): 6 s leases, so that a bot process starved
-    of CPU on a loaded machine keeps its session. Lapsing leases have a test of their own."""
-    b = ThreadBroker(ctx, heartbeat=2.0)
-    yield b
-    b.stop()
+#: 6 s leases, so that a bot process starved of CPU on a loaded machine keeps its session.
+#: Lapsing leases have a test of their own.
+BROKER_OPTIONS = {"heartbeat": 2.0}
 
 
 @pytest.fixture

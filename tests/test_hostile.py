@@ -133,13 +133,9 @@ class Chat:
         assert alice.who() == ["alice", "bob", "watch"]
 
 
-@pytest.fixture
-def broker(ctx: Context) -> Iterator[ThreadBroker]:
-    """conftest's in-thread broker, with a 2 s heartbeat (a 6 s lease) instead of 0.3 s: on a
-    loaded machine a starved test thread must not cost the watcher its lease mid-test."""
-    b = ThreadBroker(ctx, heartbeat=2.0)
-    yield b
-    b.stop()
+#: conftest's in-thread broker, with a 2 s heartbeat (a 6 s lease) instead of 0.3 s: on a
+#: loaded machine a starved test thread must not cost the watcher its lease mid-test.
+BROKER_OPTIONS = {"heartbeat": 2.0}
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,12 +56,8 @@ def assert_gapless(events: list[Event]) -> None:
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "duplicate or missing seq"
 
 
-@pytest.fixture
-def broker(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[ThreadBroker]:
-    """These tests send thousands of messages from one client: no rate limit here."""
-    b = ThreadBroker(ctx, rate=0)
-    yield b
-    b.stop()
+#: These tests send thousands of messages from one client: no rate limit here.
+BROKER_OPTIONS = {"rate": 0}
 
 
 def test_late_joiner_gets_backlog_then_live_with_no_gap_while_messages_flow(

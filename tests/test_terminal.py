@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import zmq
 from conftest import ZCHAT, BrokerProcess, ClientFactory, ThreadBroker, child_env, collect, wait_for
 from pty_screen import Term, terminals
 
@@ -40,12 +39,8 @@ TIME = r"\d\d:\d\d"
 PtyJoin = Callable[..., Term]
 
 
-@pytest.fixture
-def broker(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[ThreadBroker]:
-    """conftest's in-thread broker, with the longer lease these tests need (``connect`` uses it)."""
-    b = ThreadBroker(ctx, heartbeat=HEARTBEAT)
-    yield b
-    b.stop()
+#: conftest's in-thread broker, with the longer lease these tests need (``connect`` uses it).
+BROKER_OPTIONS = {"heartbeat": HEARTBEAT}
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import zmq
 from conftest import ClientFactory, ThreadBroker, collect, wait_for
 from pty_screen import Term, colour_codes, terminals
 
@@ -34,11 +33,7 @@ CTRL_N = "\x0e"
 Spawn = Callable[..., Term]
 
 
-@pytest.fixture
-def broker(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[ThreadBroker]:
-    b = ThreadBroker(ctx, heartbeat=HEARTBEAT)
-    yield b
-    b.stop()
+BROKER_OPTIONS = {"heartbeat": HEARTBEAT}
 
 
 @pytest.fixture
