@@ -79,7 +79,7 @@ TEXT_KEY = b'"text":"'
 MEASURED, WARMUP = ord("M"), ord("W")
 #: The proxy's events carry a fixed timestamp of the length zchat's have.
 FAKE_TS = b"2000-01-01T00:00:00.000Z"
-#: zchat's feed high-water mark (zchat.broker.FEED_HWM); the proxy's PUB gets the same.
+#: zchat's feed high-water mark (zchat.broker.shell.FEED_HWM); the proxy's PUB gets the same.
 FEED_HWM = 10_000
 
 # --- bounds: every loop and every wait ends by itself ----------------------------------------

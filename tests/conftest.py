@@ -20,10 +20,10 @@ from typing import Any, AnyStr, Generic
 import pytest
 import zmq
 
-from zchat.broker import Broker
-from zchat.client import Client
+from zchat.broker.shell import Broker
+from zchat.broker.store import Store
+from zchat.client.shell import Client
 from zchat.protocol import Endpoints, Event
-from zchat.store import Store
 
 #: Heartbeat used by test brokers: a lease lapses after 3 missed ones (0.9 s).
 TEST_HEARTBEAT = 0.3

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from zchat.client import Client
+from zchat.client.shell import Client
 from zchat.protocol import Endpoints, Event
 
 DEADLINE = 120.0

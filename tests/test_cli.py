@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import ZCHAT, ClientFactory, Lines, ThreadBroker, child_env, collect, start_broker_process, wait_for
 
-from zchat.client import Client
+from zchat.client.shell import Client
 
 
 def free_port() -> int:

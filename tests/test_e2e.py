@@ -8,7 +8,7 @@ import pytest
 import zmq
 from conftest import ClientFactory, ThreadBroker, collect, wait_for
 
-from zchat.client import Feed
+from zchat.client.shell import Feed
 from zchat.errors import Refused
 from zchat.protocol import decode_event, room_topic
 

@@ -25,8 +25,8 @@ import zmq.auth
 from conftest import ClientFactory, ThreadBroker, child_env, wait_for
 
 from zchat import protocol as p
-from zchat.client import Client
-from zchat.identity import Authority
+from zchat.broker.identity import Authority
+from zchat.client.shell import Client
 from zchat.protocol import Endpoints, Event
 from zchat.transport import Curve
 

@@ -24,7 +24,7 @@ from conftest import ClientFactory, ThreadBroker
 from zmq.utils.monitor import recv_monitor_message
 
 from zchat import protocol as p
-from zchat.client import Client
+from zchat.client.shell import Client
 
 Context = zmq.Context[zmq.Socket[bytes]]
 Socket = zmq.Socket[bytes]

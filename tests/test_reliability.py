@@ -28,7 +28,7 @@ from conftest import (
     wait_for,
 )
 
-from zchat.client import Client
+from zchat.client.shell import Client
 from zchat.protocol import Endpoints, Event
 
 

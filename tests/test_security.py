@@ -41,14 +41,15 @@ from conftest import (
 )
 from pty_screen import ready, spawn_join
 
-from zchat import keys, render
+from zchat import keys
 from zchat import protocol as p
-from zchat.broker import Broker
-from zchat.client import Client
+from zchat.broker.identity import Authority
+from zchat.broker.shell import Broker
+from zchat.broker.store import Store
+from zchat.client.shell import Client
 from zchat.errors import Refused, Unreachable
-from zchat.identity import Authority
 from zchat.protocol import Endpoints, Event
-from zchat.store import Store
+from zchat.term import render
 from zchat.transport import Curve
 
 Context = zmq.Context[zmq.Socket[bytes]]

@@ -5,9 +5,9 @@ run loop), :class:`Event` (what the feed carries), the error hierarchy, and :cla
 one in-process. The wire protocol itself is in :mod:`zchat.protocol` and ``docs/protocol.md``.
 """
 
-from zchat.bot import Bot
-from zchat.broker import Broker
-from zchat.client import Client, Feed
+from zchat.broker.shell import Broker
+from zchat.client.bot import Bot
+from zchat.client.shell import Client, Feed
 from zchat.errors import LocalProtocolError, Refused, RemoteProtocolError, Unreachable, ZChatError
 from zchat.protocol import Endpoints, Event
 

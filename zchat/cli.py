@@ -22,17 +22,18 @@ from typing import Any, TypeVar
 import click
 import zmq
 
-from zchat import keys, render
+from zchat import keys
 from zchat import protocol as p
-from zchat.broker import FEED_HWM, Broker
-from zchat.client import Client
+from zchat.broker.identity import Authority, load_allowlist
+from zchat.broker.ratelimit import DEFAULT_BURST, DEFAULT_RATE
+from zchat.broker.relay import Relay
+from zchat.broker.shell import FEED_HWM, Broker
+from zchat.broker.store import DEFAULT_HISTORY_LIMIT, Store
+from zchat.client.shell import Client
 from zchat.errors import LocalProtocolError, ZChatError
-from zchat.identity import Authority
 from zchat.keys import CONFIG_DIR
-from zchat.ratelimit import DEFAULT_BURST, DEFAULT_RATE
-from zchat.relay import Relay
-from zchat.store import DEFAULT_HISTORY_LIMIT, Store
-from zchat.terminal import run
+from zchat.term import render
+from zchat.term.plain import run
 
 __all__ = ["cli", "main"]
 
@@ -43,7 +44,7 @@ DEFAULT_DB = str(CONFIG_DIR / "history.sqlite3")
 #: A broker's public key placed here is used when no --server-key is given.
 DEFAULT_SERVER_PUBLIC = CONFIG_DIR / "server.key"
 
-log = logging.getLogger("zchat.broker")
+log = logging.getLogger("zchat.broker.shell")
 
 
 log_level_option = click.option(
@@ -280,7 +281,7 @@ def broker_cmd(
         curve = keys.load_keypair(key_file) if secure else None
         if curve is not None and not curve[1]:
             raise ZChatError(f"{key_file} holds no secret key: pass the .key_secret file")
-        allowlist = keys.load_allowlist(allow_file) if allow_file else {}
+        allowlist = load_allowlist(allow_file) if allow_file else {}
         try:
             store = None if no_store else Store(db, history_limit=history_limit)
         except (OSError, sqlite3.Error) as exc:

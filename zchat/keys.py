@@ -2,7 +2,7 @@
 
 This module owns where keys live (the config directory), writing a new CURVE keypair with
 owner-only permissions (``zchat keygen``), reading a broker's public key given as z85 text or a
-file, reading a client's or broker's keypair, reading the allowlist, and deciding whether an
+file, reading a client's or broker's keypair, and deciding whether an
 endpoint is reachable from other machines. It opens no sockets; errors are one-line
 :class:`ZChatError` messages for the command line.
 """
@@ -17,8 +17,7 @@ from pathlib import Path
 import click
 import zmq.auth
 
-from zchat.errors import LocalProtocolError, ZChatError
-from zchat.identity import parse_allowlist
+from zchat.errors import ZChatError
 from zchat.transport import Curve
 
 __all__ = [
@@ -26,7 +25,6 @@ __all__ = [
     "client_curve",
     "is_local",
     "keygen",
-    "load_allowlist",
     "load_keypair",
     "server_public_key",
 ]
@@ -86,17 +84,6 @@ def client_curve(server_key: str | None, key_file: Path) -> Curve | None:
     if not secret:
         raise ZChatError(f"{key_file} holds no secret key: pass the .key_secret file")
     return Curve(server_public_key(server_key), public, secret)
-
-
-def load_allowlist(path: Path) -> dict[str, set[str]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ZChatError(f"cannot read the allowlist {path}: {exc.strerror}") from None
-    try:
-        return parse_allowlist(text, str(path))
-    except LocalProtocolError as exc:
-        raise ZChatError(str(exc)) from None
 
 
 def is_local(endpoint: str) -> bool:

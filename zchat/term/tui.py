@@ -4,11 +4,11 @@ Two halves, one per thread, talking only by messages. :class:`Screen` is the pro
 Application on the main thread's asyncio loop: the message area (one scrollback per room), the
 status line (nick, current room, other rooms with unread counts, the connection) and the input
 line, with its keys, commands, tab completion and paste handling. It never touches the
-:class:`~zchat.client.Client`: what needs the broker it hands to the network thread as an encoded
-command. :class:`Front` is what the network thread (:mod:`zchat.terminal`) drives: it carries out
+:class:`~zchat.client.shell.Client`: what needs the broker it hands to the network thread as an encoded
+command. :class:`Front` is what the network thread (:mod:`zchat.term.plain`) drives: it carries out
 those commands on the client it owns and passes events, results and state to the screen, only
-ever through ``loop.call_soon_threadsafe``. Wording and styling live in :mod:`zchat.ui` and
-:mod:`zchat.commands`; this module owns the wiring and the behaviour of the screen.
+ever through ``loop.call_soon_threadsafe``. Wording and styling live in :mod:`zchat.term.ui` and
+:mod:`zchat.term.commands`; this module owns the wiring and the behaviour of the screen.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from prompt_toolkit.output import ColorDepth, Output, create_output
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.styles import Style
 
-from zchat import commands as c
-from zchat import render, ui
-from zchat.client import Client
+from zchat.client.shell import Client
 from zchat.errors import ZChatError
 from zchat.protocol import Event
+from zchat.term import commands as c
+from zchat.term import render, ui
 
 __all__ = ["Front", "Screen"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import zmq
 
+from zchat.broker.identity import Authority, parse_allowlist
 from zchat.errors import LocalProtocolError
-from zchat.identity import Authority, parse_allowlist
 
 
 def key() -> str:

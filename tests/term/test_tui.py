@@ -16,8 +16,8 @@ import pytest
 from conftest import ClientFactory, ThreadBroker, collect, wait_for
 from pty_screen import Term, colour_codes, terminals
 
-from zchat import render
 from zchat.protocol import Event
+from zchat.term import render
 
 #: A 12 s lease: alice's session outlives a test that waits on the pty without polling her.
 HEARTBEAT = 4.0

@@ -12,8 +12,8 @@ import msgspec
 import pytest
 
 from zchat import protocol as p
-from zchat.core import DEDUPE_WINDOW, BrokerCore
-from zchat.store import Store
+from zchat.broker.core import DEDUPE_WINDOW, BrokerCore
+from zchat.broker.store import Store
 
 ROOM = "general"
 

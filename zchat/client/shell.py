@@ -4,7 +4,7 @@
 what keeps a conversation whole over them: the join handshake (subscribe, probe until the
 subscriptions are live, then hello), the heartbeat that keeps its lease and reports the rooms'
 newest ``seq``, late-join backlog and gap repair from history (ordering itself is the sans-IO
-:class:`~zchat.sequencer.RoomSequencer`), noticing a dead or restarted broker and rejoining, and
+:class:`~zchat.client.sequencer.RoomSequencer`), noticing a dead or restarted broker and rejoining, and
 the outbox of sent messages that stay pending until the feed shows them (resent after a
 reconnect, deduplicated by the broker). Everything happens inside the calls the user makes
 (:meth:`Client.recv`, :meth:`Client.events`, :meth:`Client.poll`): there is no background thread,
@@ -30,8 +30,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zchat import protocol as p
 from zchat import transport
+from zchat.client.sequencer import RoomSequencer
 from zchat.errors import LocalProtocolError, Refused, RemoteProtocolError, Unreachable, ZChatError
-from zchat.sequencer import RoomSequencer
 
 __all__ = ["Client", "Feed"]
 

@@ -1,7 +1,7 @@
 """The broker's I/O shell: three bound sockets, one thread, one poll loop.
 
 :class:`Broker` binds ingest (PULL), feed (XPUB) and rpc (ROUTER), drains each ready socket in a
-batch without blocking, hands the frames to :class:`zchat.core.BrokerCore` and sends what it
+batch without blocking, hands the frames to :class:`zchat.broker.core.BrokerCore` and sends what it
 returns. It owns sockets, the poll timeout, stopping on a signal or :meth:`Broker.stop`, and the
 shutdown notice. It must not hold protocol rules or per-connection state: everything it knows of
 users lives in the core as leases.
@@ -18,15 +18,15 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from zchat import transport
-from zchat.core import BrokerCore, Publish
-from zchat.identity import Authority
+from zchat.broker.core import BrokerCore, Publish
+from zchat.broker.identity import Authority
+from zchat.broker.ratelimit import DEFAULT_BURST, DEFAULT_RATE
+from zchat.broker.store import Store
 from zchat.protocol import MAX_FRAME_BYTES, Endpoints
-from zchat.ratelimit import DEFAULT_BURST, DEFAULT_RATE
-from zchat.store import Store
 
 __all__ = ["Broker"]
 
-log = logging.getLogger("zchat.broker")
+log = logging.getLogger("zchat.broker.shell")
 
 #: Most messages taken from one socket per poll: big enough to amortise the poll, small
 #: enough that a flood on one socket cannot starve the others.

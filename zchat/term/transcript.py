@@ -15,8 +15,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from zchat import render
 from zchat.protocol import Event
+from zchat.term import render
 
 __all__ = ["Transcript", "transcript_line"]
 

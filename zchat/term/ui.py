@@ -2,9 +2,9 @@
 
 This module owns the look of the interactive client: the stable colour of each nick, when a line
 mentions you, how an event becomes styled text (``(style, text)`` fragments, prompt_toolkit's
-formatted-text shape, with every network string made inert by :func:`zchat.render.inert`), what
+formatted-text shape, with every network string made inert by :func:`zchat.term.render.inert`), what
 the status line says, and how a multi-line paste splits into messages. It never draws, reads
-keys, or talks to the network; :mod:`zchat.tui` does, with the styles named here (``class:…``).
+keys, or talks to the network; :mod:`zchat.term.tui` does, with the styles named here (``class:…``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from zchat import render
 from zchat.protocol import Event
+from zchat.term import render
 
 __all__ = [
     "PALETTE",

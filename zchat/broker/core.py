@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 import msgspec
 
 from zchat import protocol as p
+from zchat.broker.identity import Authority
+from zchat.broker.ratelimit import DEFAULT_BURST, DEFAULT_RATE, RateLimiter
+from zchat.broker.store import Store
 from zchat.errors import LocalProtocolError, RemoteProtocolError
-from zchat.identity import Authority
-from zchat.ratelimit import DEFAULT_BURST, DEFAULT_RATE, RateLimiter
-from zchat.store import Store
 
 __all__ = ["BrokerCore", "Publish", "Session"]
 
-log = logging.getLogger("zchat.broker")
+log = logging.getLogger("zchat.broker.shell")
 
 #: A message for the feed: (topic frame, JSON frame).
 Publish = tuple[bytes, bytes]

@@ -1,7 +1,7 @@
 """A small framework for chat bots: a :class:`Bot` that calls your function for each message.
 
 It owns the bot's run loop (connect, dispatch, keep the session alive, stop cleanly) on top of
-:class:`zchat.client.Client`. Your handler gets the bot and the event and may return a reply,
+:class:`zchat.client.shell.Client`. Your handler gets the bot and the event and may return a reply,
 which goes to the event's room. The bot ignores its own messages so an echo cannot loop. It
 knows nothing of sockets or the wire format.
 """
@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from zchat.client import Client
+from zchat.client.shell import Client
 from zchat.protocol import Event
 
 __all__ = ["Bot", "Handler"]
 
-log = logging.getLogger("zchat.bot")
+log = logging.getLogger("zchat.client.bot")
 
 #: A message handler: returns the text to answer with, or ``None`` to stay quiet.
 Handler = Callable[["Bot", Event], "str | None"]

@@ -1,5 +1,5 @@
-"""Unit tests of the full-screen client's pure parts (zchat.ui, zchat.transcript), of its screen
-driven in-process without a terminal (zchat.tui.Screen), and of Client.history."""
+"""Unit tests of the full-screen client's pure parts (zchat.term.ui, zchat.term.transcript), of its screen
+driven in-process without a terminal (zchat.term.tui.Screen), and of Client.history."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from zchat import commands as c
-from zchat import render, ui
 from zchat.errors import LocalProtocolError
 from zchat.protocol import Event
-from zchat.transcript import Transcript, transcript_line
-from zchat.tui import Screen
+from zchat.term import commands as c
+from zchat.term import render, ui
+from zchat.term.transcript import Transcript, transcript_line
+from zchat.term.tui import Screen
 
 TS = "2026-11-21T10:00:00.123Z"
 

@@ -23,9 +23,9 @@ import pytest
 from conftest import ZCHAT, BrokerProcess, ClientFactory, ThreadBroker, child_env, collect, wait_for
 from pty_screen import Term, terminals
 
-from zchat import render, terminal
-from zchat.client import Client
+from zchat.client.shell import Client
 from zchat.protocol import Event
+from zchat.term import plain, render
 
 #: The broker's heartbeat here: a 12 s lease, so a Client the test is not polling while it
 #: waits on the pty (up to the pexpect timeout) keeps its session.
@@ -289,10 +289,10 @@ def test_a_bug_in_the_network_thread_is_raised_not_swallowed(
 
     alice = connect("alice")
     bob = connect("bob")
-    monkeypatch.setattr(terminal, "_command", crash)
+    monkeypatch.setattr(plain, "_command", crash)
     monkeypatch.setattr(sys, "stdin", io.StringIO("boom\nafter the crash\n"))
     with pytest.raises(RuntimeError, match="bug on 'boom'"):
-        terminal.run(bob, plain=True)
+        plain.run(bob, plain=True)
     assert bob.state == "closed"
     left = wait_for(alice, from_bob())
     assert (left.nick, left.text) == ("bob", "bob left (quit)")

@@ -5,7 +5,7 @@ line into a typed command (or one line saying what is wrong with it), :data:`HEL
 commands and keys, and :func:`complete` lists what Tab may put in place of the word before the
 cursor. Commands that need the broker travel from the UI to the network thread as bytes
 (:func:`encode`, :func:`decode`). It is pure: it opens no socket, touches no terminal and never
-calls a :class:`~zchat.client.Client`; running the commands belongs to :mod:`zchat.tui`.
+calls a :class:`~zchat.client.shell.Client`; running the commands belongs to :mod:`zchat.term.tui`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import msgspec
 
 from zchat import protocol as p
 from zchat.errors import LocalProtocolError
-from zchat.render import inert
+from zchat.term.render import inert
 
 __all__ = [
     "DEFAULT_HISTORY",

@@ -3,7 +3,7 @@
 Two threads, sharing nothing but messages. The network thread owns the :class:`Client` and does
 all socket work: it shows events (and appends them to the transcripts, with ``log_dir``) and runs
 what it is handed. The input side (the main thread) reads: on a terminal it is the full-screen
-:class:`~zchat.tui.Screen`, which hands over encoded commands; otherwise it reads stdin lines and
+:class:`~zchat.term.tui.Screen`, which hands over encoded commands; otherwise it reads stdin lines and
 hands them over as they are. Hand-overs travel on an ``inproc://`` PAIR socket, which also wakes
 the network thread's poll at once. ``/quit``, ``exit``, Ctrl-D and Ctrl-C all leave the same way:
 the network thread flushes what was typed, then the client says goodbye. Should the network
@@ -24,11 +24,11 @@ from typing import Protocol
 
 import zmq
 
-from zchat import render, tui
-from zchat.client import Client
+from zchat.client.shell import Client
 from zchat.errors import ZChatError
 from zchat.protocol import Event
-from zchat.transcript import Transcript
+from zchat.term import render, tui
+from zchat.term.transcript import Transcript
 
 __all__ = ["HELP", "run"]
 

@@ -19,12 +19,12 @@ from types import TracebackType
 import zmq
 
 from zchat import transport
-from zchat.broker import BATCH, FEED_HWM
+from zchat.broker.shell import BATCH, FEED_HWM
 from zchat.protocol import HEARTBEAT_TOPIC, MAX_FRAME_BYTES
 
 __all__ = ["Relay"]
 
-log = logging.getLogger("zchat.relay")
+log = logging.getLogger("zchat.broker.relay")
 
 
 def public_topics(topic: bytes) -> list[bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zchat.ratelimit import DEFAULT_BURST, DEFAULT_RATE, RateLimiter, TokenBucket
+from zchat.broker.ratelimit import DEFAULT_BURST, DEFAULT_RATE, RateLimiter, TokenBucket
 
 T0 = 1000.0
 

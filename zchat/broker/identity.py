@@ -5,18 +5,19 @@ client key connect at all (asked by the ZAP handler), and may it use this nick (
 Keys come from an allowlist file in the spirit of SSH's ``authorized_keys`` — one
 ``<z85 public key> <nick>`` per line, ``#`` comments — and, with open registration, from first
 claims (the first key to use a nick owns it; claims are persisted by the caller). It holds no
-sockets and reads no files except through :func:`parse_allowlist`.
+sockets; :func:`load_allowlist` is the one place that reads a file.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
-from zchat.errors import LocalProtocolError
+from zchat.errors import LocalProtocolError, ZChatError
 from zchat.protocol import check_nick
 
-__all__ = ["Authority", "parse_allowlist"]
+__all__ = ["Authority", "load_allowlist", "parse_allowlist"]
 
 _Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
@@ -82,3 +83,14 @@ class Authority:
         self._owner[nick.lower()] = key
         self._nicks.setdefault(key, set()).add(nick.lower())
         return True
+
+
+def load_allowlist(path: Path) -> dict[str, set[str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ZChatError(f"cannot read the allowlist {path}: {exc.strerror}") from None
+    try:
+        return parse_allowlist(text, str(path))
+    except LocalProtocolError as exc:
+        raise ZChatError(str(exc)) from None

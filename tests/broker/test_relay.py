@@ -17,9 +17,9 @@ import pytest
 import zmq
 from conftest import ZCHAT, BrokerProcess, child_env, start_broker_process
 
-from zchat.client import Client, Feed
+from zchat.broker.relay import public_topics
+from zchat.client.shell import Client, Feed
 from zchat.protocol import Endpoints, Event, decode_event
-from zchat.relay import public_topics
 
 
 class RelayProcess:

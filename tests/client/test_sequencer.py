@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zchat import protocol as p
-from zchat.client import Client
-from zchat.sequencer import MAX_FETCH, RoomSequencer
+from zchat.client.sequencer import MAX_FETCH, RoomSequencer
+from zchat.client.shell import Client
 
 ROOM = "general"
 _MISSING = re.compile(r"… (\d+) older messages? not available …")

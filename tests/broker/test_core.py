@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from zchat import protocol as p
-from zchat.core import BrokerCore, Publish
-from zchat.identity import Authority
-from zchat.store import Store
+from zchat.broker.core import BrokerCore, Publish
+from zchat.broker.identity import Authority
+from zchat.broker.store import Store
 
 #: The fixed wall clock of every test core, and how its timestamps read.
 WALL = 1_700_000_000.25

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zchat import commands as c
 from zchat.protocol import MAX_HISTORY
+from zchat.term import commands as c
 
 
 @pytest.mark.parametrize(
