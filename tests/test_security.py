@@ -305,7 +305,7 @@ def test_eve_cannot_post_or_act_with_bobs_token(
 ) -> None:
     bob, carol = sconnect("bob"), sconnect("carol")
     wait_for(carol, lambda e: e.kind == "join" and e.nick == "carol")
-    stolen = bob._token  # the worst case: eve has bob's session token
+    stolen = bob.session.token  # the worst case: eve has bob's session token
     assert stolen
     dropped = counter(carol, "dropped_wrong_identity")
 
@@ -379,7 +379,9 @@ def test_the_broker_sets_the_nick_in_the_json(
     push = raw_socket(ctx, zmq.PUSH, secure.endpoints.ingest, ring.bob, ring.server[0])
     try:
         claimed = f"as carol {token()}"
-        push.send(json.dumps({"token": bob._token, "room": "general", "text": claimed, "nick": "carol"}).encode())
+        push.send(
+            json.dumps({"token": bob.session.token, "room": "general", "text": claimed, "nick": "carol"}).encode()
+        )
         spy.until_text(claimed)
     finally:
         push.close()
@@ -528,7 +530,7 @@ def test_a_flood_from_one_client_does_not_slow_the_others(open_broker: ThreadBro
 
     try:
         flood, alice, carol = (c.connect() for c in clients)
-        flood_token = flood._token
+        flood_token = flood.session.token
 
         def flooder() -> None:
             try:

@@ -43,6 +43,7 @@ __all__ = [
     "Leave",
     "Part",
     "Post",
+    "PostKind",
     "Request",
     "Seqs",
     "Stats",
@@ -209,6 +210,10 @@ class Endpoints:
 # --- wire structs -------------------------------------------------------------------------
 
 
+#: The kinds of event a client may post.
+PostKind = Literal["message", "action"]
+
+
 class Post(msgspec.Struct, frozen=True):
     """What a client pushes on the ingest socket: one JSON frame.
 
@@ -219,7 +224,7 @@ class Post(msgspec.Struct, frozen=True):
     token: str
     text: str
     room: str = ""
-    kind: Literal["message", "action"] = "message"
+    kind: PostKind = "message"
     id: str | None = None
     #: A private message: the nick it is for (``room`` is then ignored).
     to: str | None = None

@@ -6,13 +6,12 @@ import re
 from collections.abc import Iterable
 
 import pytest
-import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zchat import protocol as p
 from zchat.client.sequencer import MAX_FETCH, RoomSequencer
-from zchat.client.shell import Client
+from zchat.client.session import ClientSession
 
 ROOM = "general"
 _MISSING = re.compile(r"… (\d+) older messages? not available …")
@@ -440,18 +439,14 @@ def test_seq_zero_events_are_routed_around_the_sequencer_by_the_client() -> None
     s = started()
     assert s.offer(p.Event(0, "", ROOM, "error", p.SYSTEM_NICK, "nope", code="rejected")) == []
     assert s.expected(ROOM) == 1
-    # ... so the client gives it only seq > 0 and delivers seq-0 events (inbox errors, probe
-    # answers, duplicates) at once, even before any room is started.
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        client = Client("alice", [ROOM], context=ctx)
-        error = p.Event(0, "2024-01-01T00:00:00.000Z", ROOM, "error", p.SYSTEM_NICK, "nope", code="rejected")
-        client._on_payload(p.encode(ev(1)))  # room not started: held, not shown
-        client._on_payload(p.encode(error))
-        assert client.poll() == [error]
-        assert client._sequencer.start(ROOM, 1, 1) == [ev(1)]
-    finally:
-        ctx.destroy(linger=0)
+    # ... so the client's session gives it only seq > 0 and delivers seq-0 events (inbox
+    # errors, probe answers, duplicates) at once, even before any room is started.
+    session = ClientSession("alice", [ROOM])
+    error = p.Event(0, "2024-01-01T00:00:00.000Z", ROOM, "error", p.SYSTEM_NICK, "nope", code="rejected")
+    session.feed_message(p.encode(ev(1)), 0.0)  # room not started: held, not shown
+    session.feed_message(p.encode(error), 0.0)
+    assert session.take_events() == [error]
+    assert session.sequencer.start(ROOM, 1, 1) == [ev(1)]
 
 
 # --- properties ----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The client wing: what bots, tools and the terminal use to talk to a broker.
 
 It owns one session with a broker — joining, heartbeats, noticing a lost broker and rejoining,
-the outbox of unconfirmed messages, per-room ordering and gap repair — in
-:mod:`~zchat.client.shell` (:class:`~zchat.client.shell.Client`) and the sans-IO
-:mod:`~zchat.client.sequencer`; and :mod:`~zchat.client.bot`, a small framework on top.
+the outbox of unconfirmed messages, per-room ordering and gap repair — as the sans-IO
+:mod:`~zchat.client.session` and :mod:`~zchat.client.sequencer`, with
+:mod:`~zchat.client.shell` (:class:`~zchat.client.shell.Client`) and :mod:`~zchat.client.feed`
+owning only the sockets and the polling; and :mod:`~zchat.client.bot`, a small framework on top.
 
 It stands on the shared ground (:mod:`zchat.protocol`, :mod:`zchat.errors`,
 :mod:`zchat.transport`, :mod:`zchat.keys`) and never imports :mod:`zchat.broker` (a client

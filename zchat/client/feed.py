@@ -1,0 +1,91 @@
+"""The client's feed socket: a SUB on the broker's feed (or a relay's) that knows when its
+subscriptions are live.
+
+It owns the SUB socket, the readiness handshake (a one-off probe topic the broker answers) and
+bounded draining. It decodes nothing: payloads go to :class:`~zchat.client.session.ClientSession`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable
+
+import zmq
+
+from zchat import protocol as p
+from zchat import transport
+from zchat.errors import Unreachable
+
+__all__ = ["DRAIN_BATCH", "Feed"]
+
+#: Most feed messages handled per poll: the heartbeat is never more than one batch away.
+DRAIN_BATCH = 1000
+
+
+class Feed:
+    """A SUB socket on the broker's feed that knows when its subscriptions are live.
+
+    ZeroMQ subscriptions travel to the publisher asynchronously (the "slow joiner"). After
+    subscribing, :meth:`wait_live` subscribes to a one-off probe topic and waits for the broker's
+    answer on it; subscriptions travel in order, so every earlier one is live by then.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        topics: Iterable[bytes],
+        curve: transport.Curve | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        # A deep receive queue: a client that stalls loses less, and repairs less from history.
+        self.socket = transport.socket(ctx, zmq.SUB, endpoint, curve, RCVHWM=100_000)
+        self.socket.connect(endpoint)
+        for topic in topics:
+            self.subscribe(topic)
+        self._probe: bytes | None = None
+
+    def subscribe(self, topic: bytes) -> None:
+        self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def unsubscribe(self, topic: bytes) -> None:
+        self.socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    def wait_live(self, timeout: float) -> list[tuple[bytes, bytes]]:
+        """Block until the subscriptions are live; returns what arrived meanwhile.
+
+        Raises :class:`Unreachable` if the broker does not answer within ``timeout`` seconds.
+        """
+        probe = self._probe = p.probe_topic(secrets.token_hex(8))
+        self.subscribe(probe)
+        received: list[tuple[bytes, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while self._probe is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unreachable(f"cannot reach the zchat broker at {self.endpoint} (no answer in {timeout:g} s)")
+            if self.socket.poll(int(left * 1000) + 1):
+                received += self.drain()
+        self.unsubscribe(probe)
+        return received
+
+    def drain(self, limit: int = DRAIN_BATCH) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` ``(topic, payload)`` waiting now; malformed messages and probe answers
+        skipped. Bounded, so a deep backlog cannot keep its reader from its heartbeats."""
+        out: list[tuple[bytes, bytes]] = []
+        for _ in range(limit):
+            try:
+                frames = self.socket.recv_multipart(transport.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) != 2:
+                continue
+            if frames[0] == self._probe:
+                self._probe = None
+            elif not p.is_probe_topic(frames[0]):
+                out.append((frames[0], frames[1]))
+        return out
+
+    def close(self) -> None:
+        self.socket.close()
