@@ -1,20 +1,26 @@
 """Turning events into lines for a terminal, with every untrusted character made inert.
 
-This module owns how an event reads on screen (``HH:MM nick: text``, ``* nick waves``,
-``-- alice joined``) and the rule that text from the network can never drive the terminal:
-control characters, ANSI/OSC escape sequences and bidirectional overrides are shown as visible
-escapes. It produces strings only; printing, colour and prompts belong to the callers. JSON
-output never goes through here, so it stays lossless.
+This module owns how each kind of event reads: :func:`event_parts` is the one place that says
+which shape an event takes (``nick: text``, ``* nick waves``, ``[alice → bob] psst``, ``!! error``,
+``-- alice joined``), its style and whether transcripts keep it. :func:`format_event` (terminal
+lines), :func:`zchat.term.ui.event_fragments` (styled text) and
+:func:`zchat.term.transcript.transcript_line` (log files) only lay those parts out. It also owns
+the rule that text from the network can never drive the terminal: control characters, ANSI/OSC
+escape sequences and bidirectional overrides are shown as visible escapes. It produces strings
+only; printing, colour and prompts belong to the callers. JSON output never goes through here,
+so it stays lossless.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 from zchat.protocol import Event
 
-__all__ = ["clock", "format_event", "inert"]
+__all__ = ["EventParts", "Shape", "Style", "clock", "event_parts", "format_event", "inert"]
 
 # C0 controls except newline, DEL, C1 controls, and the Unicode bidi/invisible direction marks.
 _UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -45,20 +51,85 @@ def clock(ts: str) -> str:
         return inert(ts[:16])
 
 
+#: How an event reads: ``nick: text``, ``* nick text``, ``[nick → to] text``, ``!! text`` or
+#: ``-- text``.
+Shape = Literal["message", "action", "private", "error", "notice"]
+#: The style (``class:…`` on screen) of the characters an event's kind owns: a private message's
+#: brackets and arrow, a whole error or notice line. Messages and actions have none: only their
+#: nick is coloured, by whom it names.
+Style = Literal["private", "error", "system"]
+
+
+@dataclass(frozen=True)
+class EventParts:
+    """One event as its pieces, each network string already made inert; the formatters only
+    lay them out."""
+
+    #: The feed timestamp, whole (transcripts keep it).
+    ts: str
+    #: ``HH:MM`` in local time (screens show it).
+    clock: str
+    shape: Shape
+    #: Who the event is from; None for the shapes that do not show it (errors, notices).
+    nick: str | None
+    #: Whom a private message is for; None for every other shape.
+    to: str | None
+    #: Newlines are kept: each layout indents the continuation lines under its own head.
+    text: str
+    style: Style | None
+    #: Whether a transcript keeps this kind (it leaves out what is only the link talking).
+    logged: bool
+
+    @property
+    def mark(self) -> str:
+        """What an error (``!!``) or a notice (``--``) line starts with."""
+        return "!!" if self.shape == "error" else "--"
+
+    def indented(self, indent: str) -> str:
+        """The text, each continuation line starting with ``indent``."""
+        return self.text.replace("\n", "\n" + indent)
+
+
+#: Each kind a person reads: (shape, style, kept in transcripts). Any other kind (``heartbeat``,
+#: ``duplicate``, one a newer broker invents) reads as a notice and stays out of transcripts.
+_KINDS: dict[str, tuple[Shape, Style | None, bool]] = {
+    "message": ("message", None, True),
+    "action": ("action", None, True),
+    "private": ("private", "private", True),
+    "error": ("error", "error", True),
+    "join": ("notice", "system", True),
+    "leave": ("notice", "system", True),
+    "system": ("notice", "system", True),
+}
+_OTHER_KIND: tuple[Shape, Style | None, bool] = ("notice", "system", False)
+
+
+def event_parts(event: Event) -> EventParts:
+    """How ``event`` reads: the one place that decides it for every kind."""
+    shape, style, logged = _KINDS.get(event.kind, _OTHER_KIND)
+    return EventParts(
+        ts=inert(event.ts),
+        clock=clock(event.ts),
+        shape=shape,
+        nick=inert(event.nick) if shape in ("message", "action", "private") else None,
+        to=inert(event.to or "") if shape == "private" else None,
+        text=inert(event.text),
+        style=style,
+        logged=logged,
+    )
+
+
 def format_event(event: Event, *, show_room: bool = False) -> str:
     """One event as a terminal line (or lines, for a multi-line message)."""
-    prefix = f"{clock(event.ts)} "
+    parts = event_parts(event)
+    prefix = f"{parts.clock} "
     if show_room and event.room:
         prefix += f"#{event.room} "
-    indent = " " * len(prefix) + "  "
-    nick = inert(event.nick)
-    text = inert(event.text, indent)
-    if event.kind == "message":
-        return f"{prefix}{nick}: {text}"
-    if event.kind == "action":
-        return f"{prefix}* {nick} {text}"
-    if event.kind == "private":
-        return f"{prefix}[{nick} → {inert(event.to or '')}] {text}"
-    if event.kind == "error":
-        return f"{prefix}!! {text}"
-    return f"{prefix}-- {text}"
+    text = parts.indented(" " * len(prefix) + "  ")
+    if parts.shape == "message":
+        return f"{prefix}{parts.nick}: {text}"
+    if parts.shape == "action":
+        return f"{prefix}* {parts.nick} {text}"
+    if parts.shape == "private":
+        return f"{prefix}[{parts.nick} → {parts.to}] {text}"
+    return f"{prefix}{parts.mark} {text}"

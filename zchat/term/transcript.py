@@ -2,8 +2,9 @@
 
 This module owns the transcript format (``2026-11-21T10:00:00.123Z <alice> text``,
 ``… * alice waves``, ``… -- bob joined``; private messages go to ``DIR/@<nick>.log``, named after
-the other person) and the files. Each file goes on from its newest entry, so the backlog shown
-on joining is not written again each time you come back. Text from the network is made
+the other person) and the files; which kinds are kept, and how each reads, come from
+:func:`zchat.term.render.event_parts`. Each file goes on from its newest entry, so the backlog
+shown on joining is not written again each time you come back. Text from the network is made
 inert (no control character reaches the file) except the newlines of a multi-line message, whose
 continuation lines are indented. It does not display anything or talk to the network.
 """
@@ -27,21 +28,18 @@ _NICK = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,23}")
 def transcript_line(event: Event) -> str | None:
     """``event`` as one transcript entry (several lines for a multi-line message), or None for
     events a transcript leaves out."""
-    ts = render.inert(event.ts)
-    nick = render.inert(event.nick)
-    if event.kind == "message":
-        head = f"{ts} <{nick}> "
-    elif event.kind == "action":
-        head = f"{ts} * {nick} "
-    elif event.kind == "private":
-        head = f"{ts} [{nick} → {render.inert(event.to or '')}] "
-    elif event.kind == "error":
-        head = f"{ts} !! "
-    elif event.kind in ("join", "leave", "system"):
-        head = f"{ts} -- "
-    else:
+    parts = render.event_parts(event)
+    if not parts.logged:
         return None
-    return head + render.inert(event.text, " " * len(head))
+    if parts.shape == "message":
+        head = f"{parts.ts} <{parts.nick}> "
+    elif parts.shape == "action":
+        head = f"{parts.ts} * {parts.nick} "
+    elif parts.shape == "private":
+        head = f"{parts.ts} [{parts.nick} → {parts.to}] "
+    else:
+        head = f"{parts.ts} {parts.mark} "
+    return head + parts.indented(" " * len(head))
 
 
 class Transcript:

@@ -1,10 +1,11 @@
 """How the full-screen client presents things, as pure functions: no terminal needed to test them.
 
 This module owns the look of the interactive client: the stable colour of each nick, when a line
-mentions you, how an event becomes styled text (``(style, text)`` fragments, prompt_toolkit's
-formatted-text shape, with every network string made inert by :func:`zchat.term.render.inert`), what
-the status line says, and how a multi-line paste splits into messages. It never draws, reads
-keys, or talks to the network; :mod:`zchat.term.tui` does, with the styles named here (``class:…``).
+mentions you, how an event's parts (:func:`zchat.term.render.event_parts`, the one place that says
+how each kind reads, with every network string made inert) become styled text (``(style, text)``
+fragments, prompt_toolkit's formatted-text shape), what the status line says, and how a
+multi-line paste splits into messages. It never draws, reads keys, or talks to the network;
+:mod:`zchat.term.tui` does, with the styles named here (``class:…``).
 """
 
 from __future__ import annotations
@@ -90,43 +91,45 @@ def paste_lines(text: str) -> list[str]:
 
 
 def event_fragments(event: Event, *, me: str | None, show_room: bool = False) -> Fragments:
-    """``event`` as styled text; its characters are exactly :func:`render.format_event`'s.
+    """``event``'s :func:`render.event_parts` as styled text; its characters are exactly
+    :func:`render.format_event`'s.
 
     Nicks get :func:`nick_color` (``class:nick``, plus ``class:own`` for yours), the time
     ``class:time``, joins and the like ``class:system``, errors ``class:error``, private
     messages ``class:private``, and the text of what :func:`is_mention` finds ``class:mention``.
     """
-    prefix = f"{render.clock(event.ts)} "
+    parts = render.event_parts(event)
+    prefix = f"{parts.clock} "
     out: Fragments = [("class:time", prefix)]
     if show_room and event.room:
         room = f"#{event.room} "
         out.append(("class:room", room))
         prefix += room
-    indent = " " * len(prefix) + "  "
-    text = render.inert(event.text, indent)
+    text = parts.indented(" " * len(prefix) + "  ")
+    mark = f"class:{parts.style}" if parts.style else ""
+    if parts.nick is None:  # an error or a notice: the whole line in its kind's style
+        out.append((mark, f"{parts.mark} {text}"))
+        return out
+    # Colour, "own" and mentions are about who sent it and to whom, so they go by the nicks
+    # themselves rather than their inert spelling.
     own = me is not None and event.nick.lower() == me.lower()
-    text_style = "class:mention" if is_mention(event, me) else ""
-    nick = render.inert(event.nick)
     nick_style = f"class:nick {nick_color(event.nick)}" + (" class:own" if own else "")
-    if event.kind == "message":
-        out += [(nick_style, nick), ("", ": "), (text_style, text)]
-    elif event.kind == "action":
-        out += [("", "* "), (nick_style, nick), ("", " "), (text_style, text)]
-    elif event.kind == "private":
+    text_style = "class:mention" if is_mention(event, me) else ""
+    if parts.to is not None:  # a private message
         to = event.to or ""
         to_style = f"class:nick {nick_color(to)}" + (" class:own" if me and to.lower() == me.lower() else "")
         out += [
-            ("class:private", "["),
-            (nick_style, nick),
-            ("class:private", " → "),
-            (to_style, render.inert(to)),
-            ("class:private", "] "),
+            (mark, "["),
+            (nick_style, parts.nick),
+            (mark, " → "),
+            (to_style, parts.to),
+            (mark, "] "),
             (text_style, text),
         ]
-    elif event.kind == "error":
-        out.append(("class:error", f"!! {text}"))
+    elif parts.shape == "action":
+        out += [(mark, "* "), (nick_style, parts.nick), (mark, " "), (text_style, text)]
     else:
-        out.append(("class:system", f"-- {text}"))
+        out += [(nick_style, parts.nick), (mark, ": "), (text_style, text)]
     return out
 
 
