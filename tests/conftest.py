@@ -20,6 +20,7 @@ from typing import Any, AnyStr, Generic
 import pytest
 import zmq
 
+from zchat.broker.config import BrokerConfig
 from zchat.broker.shell import Broker
 from zchat.broker.store import Store
 from zchat.client.shell import Client
@@ -38,17 +39,16 @@ def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
 
 
 class ThreadBroker:
-    """A Broker serving from a background thread of the test process."""
+    """A Broker serving from a background thread of the test process. Keywords are
+    :class:`BrokerConfig` fields (defaults: loopback, any port, :data:`TEST_HEARTBEAT`, an
+    in-memory store); ``store`` hands it a store of the test's own instead."""
 
-    def __init__(
-        self,
-        ctx: zmq.Context[zmq.Socket[bytes]],
-        heartbeat: float = TEST_HEARTBEAT,
-        history_limit: int = 10_000,
-        **options: Any,
-    ) -> None:
-        self.store = Store(":memory:", history_limit=history_limit)
-        self.broker = Broker(LOOPBACK_ANY, context=ctx, heartbeat_interval=heartbeat, store=self.store, **options)
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], *, store: Store | None = None, **config: Any) -> None:
+        options: dict[str, Any] = {"endpoints": LOOPBACK_ANY, "heartbeat": TEST_HEARTBEAT, "db": ":memory:", **config}
+        self.config = BrokerConfig(**options)
+        self.broker = Broker(self.config, context=ctx, store=store)
+        assert self.broker.store is not None
+        self.store = self.broker.store
         self.endpoints = self.broker.bind()
         self.thread = threading.Thread(target=self.broker.run, name="test-broker")
         self.thread.start()
@@ -59,7 +59,6 @@ class ThreadBroker:
             self.thread.join(5)
             assert not self.thread.is_alive(), "broker did not stop"
             self.broker.close()
-            self.store.close()
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ import zmq.auth
 from conftest import ClientFactory, ThreadBroker, child_env, wait_for
 
 from zchat import protocol as p
-from zchat.broker.identity import Authority
 from zchat.client.shell import Client
 from zchat.protocol import Endpoints, Event
 from zchat.transport import Curve
@@ -300,8 +299,8 @@ class SecureSetup:
         self.bot_public, self.bot_secret = self.keys_of("pingbot")
         alice_public, alice_secret = keypair()
         self.alice_keys = (self.server_public, alice_public, alice_secret)
-        allowed = Authority({self.bot_public: {"pingbot", "echo"}, alice_public: {"alice"}})
-        self.broker = ThreadBroker(ctx, heartbeat=1.0, curve=(self.server_public, server_secret), authority=allowed)
+        allowed = {self.bot_public: {"pingbot", "echo"}, alice_public: {"alice"}}
+        self.broker = ThreadBroker(ctx, heartbeat=1.0, curve=(self.server_public, server_secret), allowlist=allowed)
 
     def keys_of(self, name: str) -> tuple[str, str]:
         public, secret = zmq.auth.load_certificate(self.key_dir / f"{name}.key_secret")
@@ -568,8 +567,8 @@ def record_the_protocol(ctx: zmq.Context[zmq.Socket[bytes]], heartbeat: float = 
     # Secure mode: alice's and bob's keys, each allowed its own nick; both subscribe to "".
     server_public, server_secret = keypair()
     (alice_public, alice_secret), (bob_public, bob_secret) = keypair(), keypair()
-    allowed = Authority({alice_public: {"alice"}, bob_public: {"bob"}})
-    secure = ThreadBroker(ctx, heartbeat=heartbeat, curve=(server_public, server_secret), authority=allowed)
+    allowed = {alice_public: {"alice"}, bob_public: {"bob"}}
+    secure = ThreadBroker(ctx, heartbeat=heartbeat, curve=(server_public, server_secret), allowlist=allowed)
     a = RawSession(ctx, secure.endpoints, [b""], (server_public, alice_public, alice_secret))
     b = RawSession(ctx, secure.endpoints, [b""], (server_public, bob_public, bob_secret))
     sessions += [a, b]

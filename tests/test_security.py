@@ -43,7 +43,7 @@ from pty_screen import ready, spawn_join
 
 from zchat import keys
 from zchat import protocol as p
-from zchat.broker.identity import Authority
+from zchat.broker.config import BrokerConfig
 from zchat.broker.shell import Broker
 from zchat.broker.store import Store
 from zchat.client.shell import Client
@@ -208,8 +208,8 @@ def ring() -> Ring:
 @pytest.fixture
 def secure(ctx: Context, ring: Ring) -> Iterator[ThreadBroker]:
     """A CURVE broker: bob, carol and eve may connect, each under their own nick only."""
-    authority = Authority({ring.bob[0]: {"bob"}, ring.carol[0]: {"carol"}, ring.eve[0]: {"eve"}})
-    b = ThreadBroker(ctx, heartbeat=HEARTBEAT, curve=ring.server, authority=authority)
+    allowed = {ring.bob[0]: {"bob"}, ring.carol[0]: {"carol"}, ring.eve[0]: {"eve"}}
+    b = ThreadBroker(ctx, heartbeat=HEARTBEAT, curve=ring.server, allowlist=allowed)
     yield b
     b.stop()
 
@@ -401,7 +401,8 @@ class ServedBroker:
 
     @classmethod
     def start(cls, ctx: Context, store: Store, **options: Any) -> ServedBroker:
-        broker = Broker(LOOPBACK_ANY, context=ctx, heartbeat_interval=HEARTBEAT, store=store, **options)
+        config = BrokerConfig(endpoints=LOOPBACK_ANY, heartbeat=HEARTBEAT, **options)
+        broker = Broker(config, context=ctx, store=store)
         endpoints = broker.bind()
         thread = threading.Thread(target=broker.run, name="test-broker")
         thread.start()
@@ -423,8 +424,7 @@ def test_open_registration_first_key_owns_the_nick_across_a_restart(ctx: Context
 
     def serve() -> ServedBroker:
         store = Store(db)
-        authority = Authority({}, open_registration=True, claims=store.claims())
-        b = ServedBroker.start(ctx, store, curve=ring.server, authority=authority)
+        b = ServedBroker.start(ctx, store, curve=ring.server, open_registration=True)
         served.append(b)
         return b
 

@@ -24,11 +24,12 @@ import zmq
 
 from zchat import keys
 from zchat import protocol as p
-from zchat.broker.identity import Authority, load_allowlist
+from zchat.broker.config import DEFAULT_DB, FEED_HWM, BrokerConfig
+from zchat.broker.identity import load_allowlist
 from zchat.broker.ratelimit import DEFAULT_BURST, DEFAULT_RATE
 from zchat.broker.relay import Relay
-from zchat.broker.shell import FEED_HWM, Broker
-from zchat.broker.store import DEFAULT_HISTORY_LIMIT, Store
+from zchat.broker.shell import Broker
+from zchat.broker.store import DEFAULT_HISTORY_LIMIT
 from zchat.client.shell import Client
 from zchat.errors import LocalProtocolError, ZChatError
 from zchat.keys import CONFIG_DIR
@@ -40,7 +41,6 @@ __all__ = ["cli", "main"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
-DEFAULT_DB = str(CONFIG_DIR / "history.sqlite3")
 #: A broker's public key placed here is used when no --server-key is given.
 DEFAULT_SERVER_PUBLIC = CONFIG_DIR / "server.key"
 
@@ -281,34 +281,30 @@ def broker_cmd(
         curve = keys.load_keypair(key_file) if secure else None
         if curve is not None and not curve[1]:
             raise ZChatError(f"{key_file} holds no secret key: pass the .key_secret file")
-        allowlist = load_allowlist(allow_file) if allow_file else {}
+        config = BrokerConfig(
+            endpoints=endpoints,
+            db=None if no_store else db,
+            history_limit=history_limit,
+            feed_hwm=feed_hwm,
+            heartbeat=heartbeat,
+            rate=rate,
+            burst=burst,
+            curve=curve,
+            allowlist=load_allowlist(allow_file) if allow_file else {},
+            open_registration=open_registration,
+        )
         try:
-            store = None if no_store else Store(db, history_limit=history_limit)
+            broker = Broker(config)
         except (OSError, sqlite3.Error) as exc:
             raise ZChatError(f"cannot open the history store {db}: {exc}") from None
-        claims = store.claims() if store is not None else {}
-        authority = Authority(allowlist, open_registration=open_registration, claims=claims) if secure else None
-        try:
-            with Broker(
-                endpoints,
-                heartbeat_interval=heartbeat,
-                store=store,
-                feed_hwm=feed_hwm,
-                curve=curve,
-                authority=authority,
-                rate=rate,
-                burst=burst,
-            ) as broker:
-                if curve is not None:
-                    log.info("public key: %s (clients pass it as --server-key)", curve[0])
-                where = "none (--no-store)" if store is None else f"{db} (keeping {history_limit} events a room)"
-                log.info("history: %s; epoch %s", where, broker.core.epoch)
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, lambda *_: broker.stop())
-                broker.run()
-        finally:
-            if store is not None:
-                store.close()
+        with broker:
+            if curve is not None:
+                log.info("public key: %s (clients pass it as --server-key)", curve[0])
+            where = "none (--no-store)" if no_store else f"{db} (keeping {history_limit} events a room)"
+            log.info("history: %s; epoch %s", where, broker.core.epoch)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: broker.stop())
+            broker.run()
 
 
 @cli.command("join")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from zchat import protocol as p
+from zchat.broker.config import BrokerConfig
 from zchat.broker.core import BrokerCore, Publish
 from zchat.broker.identity import Authority
 from zchat.broker.store import Store
@@ -35,8 +36,7 @@ class Harness:
         counter = itertools.count(1)
         self.core = BrokerCore(
             T0,
-            heartbeat_interval=2.0,
-            missed_heartbeats=3,
+            BrokerConfig(heartbeat=2.0, missed_heartbeats=3),
             wallclock=lambda: WALL,
             new_token=lambda: f"token-{next(counter)}",
         )
@@ -581,9 +581,17 @@ BOB_KEY, CAROL_KEY, EVE_KEY, STRANGER_KEY = ("B" * 40, "C" * 40, "E" * 40, "S" *
 BOB_INBOX = b"@bob:" + SECRET.encode()
 
 
-def make_core(**options: Any) -> BrokerCore:
+def make_core(*, store: Store | None = None, authority: Authority | None = None, **config: Any) -> BrokerCore:
+    """A core with deterministic tokens and clock; ``config`` are BrokerConfig fields."""
     counter = itertools.count(1)
-    return BrokerCore(T0, wallclock=lambda: WALL, new_token=lambda: f"token-{next(counter)}", **options)
+    return BrokerCore(
+        T0,
+        BrokerConfig(**config),
+        wallclock=lambda: WALL,
+        new_token=lambda: f"token-{next(counter)}",
+        store=store,
+        authority=authority,
+    )
 
 
 def secure_core(**options: Any) -> BrokerCore:

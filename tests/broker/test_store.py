@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from zchat import protocol as p
+from zchat.broker.config import BrokerConfig
 from zchat.broker.core import DEDUPE_WINDOW, BrokerCore
 from zchat.broker.store import Store
 
@@ -226,7 +227,7 @@ class Broker:
         tokens = itertools.count(1)
         self.core = BrokerCore(
             1000.0,
-            heartbeat_interval=2.0,
+            BrokerConfig(heartbeat=2.0),
             store=self.store,
             wallclock=lambda: wall[0],
             new_token=lambda: f"token-{next(tokens)}",

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import msgspec
 
 from zchat import protocol as p
+from zchat.broker.config import BrokerConfig
 from zchat.broker.identity import Authority
-from zchat.broker.ratelimit import DEFAULT_BURST, DEFAULT_RATE, RateLimiter
+from zchat.broker.ratelimit import RateLimiter
 from zchat.broker.store import Store
 from zchat.errors import LocalProtocolError, RemoteProtocolError
 
@@ -33,6 +34,8 @@ log = logging.getLogger("zchat.broker.shell")
 Publish = tuple[bytes, bytes]
 
 _MAX_REASON_CHARS = 200
+#: A core with every setting at its default (what unit tests mostly want).
+DEFAULTS = BrokerConfig()
 #: How long a (sender, message id) is remembered to drop a resent duplicate, in seconds.
 DEDUPE_WINDOW = 3600.0
 
@@ -77,30 +80,29 @@ class BrokerCore:
     def __init__(
         self,
         now: float,
+        config: BrokerConfig = DEFAULTS,
         *,
-        heartbeat_interval: float = 2.0,
-        missed_heartbeats: int = 3,
         wallclock: Callable[[], float] = time.time,
         new_token: Callable[[], str] = lambda: secrets.token_urlsafe(18),
         store: Store | None = None,
         epoch: str | None = None,
         dedupe_window: float = DEDUPE_WINDOW,
         authority: Authority | None = None,
-        rate: float = DEFAULT_RATE,
-        burst: int = DEFAULT_BURST,
     ) -> None:
+        """``config`` gives the leases and the rate limit; ``store`` and ``authority`` (secure
+        mode: who may be whom) are the ones the shell opened for it."""
         self.started = now
         #: Identifies this broker run: clients tell a restart from a gap by it changing.
         self.epoch = epoch or secrets.token_hex(6)
         self._store = store
         #: Secure mode: who may use which nick (None in open mode, where anyone may be anyone).
         self._authority = authority
-        self._limiter = RateLimiter(rate, burst)
+        self._limiter = RateLimiter(config.rate, config.burst)
         #: Names the history this broker serves (the store's id; the epoch without a store).
         self.history_id = store.id if store is not None else self.epoch
         self._dedupe_window = dedupe_window
-        self.heartbeat_interval = heartbeat_interval
-        self.lease = heartbeat_interval * missed_heartbeats
+        self.heartbeat_interval = config.heartbeat
+        self.lease = config.lease
         self.counters = Counters()
         self._wallclock = wallclock
         self._new_token = new_token

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from types import TracebackType
 
 import zmq
 
 from zchat import transport
-from zchat.broker.shell import BATCH, FEED_HWM
+from zchat.broker.config import FEED_HWM
+from zchat.broker.shell import BATCH
 from zchat.protocol import HEARTBEAT_TOPIC, MAX_FRAME_BYTES
 
 __all__ = ["Relay"]
@@ -34,7 +34,7 @@ def public_topics(topic: bytes) -> list[bytes]:
     return [topic] if topic[:1] in (b"#", b"!", b"~") else []
 
 
-class Relay:
+class Relay(transport.Service):
     """Forwards an upstream feed to subscribers of its own XPUB. A context manager."""
 
     def __init__(
@@ -46,11 +46,9 @@ class Relay:
         curve: transport.Curve | None = None,
         hwm: int = FEED_HWM,
     ) -> None:
-        transport.require_libzmq()
+        super().__init__(context)
         self.upstream = upstream
         self.endpoint = bind
-        self._own_context = context is None
-        self._ctx = context or zmq.Context()
         self._curve = curve
         self._hwm = hwm
         # How many downstream subscriptions want each upstream topic: subscribe upstream on the
@@ -58,34 +56,14 @@ class Relay:
         self._wanted: Counter[bytes] = Counter()
         self.forwarded = 0
         self._waker = transport.Waker()
-        self._sockets: list[zmq.Socket[bytes]] = []
-
-    def __enter__(self) -> Relay:
-        self.bind()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def bind(self) -> str:
         """Bind the downstream XPUB and connect upstream; returns the endpoint as bound."""
-        self.down = transport.socket(
-            self._ctx, zmq.XPUB, self.endpoint, None, SNDHWM=self._hwm, XPUB_MANUAL=1, XPUB_VERBOSER=1
+        self.down = self._socket(
+            zmq.XPUB, self.endpoint, SNDHWM=self._hwm, XPUB_MANUAL=1, XPUB_VERBOSER=1, MAXMSGSIZE=MAX_FRAME_BYTES
         )
-        self._sockets.append(self.down)
-        self.down.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        try:
-            self.down.bind(self.endpoint)
-        except zmq.ZMQError as exc:
-            self.close()
-            raise zmq.ZMQError(exc.errno, f"cannot bind {self.endpoint}: {exc.strerror}") from None
-        endpoint = self.down.getsockopt(zmq.LAST_ENDPOINT)
-        assert isinstance(endpoint, bytes)
-        self.endpoint = endpoint.decode()
-        self.up = transport.socket(self._ctx, zmq.XSUB, self.upstream, self._curve, RCVHWM=self._hwm)
-        self._sockets.append(self.up)
+        self.endpoint = transport.bind(self.down, self.endpoint)
+        self.up = self._socket(zmq.XSUB, self.upstream, self._curve, RCVHWM=self._hwm)
         self.up.connect(self.upstream)
         log.info("zchat relay: %s -> %s (public topics only)", self.upstream, self.endpoint)
         return self.endpoint
@@ -95,12 +73,8 @@ class Relay:
         self._waker.wake()
 
     def close(self) -> None:
-        for sock in self._sockets:
-            sock.close()
-        self._sockets.clear()
+        super().close()
         self._waker.close()
-        if self._own_context:
-            self._ctx.term()
 
     def run(self) -> None:
         poller = zmq.Poller()

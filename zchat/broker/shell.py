@@ -12,29 +12,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from types import TracebackType
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from zchat import transport
+from zchat.broker.config import BrokerConfig
 from zchat.broker.core import BrokerCore, Publish
 from zchat.broker.identity import Authority
-from zchat.broker.ratelimit import DEFAULT_BURST, DEFAULT_RATE
 from zchat.broker.store import Store
 from zchat.protocol import MAX_FRAME_BYTES, Endpoints
 
 __all__ = ["Broker"]
 
-log = logging.getLogger("zchat.broker.shell")
+log = logging.getLogger("zchat.broker")
 
 #: Most messages taken from one socket per poll: big enough to amortise the poll, small
 #: enough that a flood on one socket cannot starve the others.
 BATCH = 1024
-#: Per-subscriber queue on the feed (messages). Past it, that subscriber (only) loses messages
-#: and repairs them from history: the broker never blocks on a slow reader (no XPUB_NODROP).
-#: 10 000 rides out a ~1 s stall at full speed at a few MB of memory per stalled subscriber.
-FEED_HWM = 10_000
 #: How long the shutdown notice may take to leave, within the 1 s exit budget.
 SHUTDOWN_LINGER_MS = 500
 #: Seconds between two heartbeats on the feed. Sent even when the feed is busy: a client whose
@@ -46,82 +41,57 @@ ZAP_DOMAIN = "zchat"
 HOUSEKEEPING_INTERVAL = 60.0
 
 
-class Broker:
-    """A zchat broker. Use as a context manager: binding happens on enter, closing on exit."""
+class Broker(transport.Service):
+    """A zchat broker as ``config`` describes it. Use as a context manager: the store opens and
+    the sockets bind on enter; everything closes on exit.
+
+    ``store`` replaces the one ``config.db`` names (tests hand in one they look into).
+    """
 
     def __init__(
         self,
-        endpoints: Endpoints,
+        config: BrokerConfig,
         *,
-        context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        heartbeat_interval: float = 2.0,
-        missed_heartbeats: int = 3,
         store: Store | None = None,
-        feed_hwm: int = FEED_HWM,
-        curve: tuple[str, str] | None = None,
-        authority: Authority | None = None,
-        rate: float = DEFAULT_RATE,
-        burst: int = DEFAULT_BURST,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``curve`` is the broker's (public, secret) z85 keypair: with it every socket runs
-        CURVE and ``authority`` says which client keys may connect and which nicks they own."""
-        transport.require_libzmq()
-        if (curve is None) != (authority is None):
-            raise ValueError("curve and authority go together")
-        self.endpoints = endpoints
+        super().__init__(context)
+        self.config = config
+        self.endpoints = config.endpoints
+        self._own_store = store is None and config.db is not None
+        if store is None and config.db is not None:
+            store = Store(config.db, history_limit=config.history_limit)
         self.store = store
-        self.feed_hwm = feed_hwm
-        self._curve = curve
-        self._authority = authority
+        self._authority: Authority | None = None
+        if config.secure:
+            claims = store.claims() if store is not None else {}
+            self._authority = Authority(config.allowlist, open_registration=config.open_registration, claims=claims)
         self._auth: ThreadAuthenticator | None = None
-        self._own_context = context is None
-        self._ctx = context or zmq.Context()
         self._clock = clock
-        self.core = BrokerCore(
-            clock(),
-            heartbeat_interval=heartbeat_interval,
-            missed_heartbeats=missed_heartbeats,
-            store=store,
-            authority=authority,
-            rate=rate,
-            burst=burst,
-        )
+        self.core = BrokerCore(clock(), config, store=store, authority=self._authority)
         # Replies wait until the batch they belong to is stored and published, so that every
         # seq a client hears of in a reply can already be fetched from history.
         self._replies: list[list[bytes]] = []
         self._next_beat = clock()
         self._waker = transport.Waker()
-        self._sockets: list[zmq.Socket[bytes]] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
-
-    def __enter__(self) -> Broker:
-        self.bind()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def bind(self) -> Endpoints:
         """Bind the three sockets; returns the endpoints as bound (``*`` ports resolved)."""
         e = self.endpoints
-        try:
-            if self._authority is not None:
-                self._start_authenticator(self._authority)
-            self.ingest = self._bind(zmq.PULL, e.ingest)
-            # XPUB_MANUAL: the broker decides what each subscriber really gets (core._vet).
-            self.feed = self._bind(zmq.XPUB, e.feed, SNDHWM=self.feed_hwm, XPUB_MANUAL=1)
-            self.rpc = self._bind(zmq.ROUTER, e.rpc)
-        except zmq.ZMQError:
-            self.close()
-            raise
-        self.endpoints = Endpoints(*(_last_endpoint(s) for s in (self.ingest, self.feed, self.rpc)))
-        e = self.endpoints
+        if self._authority is not None:
+            self._start_authenticator(self._authority)
+        self.ingest, ingest = self._bind(zmq.PULL, e.ingest)
+        # XPUB_MANUAL: the broker decides what each subscriber really gets (core._vet).
+        self.feed, feed = self._bind(zmq.XPUB, e.feed, SNDHWM=self.config.feed_hwm, XPUB_MANUAL=1)
+        self.rpc, rpc = self._bind(zmq.ROUTER, e.rpc)
+        e = self.endpoints = Endpoints(ingest, feed, rpc)
         log.info("zchat broker listening: ingest %s (PULL), feed %s (XPUB), rpc %s (ROUTER)", e.ingest, e.feed, e.rpc)
-        log.info("security: %s", "CURVE on all sockets" if self._curve else "open (no authentication, no encryption)")
+        log.info(
+            "security: %s", "CURVE on all sockets" if self.config.secure else "open (no authentication, no encryption)"
+        )
         return self.endpoints
 
     def _start_authenticator(self, authority: Authority) -> None:
@@ -136,33 +106,29 @@ class Broker:
         self._auth.start()
         self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=Keys())
 
-    def _bind(self, kind: int, endpoint: str, **options: int) -> zmq.Socket[bytes]:
-        sock = transport.socket(self._ctx, kind, endpoint, None, MAXMSGSIZE=MAX_FRAME_BYTES, **options)
-        self._sockets.append(sock)
-        if self._curve is not None:
+    def _bind(self, kind: int, endpoint: str, **options: int) -> tuple[zmq.Socket[bytes], str]:
+        """A bound socket of the broker's (CURVE server in secure mode) and where it is bound."""
+        sock = self._socket(kind, endpoint, None, MAXMSGSIZE=MAX_FRAME_BYTES, **options)
+        if self.config.curve is not None:
             sock.curve_server = True
-            sock.curve_publickey, sock.curve_secretkey = (k.encode("ascii") for k in self._curve)
+            sock.curve_publickey, sock.curve_secretkey = (k.encode("ascii") for k in self.config.curve)
             sock.zap_domain = ZAP_DOMAIN.encode()
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            raise zmq.ZMQError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from None
-        return sock
+        return sock, transport.bind(sock, endpoint)
 
     def stop(self) -> None:
         """Ask :meth:`run` to publish the shutdown notice and return. Signal- and thread-safe."""
         self._waker.wake()
 
     def close(self) -> None:
-        for sock in self._sockets:
-            sock.close()  # LINGER is 0 but for the feed after a shutdown notice
-        self._sockets.clear()
-        self._waker.close()
+        # The authenticator's thread has sockets in our context: it goes before the context.
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
-        if self._own_context:
-            self._ctx.term()
+        super().close()  # LINGER is 0 but for the feed after a shutdown notice
+        self._waker.close()
+        if self._own_store and self.store is not None:
+            self.store.close()
+            self._own_store = False
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -208,7 +174,7 @@ class Broker:
         now: float,
     ) -> list[Publish]:
         out: list[Publish] = []
-        secure = self._curve is not None
+        secure = self.config.secure
         for _ in range(BATCH):
             identity = None
             try:
@@ -272,9 +238,3 @@ def _user_id(frame: zmq.Frame) -> str | None:
 def _timeout_ms(seconds: float) -> int:
     # Wake at least once a second so lapsed leases are swept even on an idle broker.
     return 1000 if seconds >= 1 else max(0, int(seconds * 1000) + 1)
-
-
-def _last_endpoint(sock: zmq.Socket[bytes]) -> str:
-    endpoint = sock.getsockopt(zmq.LAST_ENDPOINT)
-    assert isinstance(endpoint, bytes)
-    return endpoint.decode()
