@@ -41,12 +41,20 @@ def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
 class ThreadBroker:
     """A Broker serving from a background thread of the test process. Keywords are
     :class:`BrokerConfig` fields (defaults: loopback, any port, :data:`TEST_HEARTBEAT`, an
-    in-memory store); ``store`` hands it a store of the test's own instead."""
+    in-memory store); ``store`` hands it a store of the test's own instead, ``wallclock`` the
+    time its events are stamped with."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], *, store: Store | None = None, **config: Any) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        *,
+        store: Store | None = None,
+        wallclock: Callable[[], float] = time.time,
+        **config: Any,
+    ) -> None:
         options: dict[str, Any] = {"endpoints": LOOPBACK_ANY, "heartbeat": TEST_HEARTBEAT, "db": ":memory:", **config}
         self.config = BrokerConfig(**options)
-        self.broker = Broker(self.config, context=ctx, store=store)
+        self.broker = Broker(self.config, context=ctx, store=store, wallclock=wallclock)
         assert self.broker.store is not None
         self.store = self.broker.store
         self.endpoints = self.broker.bind()

@@ -55,7 +55,9 @@ class Broker(transport.Service):
         store: Store | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` (monotonic) times leases and timers; ``wallclock`` stamps events."""
         super().__init__(context)
         self.config = config
         self.endpoints = config.endpoints
@@ -69,7 +71,7 @@ class Broker(transport.Service):
             self._authority = Authority(config.allowlist, open_registration=config.open_registration, claims=claims)
         self._auth: ThreadAuthenticator | None = None
         self._clock = clock
-        self.core = BrokerCore(clock(), config, store=store, authority=self._authority)
+        self.core = BrokerCore(clock(), config, store=store, authority=self._authority, wallclock=wallclock)
         # Replies wait until the batch they belong to is stored and published, so that every
         # seq a client hears of in a reply can already be fetched from history.
         self._replies: list[list[bytes]] = []
