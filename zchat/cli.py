@@ -129,13 +129,7 @@ def _client(nick: str | None, rooms: Iterable[str], kw: dict[str, Any], **option
     if server_key is None and DEFAULT_SERVER_PUBLIC.exists():
         server_key = str(DEFAULT_SERVER_PUBLIC)
     curve = keys.client_curve(server_key, kw.pop("key_file"))
-    # With --feed pointing at a relay, the broker's own feed (at --host/--port) carries the inbox.
-    relayed = kw["feed"] and not kw["rpc"]
-    inbox_feed = p.Endpoints.from_host_port(kw["host"], kw["port"]).feed if relayed else None
-    endpoints = _endpoints(kw)
-    return Client(
-        nick, rooms, endpoints=endpoints, timeout=kw.pop("timeout"), curve=curve, inbox_feed=inbox_feed, **options
-    )
+    return Client(nick, rooms, endpoints=_endpoints(kw), timeout=kw.pop("timeout"), curve=curve, **options)
 
 
 def _endpoints(kw: dict[str, Any]) -> p.Endpoints:

@@ -11,10 +11,9 @@ from our own caller is a :class:`LocalProtocolError`.
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
@@ -25,15 +24,23 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_ROOM",
     "HEARTBEAT_TOPIC",
-    "INBOX_SECRET_CHARS",
+    "MAX_AWAY_CHARS",
     "MAX_FRAME_BYTES",
     "MAX_HISTORY",
     "MAX_ID_CHARS",
+    "MAX_QUERY_CHARS",
+    "MAX_REASON_CHARS",
     "MAX_ROOMS",
+    "MAX_SEARCH",
+    "MAX_SEQ",
     "MAX_TEXT_BYTES",
+    "MAX_TOPIC_CHARS",
+    "MIN_ROUTE_BYTES",
     "NICK_RULE",
+    "PROTOCOL_VERSION",
     "ROOM_RULE",
     "SYSTEM_NICK",
+    "Away",
     "Endpoints",
     "Event",
     "Heartbeat",
@@ -41,12 +48,15 @@ __all__ = [
     "History",
     "Join",
     "Leave",
+    "Nick",
     "Part",
     "Post",
     "PostKind",
     "Request",
+    "Search",
     "Seqs",
     "Stats",
+    "Topic",
     "Who",
     "check_nick",
     "check_room",
@@ -55,13 +65,14 @@ __all__ = [
     "decode_post",
     "decode_reply",
     "decode_request",
+    "delivered_event",
+    "delivery",
     "encode",
     "format_ts",
-    "inbox_topic",
+    "inbox_name",
+    "is_inbox",
     "is_probe_topic",
-    "new_inbox_topic",
     "normalize_room",
-    "parse_inbox",
     "post_token",
     "probe_topic",
     "request_id",
@@ -72,17 +83,34 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5555
 DEFAULT_ROOM = "general"
 
+#: The wire protocol this module speaks. A broker refuses a ``hello`` of any other version with
+#: one clear line (code ``protocol``); a hello without the field is version 1.
+PROTOCOL_VERSION = 2
+
 #: Longest message text, in UTF-8 bytes.
 MAX_TEXT_BYTES = 4096
 #: Largest frame any broker socket accepts (libzmq ``MAXMSGSIZE``); larger ones cost the
 #: sender its connection.
 MAX_FRAME_BYTES = 64 * 1024
-#: Longest client-chosen message or request id.
+#: Longest client-chosen message or request id, and longest session token.
 MAX_ID_CHARS = 64
 #: Most rooms one session may be in.
 MAX_ROOMS = 32
 #: Most events one history request returns.
 MAX_HISTORY = 1000
+#: Most results one search returns.
+MAX_SEARCH = 100
+#: Largest ``seq``, ``after`` or post number anyone may name: beyond it a value is ``invalid``
+#: (SQLite's integers end at 2**63 - 1; JavaScript's exact ones at 2**53).
+MAX_SEQ = 2**53
+#: Longest reason (leave, part), away message, topic and search text, in characters.
+MAX_REASON_CHARS = 200
+MAX_AWAY_CHARS = 200
+MAX_TOPIC_CHARS = 400
+MAX_QUERY_CHARS = 200
+#: Shortest routing id a session's rpc connection may have (client-chosen, random): private
+#: traffic is routed to it, so it must be unguessable (see docs/protocol.md, "Your route").
+MIN_ROUTE_BYTES = 16
 
 #: Nick rule: an ASCII letter, then up to 23 letters, digits, ``_`` or ``-``. Nicks are unique
 #: case-insensitively (``Alice`` and ``alice`` are the same person) but keep their case.
@@ -130,38 +158,33 @@ def check_text(text: str) -> str:
     return text
 
 
+# --- inboxes ------------------------------------------------------------------------------
+# Private messages are stored per inbox, a stream with its own gapless seq, read like a room
+# but only by the session (secure mode: the key) it belongs to, and delivered on that session's
+# own rpc connection, never on the feed. An inbox's name starts with '@', which no room can.
+
+
+def is_inbox(name: str) -> bool:
+    return name.startswith("@")
+
+
+def inbox_name(nick: str, session_id: str | None = None) -> str:
+    """The inbox of ``nick``: ``@nick`` in secure mode, where a nick belongs to a key and its
+    messages wait for it; ``@nick~<session id>`` in open mode, where a nick belongs to nobody
+    once its session ends, so each session has an inbox of its own."""
+    name = f"@{nick.lower()}"
+    return f"{name}~{session_id}" if session_id else name
+
+
 # --- topics -------------------------------------------------------------------------------
-# ZeroMQ matches subscriptions by byte prefix. Every topic ends in ':', a character no room or
-# nick may contain, so subscribing to "#dev:" can never match "#devops:".
+# ZeroMQ matches subscriptions by byte prefix. Every topic ends in ':', a character no room may
+# contain, so subscribing to "#dev:" can never match "#devops:". The feed is public: it carries
+# rooms, the heartbeat and readiness probes, nothing addressed to one session.
 
 
 def room_topic(room: str) -> bytes:
     """Feed topic of a room's events: ``#<room>:``."""
     return f"#{room}:".encode()
-
-
-#: Length of the secret part of an inbox topic. In open mode the secret is what keeps private
-#: messages private: the broker grants an inbox subscription only with a secret of exactly this
-#: length, so no shorter prefix of someone's inbox can match it.
-INBOX_SECRET_CHARS = 24
-_INBOX_RE = re.compile(rb"@([a-z][a-z0-9_-]{0,23}):([A-Za-z0-9_-]*)")
-
-
-def inbox_topic(nick: str, secret: str = "") -> bytes:
-    """Feed topic of events addressed to one session (errors, private messages):
-    ``@<nick>:<secret>``, the nick lower-cased, the secret chosen by the client."""
-    return f"@{nick.lower()}:{secret}".encode()
-
-
-def new_inbox_topic(nick: str) -> bytes:
-    """An inbox topic with a fresh random secret."""
-    return inbox_topic(nick, secrets.token_urlsafe(INBOX_SECRET_CHARS * 3 // 4))
-
-
-def parse_inbox(topic: bytes) -> tuple[str, str] | None:
-    """``(nick, secret)`` of an inbox topic, or None if ``topic`` is not one."""
-    m = _INBOX_RE.fullmatch(topic)
-    return (m.group(1).decode(), m.group(2).decode()) if m else None
 
 
 #: The broker's liveness beacon (about once a second on an idle feed), carrying its epoch.
@@ -208,7 +231,17 @@ class Endpoints:
 
 
 # --- wire structs -------------------------------------------------------------------------
+# Every integer and string a peer sends is range-checked here, at decoding: a value out of range
+# is an "invalid" answer, never an exception further in. Names (nicks, rooms) are checked against
+# their rules by the broker, which says which rule.
 
+Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]
+Name = Annotated[str, msgspec.Meta(max_length=64)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+PostNumber = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
+#: Texts are measured in UTF-8 bytes by check_text; this bound only keeps decoding cheap.
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_BYTES)]
+Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
 
 #: The kinds of event a client may post.
 PostKind = Literal["message", "action"]
@@ -218,52 +251,60 @@ class Post(msgspec.Struct, frozen=True):
     """What a client pushes on the ingest socket: one JSON frame.
 
     Fields the broker does not know (a ``nick``, say) are ignored: the sender is whoever holds
-    ``token``.
+    ``token``. ``n`` numbers a session's posts 1, 2, 3, … with no gap: the broker accepts each
+    number once and in order, which is what makes resends safe.
     """
 
-    token: str
-    text: str
-    room: str = ""
+    token: Id
+    text: Text
+    room: Name = ""
     kind: PostKind = "message"
-    id: str | None = None
+    id: Id | None = None
+    n: PostNumber | None = None
     #: A private message: the nick it is for (``room`` is then ignored).
-    to: str | None = None
+    to: Name | None = None
 
 
 class _Req(msgspec.Struct, frozen=True, tag_field="type"):
     # `req` is echoed in the reply so a DEALER client can match replies to requests.
-    req: str | None = None
+    req: Id | None = None
 
 
 class Hello(_Req, frozen=True, tag="hello"):
-    nick: str = ""
-    rooms: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_ROOM])
-    #: The inbox topic this client subscribed to (``@<nick>:<secret>``); errors and private
-    #: messages for the session go there.
-    inbox: str | None = None
+    #: 1 when absent: a client of the first protocol, which the broker refuses by name.
+    protocol: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 1
+    nick: Name = ""
+    rooms: Annotated[list[Name], msgspec.Meta(max_length=MAX_ROOMS * 2)] = msgspec.field(
+        default_factory=lambda: [DEFAULT_ROOM]
+    )
+    #: The token of this client's previous session: continue it (no join or leave lines).
+    resume: Id | None = None
 
 
 class Heartbeat(_Req, frozen=True, tag="heartbeat"):
-    token: str = ""
+    token: Id = ""
+    #: The newest seq of its inbox this client has delivered: what it has read.
+    inbox_read: Seq | None = None
 
 
 class Leave(_Req, frozen=True, tag="leave"):
-    token: str = ""
-    reason: str = "quit"
+    token: Id = ""
+    reason: Annotated[str, msgspec.Meta(max_length=1000)] = "quit"
 
 
 class Join(_Req, frozen=True, tag="join"):
-    token: str = ""
-    room: str = ""
+    token: Id = ""
+    room: Name = ""
 
 
 class Part(_Req, frozen=True, tag="part"):
-    token: str = ""
-    room: str = ""
+    token: Id = ""
+    room: Name = ""
+    reason: Annotated[str, msgspec.Meta(max_length=1000)] = ""
 
 
 class Who(_Req, frozen=True, tag="who"):
-    room: str = DEFAULT_ROOM
+    room: Name = DEFAULT_ROOM
 
 
 class Stats(_Req, frozen=True, tag="stats"):
@@ -271,27 +312,63 @@ class Stats(_Req, frozen=True, tag="stats"):
 
 
 class History(_Req, frozen=True, tag="history"):
-    """Stored events of ``room`` with ``seq > after`` (oldest first), or its last ``limit``."""
+    """Stored events of ``room`` with ``seq > after`` (oldest first), or its last ``limit``. An
+    inbox (``@…``) is read with the token of the session it belongs to."""
 
-    room: str = DEFAULT_ROOM
-    after: int | None = None
-    limit: int = 50
+    room: Name = DEFAULT_ROOM
+    after: Seq | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_HISTORY)] = 50
+    token: Id | None = None
 
 
 class Seqs(_Req, frozen=True, tag="seqs"):
     """The newest ``seq`` of each room: how a reader without a session finds tail losses."""
 
-    rooms: list[str] = msgspec.field(default_factory=list)
+    rooms: Annotated[list[Name], msgspec.Meta(max_length=MAX_ROOMS * 2)] = msgspec.field(default_factory=list)
 
 
-Request = Hello | Heartbeat | Leave | Join | Part | Who | Stats | History | Seqs
+class Nick(_Req, frozen=True, tag="nick"):
+    """Change the session's nick."""
+
+    token: Id = ""
+    nick: Name = ""
+
+
+class Away(_Req, frozen=True, tag="away"):
+    """Set an away message (``text``), or come back (no text)."""
+
+    token: Id = ""
+    text: Annotated[str, msgspec.Meta(max_length=MAX_AWAY_CHARS)] | None = None
+
+
+class Topic(_Req, frozen=True, tag="topic"):
+    """Set a room's topic (``text``; ``""`` clears it), or with no text ask what it is."""
+
+    token: Id = ""
+    room: Name = DEFAULT_ROOM
+    text: Annotated[str, msgspec.Meta(max_length=MAX_TOPIC_CHARS)] | None = None
+
+
+class Search(_Req, frozen=True, tag="search"):
+    """Stored messages of ``room`` that contain ``text`` (all its words), newest first; with
+    ``before``, only those with a smaller seq (the next page)."""
+
+    room: Name = DEFAULT_ROOM
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_QUERY_CHARS)] = " "
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_SEARCH)] = 20
+    before: Seq | None = None
+
+
+Request = Hello | Heartbeat | Leave | Join | Part | Who | Stats | History | Seqs | Nick | Away | Topic | Search
 
 
 class Event(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One event on the feed (the JSON frame after the topic frame).
+    """One event: on the feed (the JSON frame after the topic frame), in a history reply, or
+    delivered on a session's rpc connection (``{"type": "event", "event": …}``).
 
-    ``seq`` is gapless per room and 0 for events outside any room's sequence (errors addressed
-    to one session, probe answers). ``nick`` is ``*`` for events the broker originates.
+    ``seq`` is gapless per room (and per inbox: private messages carry their inbox as ``room``)
+    and 0 for events outside any sequence (errors and notices for one session, probe answers).
+    ``nick`` is ``*`` for events the broker originates.
     """
 
     seq: int
@@ -306,6 +383,13 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     epoch: str | None = None
     dup_of: int | None = None
     to: str | None = None
+    #: The post number an error, a duplicate or an accepted message answers.
+    n: int | None = None
+    #: With ``out_of_order``, ``rate_limited`` and ``unavailable``: the post number the broker
+    #: wants next (resend from there).
+    expected: int | None = None
+    #: With a ``nick`` event: the new nick (``nick`` is the old one).
+    new_nick: str | None = None
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -346,7 +430,25 @@ def decode_event(data: bytes) -> Event:
 
 
 def decode_reply(data: bytes) -> dict[str, object]:
+    """A message from rpc: a reply (``type`` is the request's, or ``error``) or a delivery."""
     return _decode(_reply_decoder, data, "reply")
+
+
+def delivery(event: bytes) -> bytes:
+    """An event for one session, as the broker sends it on that session's rpc connection:
+    ``{"type": "event", "event": …}`` (the event's JSON is embedded as it is)."""
+    return b'{"type":"event","event":' + event + b"}"
+
+
+def delivered_event(message: dict[str, object]) -> Event | None:
+    """The event of a decoded rpc message if it is a delivery; None if it is a reply. Raises
+    RemoteProtocolError if it claims to be a delivery but holds no valid event."""
+    if message.get("type") != "event":
+        return None
+    try:
+        return msgspec.convert(message.get("event"), Event)
+    except msgspec.ValidationError as exc:
+        raise RemoteProtocolError(f"invalid delivery: {exc}") from None
 
 
 class _Salvage(msgspec.Struct):

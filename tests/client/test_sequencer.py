@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -373,14 +374,17 @@ def test_a_reset_broker_history_restarts_the_room_with_a_marker() -> None:
         assert s.offer(ev(n)) == [ev(n)]  # 14 does not release the stale 15
 
 
-def test_a_reset_keeps_held_events_the_new_history_has_reached() -> None:
+def test_a_reset_drops_everything_held_of_the_old_history() -> None:
     s = started()
     deliver_live(s, 3)
-    assert s.offer(ev(5)) == []  # the new broker's 5 came before the rejoin reply
-    out = s.start(ROOM, 1, 5, reset=True)
+    old = [msgspec.structs.replace(ev(n), text=f"OLD-{n}") for n in (5, 6)]
+    for event in old:  # came before the rejoin reply: from which broker?
+        assert s.offer(event) == []
+    out = s.start(ROOM, 1, 7, reset=True)
     assert len(out) == 1 and is_gap_marker(out[0])
-    assert s.wants() == [(ROOM, 0, 4)]
-    assert s.fill(ROOM, [ev(n) for n in range(1, 5)]) == [ev(n) for n in range(1, 6)]
+    assert s.wants() == [(ROOM, 0, 7)]  # all of it from the new history, the old 5 and 6 too
+    new = [msgspec.structs.replace(ev(n), text=f"new-{n}") for n in range(1, 8)]
+    assert s.fill(ROOM, new) == new
 
 
 def test_a_reset_with_a_backlog_restarts_at_first() -> None:
@@ -392,10 +396,11 @@ def test_a_reset_with_a_backlog_restarts_at_first() -> None:
     assert s.wants() == [(ROOM, 2, 2)]
 
 
-def test_a_reset_of_a_room_never_started_is_just_a_start() -> None:
+def test_a_reset_of_a_room_never_started_is_a_start_that_trusts_nothing_held() -> None:
     s = RoomSequencer()
     assert s.offer(ev(4)) == []
-    assert s.start(ROOM, 4, 4, reset=True) == [ev(4)]
+    assert s.start(ROOM, 4, 4, reset=True) == []
+    assert s.wants() == [(ROOM, 3, 1)]
 
 
 def test_stop_forgets_the_room() -> None:

@@ -42,6 +42,14 @@ class BrokerConfig:
     #: Messages per second one sender may sustain (0: unlimited), and its burst.
     rate: float = DEFAULT_RATE
     burst: int = DEFAULT_BURST
+    #: Hellos per second one address (open mode) or key (secure mode) may send, and the burst:
+    #: a team behind one NAT reconnecting after a broker restart is one burst.
+    hello_rate: float = 20.0
+    hello_burst: int = 256
+    #: Sessions the broker holds at once, and per address in open mode (per key in secure mode
+    #: it is a fixed 16: one person's devices and bots).
+    max_sessions: int = 10_000
+    max_sessions_per_peer: int = 512
     #: Secure mode: the broker's (public, secret) z85 CURVE keypair. None runs open.
     curve: tuple[str, str] | None = None
     #: Secure mode: which client key may use which nicks (``{key: {nick, …}}``).

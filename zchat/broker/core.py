@@ -1,15 +1,29 @@
-"""The broker's brain, sans-IO: sessions as leases, rooms and their sequences, what to publish.
+"""The broker's brain, sans-IO: sessions as leases, rooms and inboxes with their sequences, limits.
 
-:class:`BrokerCore` takes the frames the broker shell received and the current monotonic time,
-and returns what to send back: reply frames for the rpc socket and ``(topic, payload)`` pairs for
-the feed. It owns the session table (token -> nick, rooms, lease deadline), room membership,
-per-room ``seq`` counters, stamping (``seq``, ``ts``, the session's nick) and the drop counters.
-It never touches a socket, never sleeps and never reads a clock except the injected wall clock
-for timestamps, so every rule here is unit-tested without ZeroMQ.
+:class:`BrokerCore` takes the frames the broker shell received, with the monotonic time and who
+sent them (the routing id of an rpc connection, the CURVE key and address a frame carries), and
+works out what they change. Two rules shape it:
+
+- **Effects after commit.** A batch of input changes the core tentatively and stages its writes
+  in the store; :meth:`BrokerCore.finish` hands the shell a :class:`Batch` of what to send. The
+  shell commits the store, then calls :meth:`BrokerCore.keep` and sends the batch — or, if the
+  commit failed, :meth:`BrokerCore.undo`, which puts every seq, post number, session and room
+  back as it was and returns only the refusals ("unavailable, resend") to send instead. Nothing
+  is published, delivered or confirmed that the store does not hold.
+- **The feed is public; one session's traffic rides its own route.** Room events go on the feed;
+  private messages, errors and notices for one session go to the routing id of that session's
+  latest authenticated rpc message (:attr:`Session.route`), never on the feed.
+
+It owns the session table (token -> nick, rooms, inbox, lease, route, the newest post number it
+committed), nick uniqueness, room membership, per-room and per-inbox ``seq``, stamping, topics,
+away messages, and every bound a hostile client could push against (hellos, sessions, joins,
+requests, rooms, reply sizes), each with a counter in ``stats``. It never touches a socket,
+never sleeps and reads no clock but the injected wall clock for timestamps.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import secrets
@@ -23,55 +37,121 @@ from zchat import protocol as p
 from zchat.broker.config import BrokerConfig
 from zchat.broker.identity import Authority
 from zchat.broker.ratelimit import RateLimiter
-from zchat.broker.store import Store
+from zchat.broker.store import MAX_PAGE_BYTES, TOMBSTONE_SECONDS, SessionRecord, Store, TopicRecord
 from zchat.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["BrokerCore", "Publish", "Session"]
+__all__ = ["Batch", "BrokerCore", "Publish", "Session"]
 
-log = logging.getLogger("zchat.broker.shell")
+log = logging.getLogger("zchat.broker")
 
 #: A message for the feed: (topic frame, JSON frame).
 Publish = tuple[bytes, bytes]
+#: A message for one session's rpc connection: (routing id, JSON frame).
+Delivery = tuple[bytes, bytes]
 
-_MAX_REASON_CHARS = 200
 #: A core with every setting at its default (what unit tests mostly want).
 DEFAULTS = BrokerConfig()
-#: How long a (sender, message id) is remembered to drop a resent duplicate, in seconds.
-DEDUPE_WINDOW = 3600.0
+
+# --- bounds ----------------------------------------------------------------------------------
+# Each is what one peer may cost the broker; past it the peer gets a clear refusal (and the
+# broker counts it), never more memory. IRC networks allow ~1 connection a second per address
+# with small bursts (ircd-hybrid's throttle: 1 per 2 s); Matrix Synapse rate-limits logins at
+# 0.17/s with a burst of 3 per address; Slack's RTM allowed ~1 message a second per client.
+
+#: Hellos one rpc connection may send: a reconnecting client sends one per connection.
+HELLO_PER_ROUTE_RATE = 1.0
+HELLO_PER_ROUTE_BURST = 5
+#: Requests one rpc connection may send (heartbeats are 1/s; history repair comes in bursts).
+REQUESTS_PER_ROUTE_RATE = 50.0
+REQUESTS_PER_ROUTE_BURST = 200
+#: Joins, parts, nick, away and topic changes one session may make.
+MOVES_RATE = 1.0
+MOVES_BURST = 20
+#: Sessions one CURVE key may hold at once (secure mode).
+SESSIONS_PER_KEY = 16
+#: Rooms kept in memory at once (rooms with members; an empty one is forgotten, its history stays).
+MAX_ACTIVE_ROOMS = 10_000
+#: Ended sessions whose last post number is remembered (so their late resends are recognised).
+MAX_TOMBSTONES = 10_000
+#: A loop iteration this much later than the previous one means the broker itself was stalled
+#: (SIGSTOP, swap, a long GC): the loop wakes at least once a second when it is running.
+STALL_SECONDS = 1.5
+#: Inbox events a fresh client is handed unread at most (older ones stay in history).
+INBOX_BACKLOG = p.MAX_HISTORY
 
 
 @dataclass(slots=True, eq=False)
 class Session:
     token: str
     nick: str
+    #: The CURVE key it authenticated with (secure mode), or None.
+    identity: str | None
+    #: The address it connected from (open mode's bounds), or None.
+    peer: str | None
+    #: Its inbox stream: private messages to and from it, gapless, for it alone.
+    inbox: str
     rooms: set[str]
     expires: float
-    inbox: bytes = b""  # the feed topic of this session's errors and private messages
-    identity: str | None = None  # the CURVE key it authenticated with (secure mode)
+    #: The routing id of its latest authenticated rpc message: where its own traffic goes.
+    route: bytes | None = None
+    #: The newest post number (``n``) it committed: posts are accepted once, in order.
+    acked: int = 0
+    away: str | None = None
+    #: The ``expected`` number it was last told (out of order, rate limited): told once.
+    told: int = 0
+
+    def record(self, ended: float | None = None) -> SessionRecord:
+        rooms = sorted(self.rooms)
+        return SessionRecord(
+            self.token, self.nick, self.identity, self.peer, self.inbox, rooms, self.acked, self.away, ended
+        )
 
 
 @dataclass
 class Counters:
-    received: int = 0  # ingest messages that were published
+    received: int = 0  # posts accepted and published (or delivered, if private)
     rejected: int = 0  # well-formed posts refused (too long, not in room), answered by an error
     dropped_malformed: int = 0  # frames that are not zchat protocol, on any socket
     dropped_unknown_session: int = 0  # posts whose token is unknown or expired
-    duplicates: int = 0  # resent posts already published (answered on the sender's inbox)
-    rate_limited: int = 0  # posts refused because their sender exceeded its rate
-    private: int = 0  # private messages delivered
     dropped_wrong_identity: int = 0  # posts or requests with a token of another key's session
-    subscriptions_refused: int = 0  # subscriptions to topics the subscriber may not see
+    duplicates: int = 0  # resent posts already committed (answered "duplicate")
+    out_of_order: int = 0  # posts ahead of the next expected number (answered once per gap)
+    rate_limited: int = 0  # posts refused because their sender exceeded its rate
+    private: int = 0  # private messages stored and delivered
     requests: int = 0  # rpc requests answered
+    requests_limited: int = 0  # rpc requests refused: the connection asked too fast
+    hellos_limited: int = 0  # hellos refused: too many from one connection, address or key
+    sessions_refused: int = 0  # hellos refused: a cap on sessions (total, per key, per address)
+    moves_limited: int = 0  # joins, parts, nick/away/topic changes refused as too fast
+    rooms_refused: int = 0  # joins refused: too many rooms (per session, or on the broker)
+    weak_routes: int = 0  # session requests from a routing id too short or not client-chosen
     published: int = 0  # events put on the feed
+    delivered: int = 0  # events sent to one session's rpc connection
+    routes_lost: int = 0  # sends to a route whose connection is gone
+    deliveries_dropped: int = 0  # sends dropped at a route's high-water mark (repaired from history)
     joins: int = 0
     leaves: int = 0
     timeouts: int = 0
+    resumed: int = 0  # hellos that continued a session
+    stalls: int = 0  # times the broker found itself stalled and granted leases a grace
+    store_failures: int = 0  # batches whose commit failed (nothing of them was sent)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Room:
     seq: int = 0
     members: dict[str, Session] = field(default_factory=dict)  # nick.lower() -> session
+    topic: TopicRecord | None = None
+
+
+@dataclass
+class Batch:
+    """What one batch of input makes the shell send, after the store committed it."""
+
+    publish: list[Publish] = field(default_factory=list)
+    deliver: list[Delivery] = field(default_factory=list)
+    #: Whole rpc messages: [routing id, b"", JSON].
+    replies: list[list[bytes]] = field(default_factory=list)
 
 
 class BrokerCore:
@@ -86,40 +166,144 @@ class BrokerCore:
         new_token: Callable[[], str] = lambda: secrets.token_urlsafe(18),
         store: Store | None = None,
         epoch: str | None = None,
-        dedupe_window: float = DEDUPE_WINDOW,
         authority: Authority | None = None,
     ) -> None:
-        """``config`` gives the leases and the rate limit; ``store`` and ``authority`` (secure
-        mode: who may be whom) are the ones the shell opened for it."""
+        """``config`` gives the leases and limits; ``store`` and ``authority`` (secure mode: who
+        may be whom) are the ones the shell opened for it."""
         self.started = now
+        self.config = config
         #: Identifies this broker run: clients tell a restart from a gap by it changing.
         self.epoch = epoch or secrets.token_hex(6)
         self._store = store
-        #: Secure mode: who may use which nick (None in open mode, where anyone may be anyone).
         self._authority = authority
-        self._limiter = RateLimiter(config.rate, config.burst)
         #: Names the history this broker serves (the store's id; the epoch without a store).
         self.history_id = store.id if store is not None else self.epoch
-        self._dedupe_window = dedupe_window
         self.heartbeat_interval = config.heartbeat
         self.lease = config.lease
         self.counters = Counters()
         self._wallclock = wallclock
         self._new_token = new_token
+        self._posts = RateLimiter(config.rate, config.burst)
+        self._hello_routes = RateLimiter(HELLO_PER_ROUTE_RATE, HELLO_PER_ROUTE_BURST)
+        self._hello_peers = RateLimiter(config.hello_rate, config.hello_burst)
+        self._requests = RateLimiter(REQUESTS_PER_ROUTE_RATE, REQUESTS_PER_ROUTE_BURST)
+        self._moves = RateLimiter(MOVES_RATE, MOVES_BURST)
         self._sessions: dict[str, Session] = {}
         self._by_nick: dict[str, Session] = {}
+        self._per_owner: collections.Counter[str] = collections.Counter()  # key or address -> sessions
         self._rooms: dict[str, _Room] = {}
+        self._inboxes: dict[str, int] = {}  # inbox -> newest seq, for the inboxes in use
+        self._reads: dict[str, int] = {}  # inbox -> newest seq its owner has read
+        #: Ended sessions: token -> (last committed post number, wall time it ended), oldest first.
+        self._tombstones: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         # No lease can lapse before this time. Leases only ever move later, so a minimum taken
         # at the last sweep stays a safe lower bound and the hot path need not scan sessions.
         self._next_sweep = math.inf
-        # (sender, message id) -> (room, seq, wall time), oldest first.
-        self._sent: dict[tuple[str, str], tuple[str, int, float]] = {}
+        #: After a stall, no lease lapses before this time.
+        self._grace_until = now
+        self._last_begin = now
+        # The batch in progress: what it sends, and how to take it back.
+        self._batch = Batch()
+        self._signals: list[Publish] = []  # probe answers and heartbeats: sent even if the commit fails
+        self._asked: list[tuple[list[bytes], str | None]] = []  # (envelope, req id) of each reply
+        self._seq_before: dict[str, int] = {}  # stream -> its seq before the batch
+        self._acked_before: dict[Session, int] = {}
+        self._undo: list[Callable[[], object]] = []
         if store is not None:
-            # A restarted broker continues every room's seq and its dedupe window.
-            for room, seq in store.last_seqs().items():
-                self._rooms[room] = _Room(seq=seq)
-            for sender, msg_id, room, seq, at in store.sent_since(wallclock() - dedupe_window):
-                self._sent[sender, msg_id] = (room, seq, at)
+            self._restore(store, now)
+
+    def _restore(self, store: Store, now: float) -> None:
+        """A restarted broker takes back its sessions, each with a fresh lease: a client that
+        comes back within it resumes silently (no leave, no join)."""
+        for record in store.sessions():
+            if record.ended is not None:
+                self._tombstones[record.token] = (record.acked, record.ended)
+                continue
+            session = Session(
+                record.token,
+                record.nick,
+                record.identity,
+                record.peer,
+                record.inbox,
+                set(),
+                now + self.lease,
+                acked=record.acked,
+                away=record.away,
+            )
+            self._add_session(session)
+            for room in record.rooms:
+                self._room(room).members[session.nick.lower()] = session
+                session.rooms.add(room)
+        self._undo.clear()  # what was restored is the starting point, not a change to take back
+
+    # --- the batch ---------------------------------------------------------------------------
+
+    def begin(self, now: float) -> None:
+        """Start a batch at ``now``. A broker that finds itself much later than its last batch
+        was stalled, not its clients: no lease lapses for one lease more."""
+        if now - self._last_begin > STALL_SECONDS:
+            self.counters.stalls += 1
+            self._grace_until = now + self.lease
+            log.warning(
+                "the broker was stalled for %.1f s: leases get %.0f s of grace", now - self._last_begin, self.lease
+            )
+        self._last_begin = now
+
+    def finish(self) -> Batch:
+        """What the batch sends once its store writes are committed (then :meth:`keep`)."""
+        batch = self._batch
+        batch.publish[:0] = self._signals
+        return batch
+
+    def keep(self) -> None:
+        """The batch is committed: its changes stand."""
+        if self._store is not None:
+            for room in [r for r, room in self._rooms.items() if not room.members]:
+                del self._rooms[room]  # its history stays in the store, its seq comes back from it
+        self._reset()
+
+    def undo(self) -> Batch:
+        """The batch could not be stored: take every change back and return what to send
+        instead — each request answered ``unavailable``, each sender told to resend."""
+        self.counters.store_failures += 1
+        for stream, seq in self._seq_before.items():
+            if p.is_inbox(stream):
+                self._inboxes[stream] = seq
+            elif stream in self._rooms:
+                self._rooms[stream].seq = seq
+        for action in reversed(self._undo):
+            action()
+        refusals = Batch(publish=list(self._signals))
+        for session, acked in self._acked_before.items():
+            session.acked = session.told = acked
+            if session.route is not None:
+                ev = self._notice("error", "could not store this message: resend it", code="unavailable")
+                ev = msgspec.structs.replace(ev, expected=acked + 1)
+                refusals.deliver.append((session.route, p.delivery(p.encode(ev))))
+        for envelope, req_id in self._asked:
+            reason = "the broker could not store this request: try again"
+            refusals.replies.append([*envelope, p.encode(_error(req_id, "unavailable", reason))])
+        self._reset()
+        return refusals
+
+    def _reset(self) -> None:
+        self._batch = Batch()
+        self._signals = []
+        self._asked = []
+        self._seq_before = {}
+        self._acked_before = {}
+        self._undo = []
+
+    def unreachable(self, route: bytes) -> None:
+        """The shell could not send to ``route``: its connection is gone."""
+        self.counters.routes_lost += 1
+        for session in self._sessions.values():
+            if session.route == route:
+                session.route = None
+
+    def dropped(self) -> None:
+        """The shell dropped a delivery at a route's high-water mark."""
+        self.counters.deliveries_dropped += 1
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -131,22 +315,28 @@ class BrokerCore:
         return sorted((s.nick for s in r.members.values()), key=str.lower) if r else []
 
     def seq(self, room: str) -> int:
+        """The newest seq of a room or an inbox."""
+        if p.is_inbox(room):
+            return self._inbox_seq(room)
         r = self._rooms.get(room)
-        return r.seq if r else 0
+        if r is not None:
+            return r.seq
+        return self._store.last_seq(room) if self._store is not None else 0
 
     def next_expiry(self) -> float:
         """Monotonic time before which no lease can run out (``inf`` with no sessions)."""
-        return self._next_sweep
+        return max(self._next_sweep, self._grace_until) if self._sessions else math.inf
 
     # --- ingest (PULL) --------------------------------------------------------------------
 
-    def ingest(self, frames: Sequence[bytes], now: float, identity: str | None = None) -> list[Publish]:
+    def ingest(self, frames: Sequence[bytes], now: float, identity: str | None = None) -> None:
         """One message from the ingest socket: a single JSON frame holding a :class:`Post`.
 
         ``identity`` is the CURVE key the connection authenticated with (secure mode).
         """
         if len(frames) != 1:
-            return self._drop(f"ingest message with {len(frames)} frames (want 1)")
+            self._drop(f"ingest message with {len(frames)} frames (want 1)")
+            return
         try:
             post = p.decode_post(frames[0])
         except RemoteProtocolError as exc:
@@ -154,295 +344,586 @@ class BrokerCore:
             # If the wreck still names a live session, tell its owner why nothing happened.
             token, msg_id = p.post_token(frames[0])
             sender = self._sessions.get(token or "")
-            if sender is None or sender.expires <= now or sender.identity != identity:
-                return []
-            return [self._inbox_error(sender, "bad_post", str(exc), "", msg_id)]
+            if sender is not None and sender.identity == identity and not self._lapsed(sender, now):
+                self._error(sender, "bad_post", str(exc), ref=msg_id)
+            return
         session = self._sessions.get(post.token)
-        if session is None or session.expires <= now:
+        if session is None or self._lapsed(session, now):
             self.counters.dropped_unknown_session += 1
             log.debug("dropped post: unknown or expired session")
-            return []
+            return
         if session.identity != identity:
             # Someone else's token: the key decides who speaks, never the payload.
             self.counters.dropped_wrong_identity += 1
             log.debug("dropped post: token of %s used by another key", session.nick)
-            return []
-        session.expires = now + self.lease
-        # A resend of something already delivered costs nothing, so it is never limited.
-        resend = post.id is not None and (session.nick.lower(), post.id) in self._sent
-        if not resend and not self._limiter.allow(identity or session.nick.lower(), now):
+            return
+        session.expires = max(session.expires, now + self.lease)
+        if post.n is not None:
+            if post.n <= session.acked:
+                # A resend of something committed: confirm it to the sender, publish nothing.
+                self.counters.duplicates += 1
+                self._deliver(session, self._notice("duplicate", "already delivered", ref=post.id, n=post.n))
+                return
+            if post.n > session.acked + 1:
+                self.counters.out_of_order += 1
+                self._refuse(session, "out_of_order", f"post {post.n} came before post {session.acked + 1}", post)
+                return
+        if not self._posts.allow(session.identity or session.token, now):
             self.counters.rate_limited += 1
-            per_second = self._limiter.rate
+            per_second = self._posts.rate
             rate = f"at most {per_second:g} message{'' if per_second == 1 else 's'} a second"
-            why = f"slow down: {rate} (bursts of {self._limiter.burst:g}); this one was not sent"
-            return [self._inbox_error(session, "rate_limited", why, post.room, post.id)]
-        if post.to is not None:
-            return self._private(session, post)
+            self._refuse(session, "rate_limited", f"slow down: {rate} (bursts of {self._posts.burst:g})", post)
+            return
+        if post.n is not None:
+            self._acked_before.setdefault(session, session.acked)
+            session.acked = session.told = post.n
+            if self._store is not None:
+                self._store.set_acked(session.token, post.n)
         try:
-            room = post.room
-            if room not in session.rooms:  # membership first: valid names are the common case
-                p.check_room(room)
-                raise LocalProtocolError(f"you are not in room {room!r}: join it first")
-            p.check_text(post.text)
             if post.id is not None and len(post.id) > p.MAX_ID_CHARS:
                 raise LocalProtocolError(f"message id longer than {p.MAX_ID_CHARS} characters")
+            p.check_text(post.text)
+            if post.to is not None:
+                self._private(session, post)
+                return
+            if post.room not in session.rooms:  # membership first: valid names are the common case
+                p.check_room(post.room)
+                raise LocalProtocolError(f"you are not in room {post.room!r}: join it first")
         except LocalProtocolError as exc:
-            # The sender's fault, but it has a session: tell it on its inbox topic.
+            # The sender's fault, and final: the post number is used up, the sender told why.
             self.counters.rejected += 1
-            return [self._inbox_error(session, "rejected", str(exc), post.room, post.id)]
-        if post.id is None:
-            self.counters.received += 1
-            return [self._room_event(room, post.kind, session.nick, post.text)]
-        key = (session.nick.lower(), post.id)
-        if (prior := self._sent.get(key)) is not None:
-            # A resend of something already published: confirm it to the sender, publish nothing.
-            self.counters.duplicates += 1
-            prior_room, prior_seq, _ = prior
-            text = f"already delivered as #{prior_room} {prior_seq}"
-            ev = p.Event(0, self._ts(), prior_room, "duplicate", p.SYSTEM_NICK, text, id=post.id, dup_of=prior_seq)
-            return [self._publish(session.inbox, ev)]
+            self._error(session, "rejected", str(exc), room=post.room, ref=post.id, n=post.n)
+            return
         self.counters.received += 1
-        at = self._wallclock()
-        out = self._room_event(room, post.kind, session.nick, post.text, id=post.id, sent=(key[0], post.id, at))
-        self._sent[key] = (room, self.seq(room), at)
-        return [out]
+        self._room_event(post.room, post.kind, session.nick, post.text, id=post.id, n=post.n)
+
+    def _refuse(self, session: Session, code: str, why: str, post: p.Post) -> None:
+        """A post that may be sent again: say from which number, once per gap."""
+        expected = session.acked + 1
+        if post.n is not None and session.told == expected:
+            return  # told already; the sender is resending from there
+        session.told = expected
+        ev = self._notice("error", f"{why}; not sent", ref=post.id, n=post.n, code=code)
+        self._deliver(session, msgspec.structs.replace(ev, expected=expected if post.n is not None else None))
+
+    def _private(self, session: Session, post: p.Post) -> None:
+        """A message for one nick: stored in its inbox and the sender's, delivered on their own
+        connections, never on the feed."""
+        assert post.to is not None
+        to = p.check_nick(post.to)
+        recipient = self._by_nick.get(to.lower())
+        owner = self._authority.owner(to) if self._authority is not None else None
+        if recipient is None and (owner is None or self._store is None):
+            raise LocalProtocolError(f"no one called {to!r} is here")
+        inbox = recipient.inbox if recipient is not None else p.inbox_name(to)
+        name = recipient.nick if recipient is not None else to
+        self.counters.private += 1
+        ev = self._stream_event(inbox, session.nick, post.text, id=post.id, n=post.n, to=name)
+        if recipient is not None:
+            self._deliver(recipient, ev)
+        if recipient is not session:  # the sender's copy, in its own inbox
+            copy = self._stream_event(session.inbox, session.nick, post.text, id=post.id, n=post.n, to=name)
+            self._deliver(session, copy)
+        if recipient is None:
+            notice = self._notice("system", f"{name} is offline: the message waits for them", code="offline")
+            self._deliver(session, notice)
+        elif recipient.away is not None:
+            self._deliver(session, self._notice("system", f"{name} is away: {recipient.away}", code="away"))
 
     # --- subscriptions (XPUB) -------------------------------------------------------------
 
-    def subscription(self, msg: bytes, identity: str | None = None) -> tuple[list[bytes], list[Publish]]:
-        """A (un)subscription message from the feed, vetted (the feed runs ``XPUB_MANUAL``).
-
-        Returns the topics to (un)subscribe that subscriber to — what it may see of what it
-        asked for — and events: a probe topic is answered at once with ``ready``.
-        """
+    def subscription(self, msg: bytes) -> None:
+        """A message from the feed socket: a subscription (libzmq applies it itself; a probe
+        is answered with ``ready``) or anything else a peer sent, which is dropped."""
         if not msg or msg[0] not in (0, 1):
-            self._drop("malformed subscription message")
-            return [], []
-        topic = msg[1:]
-        granted = self._vet(topic, identity)
-        if not granted and msg[0] == 1:
-            self.counters.subscriptions_refused += 1
-            log.debug("refused subscription to %r", topic[:80])
-        if msg[0] == 1 and p.is_probe_topic(topic):
+            self._drop("a feed peer sent a message that is not a subscription")
+        elif msg[0] == 1 and p.is_probe_topic(msg[1:]):
             ev = p.Event(0, self._ts(), "", "ready", p.SYSTEM_NICK, "subscriptions are live")
-            return granted, [self._publish(topic, ev)]
-        return granted, []
-
-    def _vet(self, topic: bytes, identity: str | None) -> list[bytes]:
-        """The topics a subscription to ``topic`` may really get.
-
-        Rooms, heartbeats and probes are public. An inbox needs its full secret — or, in secure
-        mode, to be the subscriber's own, and then any prefix of it maps to all of it. So the
-        empty subscription and ``@``, ``@b``… never reach another nick's private messages.
-        """
-        own = [p.inbox_topic(n) for n in self._authority.nicks(identity)] if self._authority and identity else []
-        if topic == b"":
-            return [b"#", p.HEARTBEAT_TOPIC, *own]
-        if topic[:1] in (b"#", b"!", b"~"):
-            return [topic]
-        if topic[:1] != b"@":
-            return []
-        mine = [t if t.startswith(topic) else topic for t in own if t.startswith(topic) or topic.startswith(t)]
-        if mine:
-            return mine
-        parsed = p.parse_inbox(topic)
-        if parsed is None or len(parsed[1]) != p.INBOX_SECRET_CHARS:
-            return []
-        # In secure mode even a known secret is no key: another key's nick is never granted.
-        if self._authority is not None and self._authority.owner(parsed[0]) not in (None, identity):
-            return []
-        return [topic]
+            self._signals.append((msg[1:], p.encode(ev)))
 
     # --- rpc (ROUTER) -----------------------------------------------------------------------
 
     def request(
-        self, frames: Sequence[bytes], now: float, identity: str | None = None
-    ) -> tuple[list[bytes] | None, list[Publish]]:
-        """One message from the rpc socket: ``[identity…, b"", json]``.
-
-        Returns the reply frames (``None`` when the message cannot be addressed) and events.
-        """
-        if len(frames) < 3 or frames[-2] != b"":
-            self._drop(f"rpc message without an envelope ({len(frames)} frames)")
-            return None, []
-        envelope = list(frames[:-1])
+        self, frames: Sequence[bytes], now: float, identity: str | None = None, peer: str | None = None
+    ) -> None:
+        """One message from the rpc socket: ``[routing id, b"", json]``. ``identity`` is the
+        CURVE key of the connection (secure mode), ``peer`` its address."""
+        if len(frames) != 3 or frames[1] != b"":
+            self._drop(f"rpc message that is not [routing id, empty, request] ({len(frames)} frames)")
+            return
+        route, envelope = frames[0], [frames[0], b""]
         try:
             req = p.decode_request(frames[-1])
         except RemoteProtocolError as exc:
             self._drop(str(exc))
-            return [*envelope, p.encode(_error(p.request_id(frames[-1]), "bad_request", str(exc)))], []
+            self._reply(envelope, p.request_id(frames[-1]), _error(p.request_id(frames[-1]), "invalid", str(exc)))
+            return
+        if not self._requests.allow(route, now):
+            self.counters.requests_limited += 1
+            self._reply(envelope, req.req, _error(req.req, "rate_limited", "too many requests: slow down"))
+            return
         self.counters.requests += 1
-        # A lapsed lease must not keep a nick taken, so sweep before any hello.
-        lapsed = self.expire(now) if isinstance(req, p.Hello) else []
         try:
-            reply, events = self._dispatch(req, now, identity)
+            reply = self._dispatch(req, now, route, identity, peer)
         except LocalProtocolError as exc:
-            code = getattr(exc, "code", "invalid")
-            reply, events = _error(req.req, code, str(exc)), []
-        return [*envelope, p.encode(reply)], lapsed + events
+            reply = _error(req.req, getattr(exc, "code", "invalid"), str(exc))
+        self._reply(envelope, req.req, reply)
 
-    def _dispatch(self, req: p.Request, now: float, identity: str | None) -> tuple[dict[str, object], list[Publish]]:
+    def _reply(self, envelope: list[bytes], req_id: str | None, reply: dict[str, object]) -> None:
+        self._asked.append((envelope, req_id))
+        self._batch.replies.append([*envelope, p.encode(reply)])
+
+    def _dispatch(
+        self, req: p.Request, now: float, route: bytes, identity: str | None, peer: str | None
+    ) -> dict[str, object]:
         if isinstance(req, p.Hello):
-            return self._hello(req, now, identity)
+            return self._hello(req, now, route, identity, peer)
         if isinstance(req, p.Who):
-            room = p.check_room(req.room)
-            return _ok(req, room=room, nicks=self.members(room)), []
+            return self._who(req)
         if isinstance(req, p.Stats):
-            return _ok(req, **self.stats(now)), []
+            return _ok(req, **self.stats(now))
         if isinstance(req, p.History):
-            return self._history(req), []
+            return self._history(req, now, route, identity)
         if isinstance(req, p.Seqs):
-            seqs = {room: self.seq(p.check_room(room)) for room in req.rooms[: p.MAX_ROOMS]}
-            return _ok(req, seqs=seqs, history=self.history_id), []
-        session = self._live(req.token, now, identity)
-        session.expires = now + self.lease
+            return _ok(
+                req, seqs={r: self.seq(p.check_room(r)) for r in req.rooms[: p.MAX_ROOMS]}, history=self.history_id
+            )
+        if isinstance(req, p.Search):
+            return self._search(req)
+        session = self._live(req.token, now, route, identity)
         if isinstance(req, p.Heartbeat):
-            # The rooms' newest seqs let the client notice messages it lost at the very end.
-            return _ok(req, seqs={room: self.seq(room) for room in sorted(session.rooms)}), []
+            return self._heartbeat(req, session)
+        if isinstance(req, p.Leave):
+            self._end(session, "quit", req.reason[: p.MAX_REASON_CHARS])
+            return _ok(req)
+        if isinstance(req, p.Topic) and req.text is None:
+            topic = self._topic_of(p.check_room(req.room))
+            return _ok(req, room=req.room, topic=topic.text if topic else None, by=topic.nick if topic else None)
+        if not self._moves.allow(session.token, now):
+            self.counters.moves_limited += 1
+            raise _Code("rate_limited", "too many changes at once: slow down")
         if isinstance(req, p.Join):
-            room = p.check_room(req.room)
-            if room in session.rooms:
-                return _ok(req, room=room, seq=self.seq(room)), []
-            if len(session.rooms) >= p.MAX_ROOMS:
-                raise _Code("too_many_rooms", f"at most {p.MAX_ROOMS} rooms per session")
-            ev = self._join(session, room)
-            return _ok(req, room=room, seq=self.seq(room)), [ev]
+            return self._join_request(req, session)
         if isinstance(req, p.Part):
             room = p.check_room(req.room)
             if room not in session.rooms:
                 raise _Code("not_in_room", f"you are not in room {room!r}")
-            return _ok(req, room=room), [self._part(session, room, "part", f"{session.nick} left (part)")]
-        assert isinstance(req, p.Leave)
-        return _ok(req), self._end(session, "quit", req.reason[:_MAX_REASON_CHARS])
+            reason = req.reason[: p.MAX_REASON_CHARS]
+            self._part(session, room, "part", f"{session.nick} left ({'part: ' + reason if reason else 'part'})")
+            self._save(session)
+            return _ok(req, room=room)
+        if isinstance(req, p.Nick):
+            return self._nick(req, session)
+        if isinstance(req, p.Away):
+            return self._away(req, session)
+        assert isinstance(req, p.Topic)
+        return self._set_topic(req, session)
 
-    def _live(self, token: str, now: float, identity: str | None) -> Session:
+    def _live(self, token: str, now: float, route: bytes, identity: str | None) -> Session:
+        """The session ``token`` names, if it lives and this connection may act for it; its
+        lease is renewed and its traffic now goes to ``route``."""
         session = self._sessions.get(token)
         if session is not None and session.identity != identity:
             self.counters.dropped_wrong_identity += 1
             session = None
-        if session is None or session.expires <= now:
+        if session is None or self._lapsed(session, now):
             raise _Code("unknown_session", "unknown or expired session: say hello again")
+        _check_route(route, self.counters)
+        session.expires = max(session.expires, now + self.lease)
+        session.route = route
         return session
 
-    def _hello(self, req: p.Hello, now: float, identity: str | None) -> tuple[dict[str, object], list[Publish]]:
+    def _lapsed(self, session: Session, now: float) -> bool:
+        return session.expires <= now and now >= self._grace_until
+
+    # --- hello ------------------------------------------------------------------------------
+
+    def _hello(
+        self, req: p.Hello, now: float, route: bytes, identity: str | None, peer: str | None
+    ) -> dict[str, object]:
+        if req.protocol != p.PROTOCOL_VERSION:
+            versions = f"this broker speaks zchat protocol {p.PROTOCOL_VERSION}, the client {req.protocol}"
+            raise _Code("protocol", f"{versions}: upgrade the client")
+        _check_route(route, self.counters)
+        if self._authority is not None and identity is None:
+            raise _Code("unauthenticated", "this broker needs CURVE authentication")
+        owner = identity or peer or ""
+        if not self._hello_routes.allow(route, now) or not self._hello_peers.allow(owner, now):
+            self.counters.hellos_limited += 1
+            raise _Code("rate_limited", "too many hellos: wait a few seconds")
         nick = p.check_nick(req.nick)
-        rooms = list(dict.fromkeys(p.check_room(r) for r in req.rooms))
+        rooms = list(dict.fromkeys(p.check_room(p.normalize_room(r)) for r in req.rooms))
         if len(rooms) > p.MAX_ROOMS:
             raise _Code("too_many_rooms", f"at most {p.MAX_ROOMS} rooms per session")
-        inbox = p.inbox_topic(nick) if req.inbox is None else req.inbox.encode()
-        parsed = p.parse_inbox(inbox)
-        short = parsed is not None and req.inbox is not None and len(parsed[1]) != p.INBOX_SECRET_CHARS
-        if parsed is None or parsed[0] != nick.lower() or (short and self._authority is None):
-            # In open mode the feed grants no inbox without a full secret: say so now, not never.
-            raise _Code(
-                "bad_inbox", f"inbox must be '@{nick.lower()}:' and a secret of {p.INBOX_SECRET_CHARS} characters"
-            )
+        prior = self._sessions.get(req.resume or "")
+        if prior is not None and prior.identity == identity and prior.nick.lower() == nick.lower():
+            return self._resume(req, prior, rooms, now, route)
+        prior_acked = self._tombstones.get(req.resume or "", (None, 0.0))[0]
+        session = self._new_session(nick, rooms, now, route=route, identity=identity, peer=peer, owner=owner)
+        return self._welcome(req, session, resumed=False, prior_acked=prior_acked)
+
+    def _resume(self, req: p.Hello, session: Session, rooms: list[str], now: float, route: bytes) -> dict[str, object]:
+        """The same client again (a new connection, or a restarted broker): the session goes on,
+        with no leave or join — only rooms the client no longer lists are left, new ones joined."""
+        self.counters.resumed += 1
+        session.expires = max(session.expires, now + self.lease)
+        session.route = route
+        for room in sorted(session.rooms - set(rooms)):
+            self._part(session, room, "part", f"{session.nick} left (part)")
+        for room in rooms:
+            if room not in session.rooms:
+                self._join(session, room)
+        self._save(session)
+        log.debug("%s resumed", session.nick)
+        return self._welcome(req, session, resumed=True)
+
+    def _new_session(
+        self,
+        nick: str,
+        rooms: list[str],
+        now: float,
+        *,
+        route: bytes,
+        identity: str | None,
+        peer: str | None,
+        owner: str,
+    ) -> Session:
         if nick.lower() in self._by_nick:
             raise _Code("nick_taken", f"nick {nick!r} is in use by a live session")
         if self._authority is not None:
-            if identity is None:
-                raise _Code("unauthenticated", "this broker needs CURVE authentication")
-            try:
-                claimed = self._authority.check(identity, nick)
-            except LocalProtocolError as exc:
-                raise _Code("nick_not_allowed", str(exc)) from None
-            if claimed and self._store is not None:
-                self._store.claim(nick.lower(), identity)
-        session = Session(self._new_token(), nick, set(), now + self.lease, inbox, identity)
-        self._sessions[session.token] = session
-        self._by_nick[nick.lower()] = session
-        self._next_sweep = min(self._next_sweep, session.expires)
+            assert identity is not None
+            self._claim(identity, nick)
+        cap = SESSIONS_PER_KEY if identity is not None else self.config.max_sessions_per_peer
+        if len(self._sessions) >= self.config.max_sessions or self._per_owner[owner] >= cap:
+            self.counters.sessions_refused += 1
+            raise _Code("too_many_sessions", "too many sessions: close one first")
+        session_id = None if self._authority is not None else secrets.token_urlsafe(9)
+        inbox = p.inbox_name(nick, session_id)
+        session = Session(self._new_token(), nick, identity, peer, inbox, set(), now + self.lease, route)
+        self._add_session(session)
         self.counters.joins += 1
         log.info("%s joined %s", nick, ", ".join(rooms) or "(no rooms)")
-        events = [self._join(session, room) for room in rooms]
-        reply = _ok(
+        for room in rooms:
+            self._join(session, room)
+        self._save(session)
+        return session
+
+    def _claim(self, identity: str, nick: str) -> None:
+        """Secure mode: may this key use this nick? (A first claim is recorded.)"""
+        assert self._authority is not None
+        try:
+            claimed = self._authority.check(identity, nick)
+        except LocalProtocolError as exc:
+            raise _Code("nick_not_allowed", str(exc)) from None
+        if claimed:
+            self._undo.append(lambda: self._authority.unclaim(nick) if self._authority else None)
+            if self._store is not None:
+                self._store.claim(nick.lower(), identity)
+
+    def _welcome(
+        self, req: p.Hello, session: Session, *, resumed: bool, prior_acked: int | None = None
+    ) -> dict[str, object]:
+        rooms = sorted(session.rooms)
+        topics = {room: t.text for room in rooms if (t := self._topic_of(room)) is not None}
+        return _ok(
             req,
+            protocol=p.PROTOCOL_VERSION,
             token=session.token,
-            nick=nick,
+            nick=session.nick,
+            resumed=resumed,
             rooms={room: self.seq(room) for room in rooms},
+            topics=topics,
+            inbox=self._inbox_state(session),
+            acked=session.acked,
+            prior_acked=prior_acked,
             epoch=self.epoch,
             history=self.history_id,
             heartbeat_ms=round(self.heartbeat_interval * 1000),
             lease_ms=round(self.lease * 1000),
             max_text_bytes=p.MAX_TEXT_BYTES,
-            inbox=inbox.decode(),
+            rate=self._posts.rate,
+            burst=int(self._posts.burst),
         )
-        return reply, events
 
-    def _history(self, req: p.History) -> dict[str, object]:
+    def _inbox_state(self, session: Session) -> dict[str, object]:
+        return {"name": session.inbox, "seq": self._inbox_seq(session.inbox), "read": self._read(session.inbox)}
+
+    # --- session requests ---------------------------------------------------------------------
+
+    def _heartbeat(self, req: p.Heartbeat, session: Session) -> dict[str, object]:
+        if req.inbox_read is not None and req.inbox_read > self._read(session.inbox):
+            read = min(req.inbox_read, self._inbox_seq(session.inbox))
+            self._reads[session.inbox] = read
+            if self._store is not None:
+                self._store.set_read(session.inbox, read)
+        # The newest seqs let the client notice what it lost at the very end; ``acked`` confirms
+        # its posts even if it missed them on the feed.
+        seqs = {room: self.seq(room) for room in sorted(session.rooms)}
+        seqs[session.inbox] = self._inbox_seq(session.inbox)
+        return _ok(req, seqs=seqs, acked=session.acked)
+
+    def _join_request(self, req: p.Join, session: Session) -> dict[str, object]:
+        room = p.check_room(p.normalize_room(req.room))
+        if room not in session.rooms:
+            if len(session.rooms) >= p.MAX_ROOMS:
+                self.counters.rooms_refused += 1
+                raise _Code("too_many_rooms", f"at most {p.MAX_ROOMS} rooms per session")
+            self._join(session, room)
+            self._save(session)
+        topic = self._topic_of(room)
+        return _ok(req, room=room, seq=self.seq(room), topic=topic.text if topic else None)
+
+    def _nick(self, req: p.Nick, session: Session) -> dict[str, object]:
+        new = p.check_nick(req.nick)
+        old = session.nick
+        if new == old:
+            raise _Code("no_change", f"you are {old} already")
+        holder = self._by_nick.get(new.lower())
+        if holder is not None and holder is not session:
+            raise _Code("nick_taken", f"nick {new!r} is in use by a live session")
+        if self._authority is not None and new.lower() != old.lower():
+            assert session.identity is not None
+            self._claim(session.identity, new)
+        old_inbox = session.inbox
+        self._rename(session, new, p.inbox_name(new) if self._authority is not None else old_inbox)
+        self._undo.append(lambda: self._rename(session, old, old_inbox))
+        for room in sorted(session.rooms):
+            self._room_event(room, "nick", old, f"{old} is now known as {new}", new_nick=new)
+        self._save(session)
+        log.info("%s is now known as %s", old, new)
+        return _ok(req, nick=new, inbox=self._inbox_state(session))
+
+    def _rename(self, session: Session, nick: str, inbox: str) -> None:
+        self._by_nick.pop(session.nick.lower(), None)
+        for room in session.rooms:
+            members = self._room(room).members
+            members.pop(session.nick.lower(), None)
+            members[nick.lower()] = session
+        session.nick, session.inbox = nick, inbox
+        self._by_nick[nick.lower()] = session
+
+    def _away(self, req: p.Away, session: Session) -> dict[str, object]:
+        before = session.away
+        session.away = req.text.strip() or None if req.text is not None else None
+        self._undo.append(lambda: setattr(session, "away", before))
+        self._save(session)
+        return _ok(req, away=session.away)
+
+    def _set_topic(self, req: p.Topic, session: Session) -> dict[str, object]:
         room = p.check_room(req.room)
-        limit = max(1, min(req.limit, p.MAX_HISTORY))
+        if room not in session.rooms:
+            raise _Code("not_in_room", f"you are not in room {room!r}: join it first")
+        assert req.text is not None
+        text = req.text.strip()
+        r = self._room(room)
+        before = r.topic
+        r.topic = TopicRecord(text, session.nick, self._ts()) if text else None
+        self._undo.append(lambda: setattr(r, "topic", before))
+        if self._store is not None:
+            self._store.set_topic(room, r.topic)
+        said = f"{session.nick} set the topic: {text}" if text else f"{session.nick} cleared the topic"
+        self._room_event(room, "topic", session.nick, text or said, reason=None if text else "cleared")
+        return _ok(req, room=room, topic=text or None)
+
+    # --- questions anyone may ask -----------------------------------------------------------------
+
+    def _who(self, req: p.Who) -> dict[str, object]:
+        room = p.check_room(p.normalize_room(req.room))
+        r = self._rooms.get(room)
+        members = list(r.members.values()) if r else []
+        topic = self._topic_of(room)
+        return _ok(
+            req,
+            room=room,
+            nicks=self.members(room),
+            away={s.nick: s.away for s in members if s.away is not None},
+            topic=topic.text if topic else None,
+            exists=r is not None or self.seq(room) > 0,
+        )
+
+    def _history(self, req: p.History, now: float, route: bytes, identity: str | None) -> dict[str, object]:
+        if p.is_inbox(req.room):
+            session = self._live(req.token or "", now, route, identity)
+            if req.room != session.inbox:
+                raise _Code("not_yours", "that inbox is not yours")
+            room = req.room
+        else:
+            room = p.check_room(req.room)
         last = self.seq(room)
-        after = max(0, last - limit) if req.after is None else max(0, req.after)
-        stored = self._store.range(room, after, limit) if self._store is not None else []
-        first = self._store.first_seq(room) if self._store is not None else 0
+        if self._store is None:
+            return _ok(req, room=room, history=self.history_id, first=0, last=last, upto=last, more=False, events=[])
+        page = self._store.page(room, req.after, req.limit, MAX_PAGE_BYTES)
         # Stored events are already JSON: embed them as they are, without a decode/encode trip.
-        return _ok(req, room=room, first=first, last=last, events=[msgspec.Raw(e) for e in stored])
+        return _ok(
+            req,
+            room=room,
+            history=self.history_id,
+            first=self._store.first_seq(room),
+            last=last,
+            upto=page.upto,
+            more=page.more,
+            events=[msgspec.Raw(e) for e in page.events],
+        )
+
+    def _search(self, req: p.Search) -> dict[str, object]:
+        room = p.check_room(p.normalize_room(req.room))
+        found = self._store.search(room, req.text, req.limit, req.before) if self._store is not None else []
+        return _ok(
+            req,
+            room=room,
+            history=self.history_id,
+            more=len(found) == req.limit,
+            events=[msgspec.Raw(e) for e in found],
+        )
 
     # --- leases, heartbeats, housekeeping, shutdown -------------------------------------------------
 
-    def heartbeat(self) -> Publish:
+    def heartbeat(self) -> None:
         """The feed's liveness beacon, with this run's epoch."""
         ev = p.Event(0, self._ts(), "", "heartbeat", p.SYSTEM_NICK, "", epoch=self.epoch)
-        return self._publish(p.HEARTBEAT_TOPIC, ev)
+        self._signals.append((p.HEARTBEAT_TOPIC, p.encode(ev)))
 
-    def housekeeping(self) -> None:
-        """Forget dedupe records older than the window (call now and then, not per message)."""
-        horizon = self._wallclock() - self._dedupe_window
-        while self._sent:
-            key, (_, _, at) = next(iter(self._sent.items()))
-            if at >= horizon:
-                break
-            del self._sent[key]
+    def housekeeping(self, now: float) -> None:
+        """Now and then, not per message: forget old tombstones and unused inbox counters."""
+        horizon = self._wallclock() - TOMBSTONE_SECONDS
+        while self._tombstones and next(iter(self._tombstones.values()))[1] < horizon:
+            self._tombstones.popitem(last=False)
+        live = {s.inbox for s in self._sessions.values()}
+        for inbox in [i for i in self._inboxes if i not in live]:
+            del self._inboxes[inbox]
+        for inbox in [i for i in self._reads if i not in live]:
+            del self._reads[inbox]
 
-    def expire(self, now: float) -> list[Publish]:
-        """End every session whose lease ran out before ``now``."""
-        if now < self._next_sweep:
-            return []
-        lapsed = [s for s in self._sessions.values() if s.expires <= now]
-        events: list[Publish] = []
-        for session in lapsed:
+    def expire(self, now: float) -> None:
+        """End every session whose lease ran out before ``now`` (never during a grace)."""
+        if now < self._next_sweep or now < self._grace_until:
+            return
+        for session in [s for s in self._sessions.values() if s.expires <= now]:
             self.counters.timeouts += 1
-            events += self._end(session, "timed out", "")
+            self._end(session, "timed out", "")
         self._next_sweep = min((s.expires for s in self._sessions.values()), default=math.inf)
-        return events
 
-    def shutdown(self) -> list[Publish]:
-        """The notice every room gets when the broker stops."""
+    def shutdown(self) -> None:
+        """The notice every room with members gets when the broker stops."""
         text = "the broker is shutting down"
-        return [self._room_event(room, "system", p.SYSTEM_NICK, text, reason="shutdown") for room in self._rooms]
+        for room in [r for r, room in self._rooms.items() if room.members]:
+            self._room_event(room, "system", p.SYSTEM_NICK, text, reason="shutdown")
 
     def stats(self, now: float) -> dict[str, object]:
         return {
             "uptime_s": round(now - self.started, 3),
             "sessions": len(self._sessions),
             "rooms": len(self._rooms),
+            "tombstones": len(self._tombstones),
             "store_bytes": self._store.size() if self._store is not None else 0,
+            "wal_bytes": self._store.wal_size() if self._store is not None else 0,
             "epoch": self.epoch,
             "secure": self._authority is not None,
             **vars(self.counters),
         }
 
-    # --- internals ----------------------------------------------------------------------------
+    # --- sessions and rooms -------------------------------------------------------------------
 
-    def _join(self, session: Session, room: str) -> Publish:
-        session.rooms.add(room)
-        self._rooms.setdefault(room, _Room()).members[session.nick.lower()] = session
-        return self._room_event(room, "join", session.nick, f"{session.nick} joined")
+    def _add_session(self, session: Session) -> None:
+        self._sessions[session.token] = session
+        self._by_nick[session.nick.lower()] = session
+        owner = session.identity or session.peer or ""
+        self._per_owner[owner] += 1
+        self._next_sweep = min(self._next_sweep, session.expires)
+        self._undo.append(lambda: self._remove_session(session))
 
-    def _part(self, session: Session, room: str, reason: str, text: str) -> Publish:
-        session.rooms.discard(room)
-        self._rooms[room].members.pop(session.nick.lower(), None)
-        return self._room_event(room, "leave", session.nick, text, reason=reason)
-
-    def _end(self, session: Session, reason: str, message: str) -> list[Publish]:
+    def _remove_session(self, session: Session) -> None:
         del self._sessions[session.token]
-        del self._by_nick[session.nick.lower()]
+        if self._by_nick.get(session.nick.lower()) is session:
+            del self._by_nick[session.nick.lower()]
+        owner = session.identity or session.peer or ""
+        self._per_owner[owner] -= 1
+        if self._per_owner[owner] <= 0:
+            del self._per_owner[owner]
+
+    def _end(self, session: Session, reason: str, message: str) -> None:
+        self._remove_session(session)
+        self._undo.append(lambda: self._restore_session(session))
         self.counters.leaves += 1
         log.info("%s left (%s)", session.nick, reason)
         detail = f"{reason}: {message}" if message and message != reason else reason
-        text = f"{session.nick} left ({detail})"
-        return [self._part(session, room, reason, text) for room in sorted(session.rooms)]
+        for room in sorted(session.rooms):
+            self._part(session, room, reason, f"{session.nick} left ({detail})")
+        ended = self._wallclock()
+        self._tombstones[session.token] = (session.acked, ended)
+        while len(self._tombstones) > MAX_TOMBSTONES:
+            self._tombstones.popitem(last=False)
+        if self._store is not None:
+            self._store.save_session(session.record(ended))
+
+    def _restore_session(self, session: Session) -> None:
+        self._tombstones.pop(session.token, None)
+        self._sessions[session.token] = session
+        self._by_nick[session.nick.lower()] = session
+        self._per_owner[session.identity or session.peer or ""] += 1
+
+    def _save(self, session: Session) -> None:
+        if self._store is not None:
+            self._store.save_session(session.record())
+
+    def _room(self, name: str) -> _Room:
+        """The room ``name`` in memory, brought back from the store if it was forgotten."""
+        room = self._rooms.get(name)
+        if room is None:
+            if len(self._rooms) >= MAX_ACTIVE_ROOMS:
+                self.counters.rooms_refused += 1
+                raise _Code("too_many_rooms", "the broker has too many rooms in use: try again later")
+            stored = self._store
+            room = _Room(seq=stored.last_seq(name), topic=stored.topic(name)) if stored else _Room()
+            self._rooms[name] = room
+            self._undo.append(lambda: self._rooms.pop(name, None))
+        return room
+
+    def _topic_of(self, room: str) -> TopicRecord | None:
+        r = self._rooms.get(room)
+        if r is not None:
+            return r.topic
+        return self._store.topic(room) if self._store is not None else None
+
+    def _join(self, session: Session, room: str) -> None:
+        r = self._room(room)
+        key = session.nick.lower()
+        session.rooms.add(room)
+        r.members[key] = session
+
+        def undo() -> None:
+            session.rooms.discard(room)
+            r.members.pop(key, None)
+
+        self._undo.append(undo)
+        self._room_event(room, "join", session.nick, f"{session.nick} joined")
+
+    def _part(self, session: Session, room: str, reason: str, text: str) -> None:
+        r = self._room(room)
+        key = session.nick.lower()
+        session.rooms.discard(room)
+        r.members.pop(key, None)
+
+        def undo() -> None:
+            session.rooms.add(room)
+            r.members[key] = session
+
+        self._undo.append(undo)
+        self._room_event(room, "leave", session.nick, text, reason=reason)
+
+    def _inbox_seq(self, inbox: str) -> int:
+        seq = self._inboxes.get(inbox)
+        if seq is None:
+            seq = self._inboxes[inbox] = self._store.last_seq(inbox) if self._store is not None else 0
+        return seq
+
+    def _read(self, inbox: str) -> int:
+        read = self._reads.get(inbox)
+        if read is None:
+            read = self._reads[inbox] = self._store.read(inbox) if self._store is not None else 0
+        return read
+
+    # --- events -----------------------------------------------------------------------------------
 
     def _room_event(
         self,
@@ -452,60 +933,60 @@ class BrokerCore:
         text: str,
         *,
         id: str | None = None,
+        n: int | None = None,
         reason: str | None = None,
-        sent: tuple[str, str, float] | None = None,
-    ) -> Publish:
-        r = self._rooms.setdefault(room, _Room())
+        new_nick: str | None = None,
+    ) -> None:
+        """Stamp, stage and publish one event of a room."""
+        r = self._room(room)
+        self._seq_before.setdefault(room, r.seq)
         r.seq += 1
-        ev = p.Event(r.seq, self._ts(), room, kind, nick, text, id=id, reason=reason)
-        topic, payload = self._publish(p.room_topic(room), ev)
+        ev = p.Event(r.seq, self._ts(), room, kind, nick, text, id=id, reason=reason, n=n, new_nick=new_nick)
+        payload = p.encode(ev)
         if self._store is not None:
-            self._store.append(room, r.seq, payload, sent)
-        return topic, payload
-
-    def _inbox_error(self, session: Session, code: str, text: str, room: str, ref: str | None) -> Publish:
-        room = room if room in session.rooms else ""
-        ev = p.Event(0, self._ts(), room, "error", p.SYSTEM_NICK, text, id=ref, code=code)
-        return self._publish(session.inbox, ev)
-
-    def _private(self, session: Session, post: p.Post) -> list[Publish]:
-        """A message for one nick: to its inbox and the sender's (its confirmation), nowhere else."""
-        assert post.to is not None
-        recipient = self._by_nick.get(post.to.lower())
-        try:
-            p.check_text(post.text)
-            if recipient is None:
-                raise LocalProtocolError(f"no one called {post.to!r} is here")
-            if post.id is not None and len(post.id) > p.MAX_ID_CHARS:
-                raise LocalProtocolError(f"message id longer than {p.MAX_ID_CHARS} characters")
-        except LocalProtocolError as exc:
-            self.counters.rejected += 1
-            return [self._inbox_error(session, "rejected", str(exc), "", post.id)]
-        if post.id is not None:
-            key = (session.nick.lower(), post.id)
-            if key in self._sent:
-                self.counters.duplicates += 1
-                ev = p.Event(0, self._ts(), "", "duplicate", p.SYSTEM_NICK, "already delivered", id=post.id, dup_of=0)
-                return [self._publish(session.inbox, ev)]
-            self._sent[key] = ("", 0, self._wallclock())
-        self.counters.private += 1
-        ev = p.Event(0, self._ts(), "", "private", session.nick, post.text, id=post.id, to=recipient.nick)
-        out = [self._publish(recipient.inbox, ev)]
-        if recipient is not session:
-            out.append((session.inbox, out[0][1]))
-        return out
-
-    def _publish(self, topic: bytes, ev: p.Event) -> Publish:
+            searchable = text if kind in ("message", "action") else None
+            self._store.append(room, r.seq, payload, presence=kind in ("join", "leave"), text=searchable)
         self.counters.published += 1
-        return topic, p.encode(ev)
+        self._batch.publish.append((p.room_topic(room), payload))
+
+    def _stream_event(self, inbox: str, nick: str, text: str, *, id: str | None, n: int | None, to: str) -> bytes:
+        """Stamp and stage one private message in an inbox; returns it encoded (for delivery:
+        an inbox is never published)."""
+        seq = self._inbox_seq(inbox)
+        self._seq_before.setdefault(inbox, seq)
+        self._inboxes[inbox] = seq + 1
+        payload = p.encode(p.Event(seq + 1, self._ts(), inbox, "private", nick, text, id=id, n=n, to=to))
+        if self._store is not None:
+            self._store.append(inbox, seq + 1, payload)
+        return payload
+
+    def _notice(
+        self, kind: str, text: str, *, ref: str | None = None, n: int | None = None, code: str | None = None
+    ) -> p.Event:
+        """An event for one session outside any sequence (seq 0)."""
+        return p.Event(0, self._ts(), "", kind, p.SYSTEM_NICK, text, id=ref, n=n, code=code)
+
+    def _error(
+        self, session: Session, code: str, text: str, *, room: str = "", ref: str | None = None, n: int | None = None
+    ) -> None:
+        ev = self._notice("error", text, ref=ref, n=n, code=code)
+        self._deliver(session, msgspec.structs.replace(ev, room=room if room in session.rooms else ""))
+
+    def _deliver(self, session: Session, event: p.Event | bytes) -> None:
+        """Send an event to one session's own connection (if it has one now: an inbox event it
+        misses is in history; a notice is not worth keeping)."""
+        if session.route is None:
+            return
+        payload = event if isinstance(event, bytes) else p.encode(event)
+        self.counters.delivered += 1
+        self._batch.deliver.append((session.route, p.delivery(payload)))
 
     def _ts(self) -> str:
         return p.format_ts(self._wallclock())
 
-    def _drop(self, why: str) -> list[Publish]:
+    def _drop(self, why: str) -> None:
         self.counters.dropped_malformed += 1
         log.debug("dropped: %s", why)
-        return []
 
 
 class _Code(LocalProtocolError):
@@ -514,6 +995,19 @@ class _Code(LocalProtocolError):
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
+
+
+def _check_route(route: bytes, counters: Counters) -> None:
+    """A session's traffic is routed to its connection's routing id, so that id must be one no
+    other peer can guess: chosen by the client, random, at least :data:`MIN_ROUTE_BYTES` long.
+    libzmq's own ids (a zero byte and a counter) are guessable and not accepted."""
+    if len(route) < p.MIN_ROUTE_BYTES or route[0] == 0:
+        counters.weak_routes += 1
+        raise _Code(
+            "weak_route",
+            f"set ROUTING_ID on your rpc socket to {p.MIN_ROUTE_BYTES} or more random bytes (a new one per"
+            " connection, not starting with a zero byte): private traffic is routed to it",
+        )
 
 
 def _ok(req: p.Request, **fields: object) -> dict[str, object]:

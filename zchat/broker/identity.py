@@ -84,6 +84,12 @@ class Authority:
         self._nicks.setdefault(key, set()).add(nick.lower())
         return True
 
+    def unclaim(self, nick: str) -> None:
+        """Take back a claim :meth:`check` just made (the batch it came in was not stored)."""
+        key = self._owner.pop(nick.lower(), None)
+        if key is not None:
+            self._nicks.get(key, set()).discard(nick.lower())
+
 
 def load_allowlist(path: Path) -> dict[str, set[str]]:
     try:

@@ -1,7 +1,7 @@
 """Token buckets: how fast one identity may post, sans-IO.
 
 :class:`TokenBucket` allows a burst, then a steady rate; :class:`RateLimiter` keeps one bucket per
-identity (a CURVE key, or a nick in open mode) and forgets buckets that have refilled, so its
+identity (a CURVE key, a session, an address, a connection's routing id) and forgets buckets that have refilled, so its
 memory follows the active senders, not every sender ever seen. Times are monotonic seconds
 passed in; nothing here reads a clock or touches a socket.
 """
@@ -41,10 +41,10 @@ class RateLimiter:
     def __init__(self, rate: float = DEFAULT_RATE, burst: int = DEFAULT_BURST) -> None:
         self.rate = rate
         self.burst = float(max(1, burst))
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[str | bytes, TokenBucket] = {}
         self._next_prune = 0.0
 
-    def allow(self, identity: str, now: float) -> bool:
+    def allow(self, identity: str | bytes, now: float) -> bool:
         if self.rate <= 0:
             return True
         bucket = self._buckets.get(identity)

@@ -1,41 +1,45 @@
-"""A feed relay: XSUB from an upstream feed, XPUB to subscribers here; public topics only.
+"""A feed relay: libzmq's own proxy, in C, from an upstream feed to subscribers here.
 
 :class:`Relay` spreads fan-out over machines: subscribers connect to a relay near them instead of
-the broker, and relays chain. It forwards room events, heartbeats and readiness probes, and
-never any inbox (``@``) topic: libzmq's own ``zmq.proxy`` / ``proxy_steerable`` pass every
-subscription through unvetted, and a subscriber of "" at a relay would then receive every private
-message that any other subscriber there asked for. So the subscription path is vetted here, with
-``XPUB_MANUAL`` and reference counts, in a small poll loop; messages are forwarded zero-copy in
-batches. Clients behind a relay still push to the broker and use its rpc socket for hello and gap
-repair. It holds no chat state and decodes no message.
+the broker, and relays chain. The feed is public (rooms, heartbeats, readiness probes; nothing
+addressed to one session ever travels on it), so a relay needs no vetting and forwards every
+message with no Python per message: ``zmq.proxy_steerable`` between a SUB subscribed to
+everything upstream and a PUB that subscribers connect to here.
+
+Why SUB → PUB and not XSUB → XPUB: a proxy between XSUB and XPUB passes its subscribers'
+subscriptions upstream, and libzmq 4.3.5's XPUB also passes on a *cancel* for a topic the peer
+never subscribed (``xpub.cpp``: ``rm_result == not_found`` notifies); the XSUB upstream then drops
+its own subscription, and one raw peer's stray cancel cuts that room for everyone behind the
+relay. A PUB applies each subscriber's (un)subscriptions to that subscriber alone. The price: the
+relay receives the whole public feed, not only the rooms its subscribers want, and the broker
+never sees their probes — clients behind a relay learn their subscriptions are live from the
+broker's heartbeat (about once a second) instead.
+
+Clients behind a relay still push to the broker and use its rpc socket (hello, history, and
+everything addressed to them). A relay holds no chat state and decodes no message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections import Counter
+import secrets
 
 import zmq
 
 from zchat import transport
 from zchat.broker.config import FEED_HWM
-from zchat.broker.shell import BATCH
-from zchat.protocol import HEARTBEAT_TOPIC, MAX_FRAME_BYTES
 
 __all__ = ["Relay"]
 
-log = logging.getLogger("zchat.broker.relay")
+log = logging.getLogger("zchat.relay")
 
-
-def public_topics(topic: bytes) -> list[bytes]:
-    """What a relay forwards for a subscription to ``topic``: rooms, heartbeats and probes."""
-    if topic == b"":
-        return [b"#", HEARTBEAT_TOPIC]
-    return [topic] if topic[:1] in (b"#", b"!", b"~") else []
+#: Largest message a subscriber may send a relay: a subscription is a short topic.
+MAX_SUBSCRIPTION_BYTES = 256
 
 
 class Relay(transport.Service):
-    """Forwards an upstream feed to subscribers of its own XPUB. A context manager."""
+    """Forwards an upstream feed to subscribers of its own PUB. A context manager."""
 
     def __init__(
         self,
@@ -51,72 +55,29 @@ class Relay(transport.Service):
         self.endpoint = bind
         self._curve = curve
         self._hwm = hwm
-        # How many downstream subscriptions want each upstream topic: subscribe upstream on the
-        # first, unsubscribe on the last.
-        self._wanted: Counter[bytes] = Counter()
-        self.forwarded = 0
-        self._waker = transport.Waker()
 
     def bind(self) -> str:
-        """Bind the downstream XPUB and connect upstream; returns the endpoint as bound."""
-        self.down = self._socket(
-            zmq.XPUB, self.endpoint, SNDHWM=self._hwm, XPUB_MANUAL=1, XPUB_VERBOSER=1, MAXMSGSIZE=MAX_FRAME_BYTES
-        )
+        """Bind the downstream PUB and connect upstream; returns the endpoint as bound."""
+        self.down = self._socket(zmq.PUB, self.endpoint, SNDHWM=self._hwm, MAXMSGSIZE=MAX_SUBSCRIPTION_BYTES)
         self.endpoint = transport.bind(self.down, self.endpoint)
-        self.up = self._socket(zmq.XSUB, self.upstream, self._curve, RCVHWM=self._hwm)
+        self.up = self._socket(zmq.SUB, self.upstream, self._curve, RCVHWM=self._hwm)
+        self.up.setsockopt(zmq.SUBSCRIBE, b"")
         self.up.connect(self.upstream)
-        log.info("zchat relay: %s -> %s (public topics only)", self.upstream, self.endpoint)
+        # The steerable proxy's control pair: stop() says TERMINATE on one end.
+        address = f"inproc://zchat-relay-{secrets.token_hex(4)}"
+        self._control = self._socket(zmq.PAIR, address)
+        self._control.bind(address)
+        self._stopper = self._socket(zmq.PAIR, address)
+        self._stopper.connect(address)
+        log.info("zchat relay: %s -> %s (the public feed, in libzmq's proxy)", self.upstream, self.endpoint)
         return self.endpoint
 
     def stop(self) -> None:
-        """Make :meth:`run` return. Signal- and thread-safe."""
-        self._waker.wake()
-
-    def close(self) -> None:
-        super().close()
-        self._waker.close()
+        """Make :meth:`run` return. Safe from a signal handler (the proxy is interrupted, the
+        handler runs, the proxy reads the command) and from one other thread."""
+        with contextlib.suppress(zmq.ZMQError):  # already closed: nothing to stop
+            self._stopper.send(b"TERMINATE", zmq.NOBLOCK)
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.up, zmq.POLLIN)
-        poller.register(self.down, zmq.POLLIN)
-        wake = self._waker.fileno()
-        poller.register(wake, zmq.POLLIN)
-        while True:
-            ready = dict(poller.poll())
-            if wake in ready:
-                break
-            if self.down in ready:
-                self._subscriptions()
-            if self.up in ready:
-                self._forward()
-        log.info("zchat relay stopped after forwarding %d messages", self.forwarded)
-
-    def _forward(self) -> None:
-        up, down = self.up, self.down
-        for _ in range(BATCH):
-            try:
-                frames = up.recv_multipart(transport.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            down.send_multipart(frames, copy=False)
-            self.forwarded += 1
-
-    def _subscriptions(self) -> None:
-        for _ in range(BATCH):
-            try:
-                msg = self.down.recv(transport.NOBLOCK)
-            except zmq.Again:
-                return
-            if not msg or msg[0] not in (0, 1):
-                continue
-            subscribe = msg[0] == 1
-            for topic in public_topics(msg[1:]):
-                # XPUB_MANUAL: this applies to the subscriber whose message we just read.
-                self.down.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
-                self._wanted[topic] += 1 if subscribe else -1
-                count = self._wanted[topic]
-                if (subscribe and count == 1) or (not subscribe and count == 0):
-                    self.up.send((b"\x01" if subscribe else b"\x00") + topic)
-                if count <= 0:
-                    del self._wanted[topic]
+        zmq.proxy_steerable(self.up, self.down, None, self._control)
+        log.info("zchat relay stopped")

@@ -9,18 +9,19 @@ users lives in the core as leases.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from zchat import transport
 from zchat.broker.config import BrokerConfig
-from zchat.broker.core import BrokerCore, Publish
+from zchat.broker.core import BrokerCore
 from zchat.broker.identity import Authority
-from zchat.broker.store import Store
+from zchat.broker.store import SQLiteStore, Store, StoreError
 from zchat.protocol import MAX_FRAME_BYTES, Endpoints
 
 __all__ = ["Broker"]
@@ -37,8 +38,15 @@ SHUTDOWN_LINGER_MS = 500
 FEED_HEARTBEAT = 1.0
 #: The ZAP domain of the broker's sockets.
 ZAP_DOMAIN = "zchat"
-#: Seconds between two prunings of the dedupe window.
-HOUSEKEEPING_INTERVAL = 60.0
+#: Seconds between two rounds of housekeeping: retention, tombstones, unused counters.
+HOUSEKEEPING_INTERVAL = 1.0
+#: While the store keeps failing, how often the log says so.
+STORE_FAILURE_LOG_INTERVAL = 10.0
+#: Messages queued for one rpc connection before more are dropped: a peer that asks and never
+#: reads costs at most this many replies of at most 64 KiB (history pages are bounded).
+RPC_HWM = 64
+_SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
 class Broker(transport.Service):
@@ -63,7 +71,7 @@ class Broker(transport.Service):
         self.endpoints = config.endpoints
         self._own_store = store is None and config.db is not None
         if store is None and config.db is not None:
-            store = Store(config.db, history_limit=config.history_limit)
+            store = SQLiteStore(config.db, history_limit=config.history_limit)
         self.store = store
         self._authority: Authority | None = None
         if config.secure:
@@ -72,10 +80,9 @@ class Broker(transport.Service):
         self._auth: ThreadAuthenticator | None = None
         self._clock = clock
         self.core = BrokerCore(clock(), config, store=store, authority=self._authority, wallclock=wallclock)
-        # Replies wait until the batch they belong to is stored and published, so that every
-        # seq a client hears of in a reply can already be fetched from history.
-        self._replies: list[list[bytes]] = []
         self._next_beat = clock()
+        self._failing_since: float | None = None
+        self._next_failure_log = 0.0
         self._waker = transport.Waker()
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -86,9 +93,12 @@ class Broker(transport.Service):
         if self._authority is not None:
             self._start_authenticator(self._authority)
         self.ingest, ingest = self._bind(zmq.PULL, e.ingest)
-        # XPUB_MANUAL: the broker decides what each subscriber really gets (core._vet).
-        self.feed, feed = self._bind(zmq.XPUB, e.feed, SNDHWM=self.config.feed_hwm, XPUB_MANUAL=1)
-        self.rpc, rpc = self._bind(zmq.ROUTER, e.rpc)
+        # A plain XPUB: libzmq applies subscriptions itself, and the broker reads them only to
+        # answer readiness probes. Nothing secret is published (no XPUB_MANUAL to get wrong).
+        self.feed, feed = self._bind(zmq.XPUB, e.feed, SNDHWM=self.config.feed_hwm)
+        # ROUTER_MANDATORY: a send to a connection that is gone fails instead of vanishing, so
+        # the broker knows a session's route is gone.
+        self.rpc, rpc = self._bind(zmq.ROUTER, e.rpc, ROUTER_MANDATORY=1, SNDHWM=RPC_HWM)
         e = self.endpoints = Endpoints(ingest, feed, rpc)
         log.info("zchat broker listening: ingest %s (PULL), feed %s (XPUB), rpc %s (ROUTER)", e.ingest, e.feed, e.rpc)
         log.info(
@@ -150,89 +160,147 @@ class Broker(transport.Service):
             if wake in ready:
                 break
             now = clock()
-            out: list[Publish] = []
+            core.begin(now)
             if self.ingest in ready:
-                out += self._drain(self.ingest, core.ingest, now)
+                self._drain_ingest(now)
             if self.rpc in ready:
-                out += self._drain(self.rpc, self._reply, now)
+                self._drain_rpc(now)
             if self.feed in ready:
-                out += self._drain(self.feed, self._subscription, now)
-            out += core.expire(now)
+                self._drain_feed()
+            core.expire(now)
             if now >= self._next_beat:
-                out.append(core.heartbeat())
+                core.heartbeat()
                 self._next_beat = now + FEED_HEARTBEAT
             if now >= next_housekeeping:
-                core.housekeeping()
+                core.housekeeping(now)
+                if self.store is not None:
+                    self.store.retain(time.time())
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL
-            self._commit_and_publish(out)
-        self._commit_and_publish(core.shutdown())
+            self._commit_and_send()
+        core.begin(clock())
+        core.shutdown()
+        self._commit_and_send()
         self.feed.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         log.info("zchat broker stopped")
 
-    def _drain(
-        self,
-        sock: zmq.Socket[bytes],
-        handle: Callable[[list[bytes], float, str | None], Iterable[Publish]],
-        now: float,
-    ) -> list[Publish]:
-        out: list[Publish] = []
-        secure = self.config.secure
+    def _drain_ingest(self, now: float) -> None:
+        ingest, core, secure = self.ingest, self.core, self.config.secure
         for _ in range(BATCH):
-            identity = None
             try:
                 if secure:
                     # The sender is whoever the ZAP handler said, on the frame itself.
-                    parts = sock.recv_multipart(transport.NOBLOCK, copy=False)
-                    identity = _user_id(parts[-1])
-                    frames = [f.bytes for f in parts]
+                    parts = ingest.recv_multipart(transport.NOBLOCK, copy=False)
+                    identity, frames = _user_id(parts[-1]), [f.bytes for f in parts]
                 else:
-                    frames = sock.recv_multipart(transport.NOBLOCK)
+                    identity, frames = None, ingest.recv_multipart(transport.NOBLOCK)
             except zmq.Again:
-                break
+                return
+            with _contained():
+                core.ingest(frames, now, identity)
+
+    def _drain_rpc(self, now: float) -> None:
+        for _ in range(BATCH):
             try:
-                out += handle(frames, now, identity)
-            except Exception:
-                # A bug must cost one message, never the broker.
-                log.exception("internal error on a message; dropped it")
-        return out
+                parts = self.rpc.recv_multipart(transport.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            # Who sent it, from the frame's own metadata: the ZAP key (secure mode) and the
+            # address it came from (open mode's per-address bounds).
+            identity = _user_id(parts[-1]) if self.config.secure else None
+            with _contained():
+                self.core.request([f.bytes for f in parts], now, identity, _peer_address(parts[-1]))
 
-    def _reply(self, frames: list[bytes], now: float, identity: str | None) -> list[Publish]:
-        reply, events = self.core.request(frames, now, identity)
-        if reply is not None:
-            self._replies.append(reply)
-        return events
-
-    def _subscription(self, frames: list[bytes], now: float, identity: str | None) -> list[Publish]:
-        granted, events = self.core.subscription(frames[0], identity)
-        # XPUB_MANUAL applies these to the pipe of the message just received: before any recv.
-        option = zmq.SUBSCRIBE if frames[0][:1] == b"\x01" else zmq.UNSUBSCRIBE
-        for topic in granted:
-            self.feed.setsockopt(option, topic)
-        return events
-
-    def _commit_and_publish(self, out: list[Publish]) -> None:
-        """Store the batch in one transaction, then publish it, then send its replies."""
-        if self.store is not None and self.store.staged:
+    def _drain_feed(self) -> None:
+        for _ in range(BATCH):
             try:
-                self.store.commit()
-            except Exception:
-                # Publishing what is not stored would break "history has all the feed had";
-                # clients see the hole as a gap, named by a marker when they repair it.
-                log.exception("could not store a batch of %d events; not publishing it", len(out))
-                out = []
-        send = self.feed.send_multipart
-        for topic, payload in out:
-            send((topic, payload))
-        for reply in self._replies:
-            self.rpc.send_multipart(reply)
-        self._replies.clear()
+                msg = self.feed.recv(transport.NOBLOCK)
+            except zmq.Again:
+                return
+            with _contained():
+                self.core.subscription(msg)
+
+    def _commit_and_send(self) -> None:
+        """Store the batch in one transaction; then, only if that worked, publish it, deliver it
+        and send its replies. A failed commit sends the refusals instead (see BrokerCore.undo)."""
+        core, store = self.core, self.store
+        batch = core.finish()
+        if store is not None and store.staged:
+            try:
+                store.commit()
+            except StoreError as exc:
+                store.rollback()
+                batch = core.undo()
+                self._store_failed(exc)
+            else:
+                core.keep()
+                self._store_ok()
+        else:
+            core.keep()
+        feed = self.feed
+        for topic, payload in batch.publish:
+            feed.send(topic, _SNDMORE)
+            feed.send(payload)
+        for route, payload in batch.deliver:
+            if not self._route(route, payload):
+                core.dropped()
+        for reply in batch.replies:
+            self._route(*reply[::2])
+
+    def _route(self, route: bytes, payload: bytes) -> bool:
+        """Send ``payload`` to one connection; False if it could not go (its queue is full,
+        or the connection is gone, which the core then forgets as a route)."""
+        try:
+            self.rpc.send(route, _NOBLOCK_SNDMORE)
+            self.rpc.send(b"", _NOBLOCK_SNDMORE)
+            self.rpc.send(payload, transport.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.core.unreachable(route)
+            return False
+        return True
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """Say it once per interval while it lasts, not per batch."""
+        now = self._clock()
+        if self._failing_since is None:
+            self._failing_since = now
+            log.error("%s: nothing of that batch was sent; senders were told to resend", exc)
+        elif now >= self._next_failure_log:
+            log.error("the store still fails (%d batches so far): %s", self.core.counters.store_failures, exc)
+        else:
+            return
+        self._next_failure_log = now + STORE_FAILURE_LOG_INTERVAL
+
+    def _store_ok(self) -> None:
+        if self._failing_since is not None:
+            log.warning("the store works again after %.1f s", self._clock() - self._failing_since)
+            self._failing_since = None
+
+
+@contextlib.contextmanager
+def _contained() -> Iterator[None]:
+    """A bug must cost one message, never the broker."""
+    try:
+        yield
+    except Exception:
+        log.exception("internal error on a message; dropped it")
 
 
 def _user_id(frame: zmq.Frame) -> str | None:
-    """The ZAP ``User-Id`` of a received frame; None on messages libzmq made up itself (the
-    unsubscriptions of a subscriber that went away carry no metadata)."""
+    """The ZAP ``User-Id`` of a received frame; None on messages libzmq made up itself."""
     try:
         return str(frame.get("User-Id"))
+    except zmq.ZMQError:
+        return None
+
+
+def _peer_address(frame: zmq.Frame) -> str | None:
+    """The address a received frame came from (None for ipc and inproc peers)."""
+    try:
+        return str(frame.get("Peer-Address")) or None
     except zmq.ZMQError:
         return None
 

@@ -1,71 +1,263 @@
-"""The broker's history: every room event and every accepted message id, in SQLite.
+"""The broker's history: every room's and inbox's events, sessions, claims and topics, durably.
 
-:class:`Store` owns the database file: the schema, WAL mode, one transaction per drained batch,
-retention per room, the dedupe record of each client message (sender, id, time: columns of its
-event, so one insert per message), nicks registered by CURVE keys, and the reads that serve
-history requests and restore a restarted broker (each room's last ``seq``, recent ids). Writes
-are staged by :meth:`Store.append` / :meth:`Store.claim` and land together in :meth:`Store.commit`; the
-broker publishes a batch only after its commit returned. It knows nothing of sockets or of the
-protocol beyond (room, seq, JSON bytes).
+:class:`Store` is the interface the broker core writes through and reads from; it has two
+implementations with the same guarantees, :class:`SQLiteStore` here (the zero-setup default)
+and :class:`zchat.broker.pgstore.PostgresStore`. What a store owns:
 
-Durability, with ``journal_mode=WAL`` and ``synchronous=NORMAL``: a committed batch survives a
-crash of the broker process (it is in the WAL, which the OS writes out); a power loss or kernel
-crash can lose the batches committed since the last WAL checkpoint, never corrupt the file.
-Those events were already published, so clients that saw them keep them, and the broker
-continues ``seq`` from what the file holds.
+- **Events** of rooms and inboxes, as the JSON the broker published, under ``(room, seq)``.
+  Writes are *staged* (:meth:`Store.append`, :meth:`Store.save_session`, …) and land together in
+  :meth:`Store.commit`, one transaction per batch; the broker publishes a batch only after its
+  commit returned, and a failed commit leaves nothing behind (:meth:`Store.rollback`).
+- **Retention counted in messages**: each room keeps its newest ``history_limit`` events that are
+  not presence (joins and leaves), and of presence only what is newer than the oldest kept
+  message, at most ``history_limit`` of it — so a flood of joins can never push real messages
+  out. :meth:`Store.retain` applies it to the rooms written since the last call, off the
+  per-message path.
+- **Sessions** (so a restarted broker lets clients resume silently) and, for an hour after a
+  session ends, its tombstone (the last post number it had committed, so a late resend is still
+  recognised); nicks registered by CURVE keys; room topics; how far each inbox has been read.
+- **Search**: the text of room messages in a full-text index (SQLite FTS5).
+
+Pages of history are bounded in bytes as well as in events. A store knows nothing of sockets
+or of the protocol beyond (room, seq, JSON bytes).
+
+SQLite durability, with ``journal_mode=WAL`` and ``synchronous=NORMAL``: a committed batch
+survives a crash of the broker process (it is in the WAL, which the OS writes out); a power loss
+or kernel crash can lose the batches committed since the last WAL checkpoint, never corrupt the
+file. The write-ahead log is bounded: checkpoints run in a thread of their own every second, and
+one that finds the log past :data:`WAL_LIMIT_BYTES` truncates it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-__all__ = ["DEFAULT_HISTORY_LIMIT", "Store"]
+from zchat.errors import ZChatError
 
-#: Seconds between two WAL checkpoints (made off the broker's loop; see Store.__init__).
-CHECKPOINT_INTERVAL = 1.0
+__all__ = [
+    "DEFAULT_HISTORY_LIMIT",
+    "MAX_PAGE_BYTES",
+    "Page",
+    "SQLiteStore",
+    "SessionRecord",
+    "Store",
+    "StoreError",
+    "StoreLocked",
+    "TopicRecord",
+]
 
-#: Events kept per room; older ones are deleted as new ones arrive.
+#: Events kept per room (messages; presence is kept apart, see the module docstring).
 DEFAULT_HISTORY_LIMIT = 10_000
+#: Largest page of history or search results, in bytes of event JSON: a peer that asks and
+#: never reads costs at most this much per queued reply (node.js buffers 80 KiB per request
+#: header, nginx 64 KiB per proxied response buffer by default).
+MAX_PAGE_BYTES = 64 * 1024
+#: Seconds between two WAL checkpoints (made off the broker's loop).
+CHECKPOINT_INTERVAL = 1.0
+#: A WAL past this size is truncated by the next checkpoint, which then waits for the writer.
+#: At ~300 bytes an event that is ~100 000 events; a checkpoint of it takes tens of ms.
+WAL_LIMIT_BYTES = 32 * 1024 * 1024
+#: How long a commit waits for the checkpointer's lock before it fails.
+BUSY_TIMEOUT_MS = 2000
+#: How long an ended session's last post number is remembered, in seconds.
+TOMBSTONE_SECONDS = 3600.0
 
+_SCHEMA_VERSION = "2"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     room TEXT NOT NULL,
     seq INTEGER NOT NULL,
     data BLOB NOT NULL,
-    sender TEXT,  -- with msg_id and at: the dedupe record of a message a client sent
-    msg_id TEXT,
-    at REAL,
+    presence INTEGER NOT NULL DEFAULT 0,  -- a join or leave: retained apart from messages
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_kind ON events (room, presence, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS owners (nick TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (
+    token TEXT PRIMARY KEY,
+    nick TEXT NOT NULL,
+    identity TEXT,
+    peer TEXT,
+    inbox TEXT NOT NULL,
+    rooms TEXT NOT NULL,  -- JSON list
+    acked INTEGER NOT NULL,
+    away TEXT,
+    ended REAL  -- wall time the session ended (a tombstone), NULL while it lives
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS topics (
+    room TEXT PRIMARY KEY, text TEXT NOT NULL, nick TEXT NOT NULL, ts TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reads (inbox TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(text, room UNINDEXED, seq UNINDEXED);
 """
 
 
-class Store:
-    """Room history and the dedupe window in one SQLite file (or ``:memory:``)."""
+class StoreError(ZChatError):
+    """The store cannot do what was asked (a commit failed, the file is unusable)."""
+
+
+class StoreLocked(StoreError):
+    """Another broker holds the store."""
+
+
+@dataclass
+class SessionRecord:
+    """A session as the store keeps it (its lease is not kept: a restarted broker grants a new one)."""
+
+    token: str
+    nick: str
+    identity: str | None
+    peer: str | None
+    inbox: str
+    rooms: list[str]
+    acked: int = 0
+    away: str | None = None
+    #: Wall time the session ended (a tombstone), None while it lives.
+    ended: float | None = None
+
+
+@dataclass(frozen=True)
+class TopicRecord:
+    text: str
+    nick: str
+    ts: str
+
+
+@dataclass
+class Page:
+    """Stored events of one room in ``seq`` order, and what they cover: every event of the room
+    with ``after < seq <= upto`` that is still kept is in ``events`` (a seq in that range that is
+    missing was dropped by retention)."""
+
+    events: list[bytes] = field(default_factory=list)
+    upto: int = 0
+    #: After ``after``: the page was cut by its limit or its bytes (ask again after ``upto``).
+    #: The newest page (``after`` None): older events are kept than it holds.
+    more: bool = False
+
+
+class Store(Protocol):
+    """What the broker needs of a history store (see the module docstring)."""
+
+    #: Names this history: a client that sees it change knows old seqs mean nothing here.
+    id: str
+    #: Where it is, for people (a path, or a database without its password).
+    where: str
+    history_limit: int
+
+    # --- writes: staged, then committed as one transaction -----------------------------------------
+
+    def append(self, room: str, seq: int, data: bytes, *, presence: bool = False, text: str | None = None) -> None:
+        """Stage event ``room``/``seq``; ``text`` (room messages) goes to the search index."""
+
+    def save_session(self, record: SessionRecord) -> None:
+        """Stage a session as it is now (also its end: ``record.ended`` set)."""
+
+    def set_acked(self, token: str, acked: int) -> None:
+        """Stage a session's newest committed post number (the common case: no other change)."""
+
+    def claim(self, nick: str, key: str) -> None:
+        """Stage that CURVE ``key`` registered ``nick`` (open registration)."""
+
+    def set_topic(self, room: str, topic: TopicRecord | None) -> None: ...
+
+    def set_read(self, inbox: str, seq: int) -> None: ...
+
+    @property
+    def staged(self) -> bool: ...
+
+    def commit(self) -> None:
+        """Write everything staged in one transaction; raises :class:`StoreError` if it could not,
+        leaving nothing of the batch behind."""
+
+    def rollback(self) -> None:
+        """Forget everything staged."""
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    def last_seq(self, room: str) -> int: ...
+
+    def first_seq(self, room: str) -> int: ...
+
+    def page(self, room: str, after: int | None, limit: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
+        """Events with ``seq > after``, oldest first; with ``after`` None the newest ``limit``."""
+
+    def search(self, room: str, query: str, limit: int, before: int | None = None) -> list[bytes]:
+        """Messages of ``room`` containing every word of ``query``, newest first."""
+
+    def sessions(self) -> list[SessionRecord]:
+        """Every stored session and tombstone."""
+
+    def claims(self) -> dict[str, str]: ...
+
+    def topic(self, room: str) -> TopicRecord | None: ...
+
+    def read(self, inbox: str) -> int: ...
+
+    def retain(self, now: float) -> None:
+        """Apply retention to the rooms written since the last call; forget tombstones older
+        than :data:`TOMBSTONE_SECONDS` before wall time ``now``."""
+
+    def size(self) -> int:
+        """Bytes the store takes (0 if it cannot tell)."""
+
+    def wal_size(self) -> int:
+        """Bytes of its write-ahead log (0 if it has none)."""
+
+    def close(self) -> None: ...
+
+
+class SQLiteStore:
+    """The :class:`Store` in one SQLite file (or ``:memory:``), owned by one broker at a time."""
 
     def __init__(self, path: str | os.PathLike[str], *, history_limit: int = DEFAULT_HISTORY_LIMIT) -> None:
-        self.path = str(path)
+        self.path = self.where = str(path)
+        self.history_limit = history_limit
+        self._lock_file: int | None = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.history_limit = history_limit
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
-        # Names this history: a client that sees it change knows old seqs mean nothing here.
-        self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id', ?)", (secrets.token_hex(8),))
-        self.id = str(self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0])
-        self._events: list[tuple[str, int, bytes, str | None, str | None, float | None]] = []
+            self._lock()
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            # After a checkpoint resets the log, the file shrinks back to this size.
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES // 4}")
+            migrated = self._migrate()
+            self._db.executescript(_SCHEMA)
+            if migrated:
+                # The search index of a schema-1 file: its stored messages, once.
+                self._db.execute(
+                    "INSERT INTO search (text, room, seq) SELECT json_extract(data, '$.text'), room, seq FROM events"
+                    " WHERE json_extract(data, '$.kind') IN ('message', 'action')"
+                )
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id', ?)", (secrets.token_hex(8),))
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+            self.id = str(self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0])
+        except sqlite3.Error as exc:
+            self._unlock()
+            raise StoreError(f"cannot open the history store {self.path}: {exc}") from None
+        self._events: list[tuple[str, int, bytes, int]] = []
+        self._texts: list[tuple[str, str, int]] = []
+        self._sessions: dict[str, SessionRecord] = {}
+        self._acked: dict[str, int] = {}
         self._claims: list[tuple[str, str]] = []
+        self._topics: dict[str, TopicRecord | None] = {}
+        self._reads: dict[str, int] = {}
+        self._touched: set[str] = set()
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
         if self.path != ":memory:":
@@ -76,18 +268,60 @@ class Store:
             self._checkpointer = threading.Thread(target=self._checkpoints, name="zchat-checkpoint", daemon=True)
             self._checkpointer.start()
 
-    def _migrate(self) -> None:
-        """Bring a file written by an older zchat up to this schema, keeping its history."""
+    # --- ownership ---------------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        """One broker per store: an exclusive lock on ``<path>.lock``, held while the store is
+        open and released by the kernel when the process dies (kill -9 included)."""
+        lock_path = self.path + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLocked(
+                f"the history store {self.path} is in use by another broker (pid {holder}); one store, one broker"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_file = fd
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            os.close(self._lock_file)  # closing the descriptor releases the flock
+            self._lock_file = None
+
+    def _migrate(self) -> bool:
+        """Bring a file written by an older zchat up to this schema, keeping its history; True
+        if it was one."""
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "events" not in tables:
+            return False
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
-        for name, kind in (("sender", "TEXT"), ("msg_id", "TEXT"), ("at", "REAL")):
-            if name not in columns:
-                self._db.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
+        if "presence" in columns:
+            return False
+        # Schema 1: dedupe records were columns of the events; joins and leaves were not told apart.
+        with self._transaction() as db:
+            for name in ("sender", "msg_id", "at"):
+                if name in columns:
+                    db.execute(f"ALTER TABLE events DROP COLUMN {name}")
+            db.execute("ALTER TABLE events ADD COLUMN presence INTEGER NOT NULL DEFAULT 0")
+            db.execute("UPDATE events SET presence = 1 WHERE json_extract(data, '$.kind') IN ('join', 'leave')")
+        return True
 
     def _checkpoints(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
             while not self._stop.wait(CHECKPOINT_INTERVAL):
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                with contextlib.suppress(sqlite3.Error):  # a checkpoint that fails is retried next time
+                    if self.wal_size() > WAL_LIMIT_BYTES:
+                        # A passive checkpoint under steady writes never catches up with the
+                        # log: this one waits for the writer between two batches, then resets it.
+                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    else:
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
             db.close()
 
@@ -95,48 +329,91 @@ class Store:
         self._stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
+            self._checkpointer = None
         self._db.close()
+        self._unlock()
 
     # --- writes: staged, then committed as one transaction ---------------------------------------
 
-    def append(self, room: str, seq: int, data: bytes, sent: tuple[str, str, float] | None = None) -> None:
-        """Stage event ``room``/``seq``; ``sent`` = (sender, message id, wall time) for a message
-        a client sent, so a restarted broker can still recognise its resend."""
-        sender, msg_id, at = sent or (None, None, None)
-        self._events.append((room, seq, data, sender, msg_id, at))
+    def append(self, room: str, seq: int, data: bytes, *, presence: bool = False, text: str | None = None) -> None:
+        self._events.append((room, seq, data, int(presence)))
+        if text is not None:
+            self._texts.append((text, room, seq))
+
+    def save_session(self, record: SessionRecord) -> None:
+        self._sessions[record.token] = record
+        self._acked.pop(record.token, None)
+
+    def set_acked(self, token: str, acked: int) -> None:
+        if token in self._sessions:
+            self._sessions[token].acked = acked
+        else:
+            self._acked[token] = acked
 
     def claim(self, nick: str, key: str) -> None:
-        """Record that CURVE ``key`` registered ``nick`` (open registration)."""
         self._claims.append((nick, key))
+
+    def set_topic(self, room: str, topic: TopicRecord | None) -> None:
+        self._topics[room] = topic
+
+    def set_read(self, inbox: str, seq: int) -> None:
+        self._reads[inbox] = seq
 
     @property
     def staged(self) -> bool:
-        return bool(self._events or self._claims)
+        return bool(self._events or self._sessions or self._acked or self._claims or self._topics or self._reads)
+
+    def rollback(self) -> None:
+        self._events, self._texts, self._claims = [], [], []
+        self._sessions, self._acked, self._topics, self._reads = {}, {}, {}, {}
 
     def commit(self) -> None:
-        """Write everything staged in one transaction, then apply retention to touched rooms."""
         if not self.staged:
             return
-        events, claims = self._events, self._claims
-        self._events, self._claims = [], []
-        db = self._db
-        db.execute("BEGIN")
         try:
-            db.executemany(
-                "INSERT OR REPLACE INTO events (room, seq, data, sender, msg_id, at) VALUES (?, ?, ?, ?, ?, ?)", events
-            )
-            db.executemany("INSERT OR IGNORE INTO owners (nick, key) VALUES (?, ?)", claims)
-            newest: dict[str, int] = {}
-            for room, seq, *_ in events:
-                newest[room] = max(seq, newest.get(room, 0))
-            db.executemany(
-                "DELETE FROM events WHERE room = ? AND seq <= ?",
-                [(room, seq - self.history_limit) for room, seq in newest.items() if seq > self.history_limit],
-            )
-            db.execute("COMMIT")
+            with self._transaction():
+                self._write()
+            self._touched.update(room for room, *_ in self._events)
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not store a batch in {self.path}: {exc}") from None
+        finally:
+            self.rollback()  # staged state is gone either way: written, or never
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed if the block ends normally, rolled back otherwise."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
         except BaseException:
-            db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
             raise
+        db.execute("COMMIT")
+
+    def _write(self) -> None:
+        db = self._db
+        db.executemany("INSERT OR REPLACE INTO events (room, seq, data, presence) VALUES (?, ?, ?, ?)", self._events)
+        db.executemany("INSERT INTO search (text, room, seq) VALUES (?, ?, ?)", self._texts)
+        db.executemany(
+            "INSERT OR REPLACE INTO sessions (token, nick, identity, peer, inbox, rooms, acked, away, ended)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (r.token, r.nick, r.identity, r.peer, r.inbox, json.dumps(r.rooms), r.acked, r.away, r.ended)
+                for r in self._sessions.values()
+            ],
+        )
+        db.executemany("UPDATE sessions SET acked = ? WHERE token = ?", [(a, t) for t, a in self._acked.items()])
+        db.executemany("INSERT OR IGNORE INTO owners (nick, key) VALUES (?, ?)", self._claims)
+        db.executemany(
+            "DELETE FROM topics WHERE room = ?", [(r,) for r, topic in self._topics.items() if topic is None]
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO topics (room, text, nick, ts) VALUES (?, ?, ?, ?)",
+            [(r, topic.text, topic.nick, topic.ts) for r, topic in self._topics.items() if topic is not None],
+        )
+        db.executemany("INSERT OR REPLACE INTO reads (inbox, seq) VALUES (?, ?)", list(self._reads.items()))
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -146,29 +423,107 @@ class Store:
             return 0
         return sum(p.stat().st_size for p in (Path(self.path), Path(self.path + "-wal")) if p.exists())
 
-    def last_seqs(self) -> dict[str, int]:
-        """Each room's newest ``seq``: a restarted broker continues from these."""
-        return dict(self._db.execute("SELECT room, MAX(seq) FROM events GROUP BY room").fetchall())
+    def wal_size(self) -> int:
+        if self.path == ":memory:":
+            return 0
+        try:
+            return Path(self.path + "-wal").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def last_seq(self, room: str) -> int:
+        row = self._db.execute("SELECT MAX(seq) FROM events WHERE room = ?", (room,)).fetchone()
+        return int(row[0] or 0)
 
     def first_seq(self, room: str) -> int:
         """Oldest ``seq`` still stored for ``room`` (0 if none)."""
         row = self._db.execute("SELECT MIN(seq) FROM events WHERE room = ?", (room,)).fetchone()
         return int(row[0] or 0)
 
-    def range(self, room: str, after: int, limit: int) -> list[bytes]:
-        """Up to ``limit`` events of ``room`` with ``seq > after``, oldest first."""
+    def page(self, room: str, after: int | None, limit: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
+        if after is None:
+            rows = self._db.execute(
+                "SELECT seq, data FROM events WHERE room = ? ORDER BY seq DESC LIMIT ?", (room, limit)
+            ).fetchall()
+            kept = _within(rows, max_bytes)
+            older = bool(kept) and self.first_seq(room) < kept[-1][0]
+            return Page([bytes(d) for _, d in reversed(kept)], kept[0][0] if kept else 0, older)
         rows = self._db.execute(
-            "SELECT data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit)
-        )
-        return [bytes(r[0]) for r in rows]
+            "SELECT seq, data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit + 1)
+        ).fetchall()
+        kept = _within(rows[:limit], max_bytes)
+        if len(kept) < len(rows):
+            return Page([bytes(d) for _, d in kept], kept[-1][0] if kept else after, True)
+        return Page([bytes(d) for _, d in kept], max(after, self.last_seq(room)), False)
+
+    def search(self, room: str, query: str, limit: int, before: int | None = None) -> list[bytes]:
+        words = query.split()
+        if not words:
+            return []
+        # Each word as a quoted FTS5 string: people type text, not FTS5 query syntax.
+        match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        rows = self._db.execute(
+            "SELECT e.data FROM search s JOIN events e ON e.room = s.room AND e.seq = s.seq"
+            " WHERE search MATCH ? AND s.room = ? AND s.seq < ? ORDER BY s.seq DESC LIMIT ?",
+            (match, room, before if before is not None else 2**62, limit),
+        ).fetchall()
+        return [bytes(d) for _, d in _within(((0, row[0]) for row in rows), MAX_PAGE_BYTES)]
+
+    def sessions(self) -> list[SessionRecord]:
+        rows = self._db.execute(
+            "SELECT token, nick, identity, peer, inbox, rooms, acked, away, ended FROM sessions"
+        ).fetchall()
+        return [SessionRecord(t, n, i, p, b, list(json.loads(r)), a, w, e) for t, n, i, p, b, r, a, w, e in rows]
 
     def claims(self) -> dict[str, str]:
         """Nicks registered by keys: ``{nick: z85 key}``."""
         return dict(self._db.execute("SELECT nick, key FROM owners").fetchall())
 
-    def sent_since(self, at: float) -> Iterable[tuple[str, str, str, int, float]]:
-        """Dedupe records newer than ``at`` among the stored events, oldest first: a restarted
-        broker reloads its window from these (so the window also ends where retention does)."""
-        return self._db.execute(
-            "SELECT sender, msg_id, room, seq, at FROM events WHERE msg_id IS NOT NULL AND at >= ? ORDER BY at", (at,)
-        ).fetchall()
+    def topic(self, room: str) -> TopicRecord | None:
+        row = self._db.execute("SELECT text, nick, ts FROM topics WHERE room = ?", (room,)).fetchone()
+        return TopicRecord(*row) if row else None
+
+    def read(self, inbox: str) -> int:
+        row = self._db.execute("SELECT seq FROM reads WHERE inbox = ?", (inbox,)).fetchone()
+        return int(row[0]) if row else 0
+
+    # --- retention --------------------------------------------------------------------------------
+
+    def retain(self, now: float) -> None:
+        rooms, self._touched = self._touched, set()
+        limit = self.history_limit
+        try:
+            with self._transaction() as db:
+                for room in rooms:
+                    # The oldest message kept: everything older goes, and presence past its own limit.
+                    oldest = _nth_newest(db, room, 0, limit)
+                    if oldest is not None:
+                        db.execute("DELETE FROM events WHERE room = ? AND seq < ?", (room, oldest))
+                        db.execute("DELETE FROM search WHERE room = ? AND seq < ?", (room, oldest))
+                    presence = _nth_newest(db, room, 1, limit)
+                    if presence is not None:
+                        db.execute("DELETE FROM events WHERE room = ? AND presence = 1 AND seq < ?", (room, presence))
+                db.execute("DELETE FROM sessions WHERE ended IS NOT NULL AND ended < ?", (now - TOMBSTONE_SECONDS,))
+        except sqlite3.Error:
+            self._touched |= rooms  # tried again next time; the broker's next commit says if the disk is gone
+
+
+def _nth_newest(db: sqlite3.Connection, room: str, presence: int, n: int) -> int | None:
+    """The seq of the ``n``-th newest event of ``room`` of that presence, if it has that many."""
+    row = db.execute(
+        "SELECT seq FROM events WHERE room = ? AND presence = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+        (room, presence, n - 1),
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+def _within(rows: Iterable[tuple[int, bytes]], max_bytes: int) -> list[tuple[int, bytes]]:
+    """The leading rows whose data fits in ``max_bytes`` (always at least one)."""
+    out: list[tuple[int, bytes]] = []
+    total = 0
+    for seq, data in rows:
+        total += len(data)
+        if out and total > max_bytes:
+            break
+        out.append((seq, data))
+    return out

@@ -24,11 +24,13 @@ DRAIN_BATCH = 1000
 
 
 class Feed:
-    """A SUB socket on the broker's feed that knows when its subscriptions are live.
+    """A SUB socket on the broker's feed (or a relay's) that knows when its subscriptions are live.
 
     ZeroMQ subscriptions travel to the publisher asynchronously (the "slow joiner"). After
-    subscribing, :meth:`wait_live` subscribes to a one-off probe topic and waits for the broker's
-    answer on it; subscriptions travel in order, so every earlier one is live by then.
+    subscribing, :meth:`wait_live` (blocking) or :meth:`probe` (not) subscribes to a one-off
+    probe topic, which the broker answers; subscriptions travel in order, so every earlier one is
+    live by then. Behind a relay no probe is answered (the relay is libzmq's proxy), and the
+    broker's heartbeat is the proof instead: the heartbeat topic is subscribed after the rooms.
     """
 
     def __init__(
@@ -44,7 +46,9 @@ class Feed:
         self.socket.connect(endpoint)
         for topic in topics:
             self.subscribe(topic)
+        self.subscribe(p.HEARTBEAT_TOPIC)  # last: a heartbeat proves the rooms live too
         self._probe: bytes | None = None
+        self._answered = False
 
     def subscribe(self, topic: bytes) -> None:
         self.socket.setsockopt(zmq.SUBSCRIBE, topic)
@@ -52,27 +56,41 @@ class Feed:
     def unsubscribe(self, topic: bytes) -> None:
         self.socket.setsockopt(zmq.UNSUBSCRIBE, topic)
 
+    def probe(self) -> None:
+        """Ask for proof that the subscriptions are live; :meth:`answered` says when it came."""
+        if self._probe is not None:
+            self.unsubscribe(self._probe)
+        self._probe = p.probe_topic(secrets.token_hex(8))
+        self._answered = False
+        self.subscribe(self._probe)
+
+    def answered(self) -> bool:
+        """Whether the last probe was answered since the last call (then it is forgotten)."""
+        answered, self._answered = self._answered, False
+        return answered
+
     def wait_live(self, timeout: float) -> list[tuple[bytes, bytes]]:
         """Block until the subscriptions are live; returns what arrived meanwhile.
 
         Raises :class:`Unreachable` if the broker does not answer within ``timeout`` seconds.
         """
-        probe = self._probe = p.probe_topic(secrets.token_hex(8))
-        self.subscribe(probe)
+        self.probe()
         received: list[tuple[bytes, bytes]] = []
         deadline = time.monotonic() + timeout
-        while self._probe is not None:
+        # Before the first join there is no older broker whose heartbeat could still be queued:
+        # any heartbeat is proof (the only one behind a relay).
+        while not self.answered() and not any(topic == p.HEARTBEAT_TOPIC for topic, _ in received):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Unreachable(f"cannot reach the zchat broker at {self.endpoint} (no answer in {timeout:g} s)")
             if self.socket.poll(int(left * 1000) + 1):
                 received += self.drain()
-        self.unsubscribe(probe)
         return received
 
     def drain(self, limit: int = DRAIN_BATCH) -> list[tuple[bytes, bytes]]:
         """Up to ``limit`` ``(topic, payload)`` waiting now; malformed messages and probe answers
-        skipped. Bounded, so a deep backlog cannot keep its reader from its heartbeats."""
+        skipped (a probe answer marks the probe answered). Bounded, so a deep backlog cannot keep
+        its reader from its heartbeats."""
         out: list[tuple[bytes, bytes]] = []
         for _ in range(limit):
             try:
@@ -81,10 +99,12 @@ class Feed:
                 break
             if len(frames) != 2:
                 continue
-            if frames[0] == self._probe:
-                self._probe = None
-            elif not p.is_probe_topic(frames[0]):
-                out.append((frames[0], frames[1]))
+            topic = frames[0]
+            if topic == self._probe:
+                self.unsubscribe(topic)
+                self._probe, self._answered = None, True
+            elif not p.is_probe_topic(topic):
+                out.append((topic, frames[1]))
         return out
 
     def close(self) -> None:

@@ -40,14 +40,15 @@ class RoomSequencer:
         Called at join (``first`` = where the backlog begins) and at every rejoin, which keeps
         the position: ``latest`` may even be older than what was delivered, as a reply can
         overtake feed events. ``reset`` (the broker's history is not the one we read from
-        before) starts the room again at ``first``, with a marker.
+        before) starts the room again at ``first``, with a marker, and drops everything held:
+        it belongs to the old history, whatever its seq.
         """
         r = self._rooms.setdefault(room, _Room())
         out: list[Event] = []
-        if reset and r.expected is not None:
-            out.append(_marker(room, "the broker's history was reset; starting again"))
-            r.expected, r.latest = None, 0
-            r.held = {seq: e for seq, e in r.held.items() if seq <= latest}
+        if reset:
+            if r.expected is not None:
+                out.append(_marker(room, "the broker's history was reset; starting again"))
+            r.expected, r.latest, r.held = None, 0, {}
         if r.expected is None:
             r.expected = max(1, first)
         r.latest = max(r.latest, latest)
@@ -87,11 +88,14 @@ class RoomSequencer:
             out.append((room, r.expected - 1, min(MAX_FETCH, upto - r.expected + 1)))
         return out
 
-    def fill(self, room: str, events: list[Event]) -> list[Event]:
-        """A history reply for ``room``: the stored events after the ``after`` we asked for.
+    def fill(self, room: str, events: list[Event], upto: int | None = None) -> list[Event]:
+        """A history reply for ``room``: the stored events after the ``after`` we asked for, and
+        ``upto``, the seq through which the reply is complete (every kept event up to it is in
+        ``events``; None: through the last event, or the room's newest if there is none).
 
-        History answers with what it still has, oldest first; whatever lies between what we
-        expected and the first event it has is gone for good, and is named by one marker.
+        History answers with what it still has, oldest first. Whatever lies between what we
+        expected and the first event it has is gone for good, and is named by one marker; a seq
+        missing further on was a join or leave that retention thinned out, and is skipped.
         """
         r = self._rooms.get(room)
         if r is None or r.expected is None:
@@ -101,16 +105,27 @@ class RoomSequencer:
             if event.seq >= r.expected:
                 r.held[event.seq] = event
             r.latest = max(r.latest, event.seq)
-        # With nothing stored after what we asked, everything up to what we hold is gone.
-        oldest = events[0].seq if events else r.latest + 1
-        # What we already hold (it came live) is not missing, even if history no longer has it.
-        oldest = min(oldest, min(r.held, default=oldest))
+        if upto is None:
+            upto = events[-1].seq if events else r.latest
+        r.latest = max(r.latest, upto)
+        first = events[0].seq if events else upto + 1
         out: list[Event] = []
-        if oldest > r.expected:
-            missing = oldest - r.expected
+        # Below the first event history still has, every seq we do not hold is gone for good:
+        # each run of them is named by one marker (what we hold came live and is delivered).
+        while r.expected < first:
+            if r.expected in r.held:
+                out += self._release(room, r)
+                continue
+            upcoming = min([s for s in r.held if s > r.expected] + [first])
+            missing = upcoming - r.expected
             out.append(_marker(room, f"… {missing} older message{'s' if missing != 1 else ''} not available …"))
-            r.expected = oldest
-        return out + self._release(room, r)
+            r.expected = upcoming
+        out += self._release(room, r)
+        # From there to upto, a seq history did not return was thinned out: skip it silently.
+        while r.expected <= upto and r.expected not in r.held:
+            r.expected = min([s for s in r.held if s > r.expected] + [upto + 1])
+            out += self._release(room, r)
+        return out
 
     def retry(self, room: str) -> None:
         """A history request was lost (reconnect): allow asking again."""

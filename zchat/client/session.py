@@ -3,18 +3,27 @@
 Two rules hold everything here together, as in h11's ``_state.py``:
 
 - Everything that decides what the client does next lives in this module: joining and
-  rejoining, lease and heartbeat timing, judging the broker lost, backoff, the outbox (message
-  ids, resends, expiry), matching replies to requests, and what to fetch to repair a gap (the
-  ordering itself is :class:`~zchat.client.sequencer.RoomSequencer`).
+  resuming, lease and heartbeat timing, judging the broker lost, backoff, the outbox (numbered
+  posts, pacing to the broker's rate, resending from where the broker says, expiry), matching
+  replies to requests, trusting the feed again after a reconnect, and what to fetch to repair a
+  gap (the ordering itself is :class:`~zchat.client.sequencer.RoomSequencer`).
 - This module never touches a socket or reads a clock. :class:`ClientSession` takes what
-  arrived (feed payloads, rpc replies) and the monotonic time, and hands back what to send
-  (:meth:`ClientSession.take_outgoing`: requests, and :data:`REOPEN` when the rpc socket must be
-  replaced), what to push (:meth:`ClientSession.next_post`) and the events to deliver
-  (:meth:`ClientSession.take_events`). The shell (:mod:`zchat.client.shell`) owns the sockets,
-  the polling and blocking.
+  arrived (feed payloads, rpc messages) and the monotonic time, and hands back what to send
+  (:meth:`ClientSession.take_outgoing`: requests, :data:`REOPEN` when the rpc socket must be
+  replaced, :data:`PROBE` when the feed must prove its subscriptions live), what to push
+  (:meth:`ClientSession.next_post`) and the events to deliver (:meth:`ClientSession.take_events`).
+  The shell (:mod:`zchat.client.shell`) owns the sockets, the polling and blocking.
 
 The states and what moves between them are the table :data:`TRANSITIONS`; every change of
 :attr:`ClientSession.state` goes through it, so a test can walk it.
+
+**The outbox.** Each message gets the next post number ``n`` of the session. The broker accepts
+each number once and in order and reports the newest it committed (``acked``, in every hello and
+heartbeat reply): everything up to it is confirmed, whatever the feed showed. When the broker says
+a post came out of order, too fast, or could not be stored, it names the number it wants next and
+the outbox resends from there; if it says nothing while ``acked`` lags, the outbox resends from
+``acked + 1`` after :data:`RESEND_AFTER` seconds. Posts go out no faster than the broker's rate
+and burst (from the hello reply), so an honest pipe is delivered whole.
 """
 
 from __future__ import annotations
@@ -36,12 +45,13 @@ from zchat.errors import LocalProtocolError, RemoteProtocolError, ZChatError
 
 __all__ = [
     "MAX_BACKOFF",
+    "PROBE",
     "REOPEN",
     "TRANSITIONS",
+    "Action",
     "ClientSession",
     "Outgoing",
     "Pending",
-    "Reopen",
     "State",
 ]
 
@@ -59,36 +69,52 @@ TRANSITIONS: Final[dict[tuple[State, str], State]] = {
     ("reconnecting", "close"): "closed",
 }
 
-#: Longest wait between two attempts to rejoin a lost broker; the first retry comes at once,
-#: then 0.5 s, doubling (the Lazy Pirate pattern).
+#: The first retry of a lost broker comes at once, then after 0.5 s, doubling to 8 s (the
+#: Lazy Pirate pattern).
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
 #: Heartbeat at least this often even if the broker allows less: the replies carry the rooms'
-#: newest seq, which is how a lost tail is noticed.
+#: newest seq and ``acked``, which is how a lost tail and a lost post are noticed.
 MAX_HEARTBEAT = 1.0
+#: Posts the broker has not confirmed this long after they went out are sent again from the
+#: number it confirmed last.
+RESEND_AFTER = 3.0
+#: A store that could not take a post: wait this long before resending.
+UNAVAILABLE_PAUSE = 1.0
+#: Feed events held while the feed is being re-proved after a reconnect (more are dropped: the
+#: sequencer fetches them from history).
+MAX_UNVERIFIED = 10_000
+#: Pace posts a little under the broker's rate: its bucket refills by its clock, ours by ours.
+PACE_MARGIN = 0.9
 
 
-class Reopen:
-    """Tells the shell to replace the rpc socket before sending what follows (a fresh DEALER,
-    so no stale request reaches a restarted broker)."""
+class Action:
+    """Something the shell must do besides sending a request."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def __repr__(self) -> str:
-        return "REOPEN"
+        return self.name
 
 
-REOPEN: Final = Reopen()
+#: Replace the rpc socket before sending what follows (a fresh DEALER with a fresh routing id,
+#: so no stale request reaches a restarted broker).
+REOPEN: Final = Action("REOPEN")
+#: Prove the feed's subscriptions live again (a probe topic; then :meth:`ClientSession.feed_live`).
+PROBE: Final = Action("PROBE")
 #: What the shell sends on rpc, in order.
-Outgoing = p.Request | Reopen
+Outgoing = p.Request | Action
 
 
 @dataclass
 class Pending:
-    """A sent message the feed has not shown back yet."""
+    """A sent message the broker has not confirmed yet."""
 
     room: str
     kind: p.PostKind
     text: str
-    at: float  # monotonic time of the send
+    n: int  # its post number in the current session
     to: str | None = None  # a private message's recipient
 
 
@@ -118,25 +144,34 @@ class ClientSession:
         self.send_timeout = send_timeout
         self.dead_after = dead_after
         self._wallclock = wallclock
-        # Errors and private messages for this session come on a topic only it knows.
-        self.inbox = p.new_inbox_topic(nick) if nick is not None else b""
         self.state: State = "new"
         self.token = ""
+        #: This session's inbox (private messages), named by the broker at hello.
+        self.inbox = ""
         self.epoch: str | None = None
         self.history_id: str | None = None
         self.heartbeat = MAX_HEARTBEAT
-        # Message ids: unique per client run, so the broker can drop a resend but nothing else.
+        self.topics: dict[str, str] = {}
+        # Message ids: unique per client run, so a message can be told apart on the feed.
         prefix = id_prefix or secrets.token_hex(4)
         self._ids = (f"{prefix}-{n}" for n in itertools.count(1))
         self._reqs = (str(n) for n in itertools.count(1))
         self.sequencer = RoomSequencer()
-        #: Sent messages the feed has not shown back yet, in send order.
+        #: Sent messages the broker has not confirmed yet, in send order (= post number order).
         self.pending: dict[str, Pending] = {}
         #: Messages refused by the broker or never confirmed -> the reason.
         self.failed: dict[str, str] = {}
         #: The client has unread feed input waiting (a full drain): confirmations may be in it.
         self.behind = False
-        self._unsent: collections.deque[str] = collections.deque()  # ids of pending not pushed yet
+        self._next_n = 1
+        self._sent_upto = 0  # highest post number handed to the shell
+        self._acked = 0  # highest post number the broker confirmed
+        self._progress_at = 0.0  # when the outbox last moved (a confirmation, or it filled)
+        self._hold_until = 0.0  # no posts before this (the broker asked for a pause)
+        self._rate = 0.0  # posts a second the broker allows (0: no limit)
+        self._burst = 1.0
+        self._tokens = 1.0
+        self._tokens_at = 0.0
         self._outgoing: list[Outgoing] = []
         self._events: collections.deque[p.Event] = collections.deque()
         self._replies: dict[str, dict[str, object]] = {}
@@ -152,6 +187,12 @@ class ClientSession:
         self._retry_at = 0.0
         self._backoff = FIRST_BACKOFF
         self._rejoin_req: str | None = None
+        # After a rejoin the feed may still hold the old broker's events: they are kept aside
+        # until a probe proves the subscriptions live again, then offered or (after a reset of
+        # the history) dropped.
+        self._verifying = False
+        self._reset = False
+        self._unverified: list[p.Event] = []
 
     # --- the state machine ---------------------------------------------------------------------
 
@@ -169,17 +210,43 @@ class ClientSession:
 
     def joined(self, reply: dict[str, object], now: float) -> None:
         """The broker accepted the join (a hello, or for a reader a seqs reply)."""
+        seqs = reply.get("rooms") if self.nick is not None else reply.get("seqs")
         if self.nick is not None:
-            self.token = str(reply["token"])
-            hb = reply.get("heartbeat_ms")
-            self.heartbeat = min(MAX_HEARTBEAT, hb / 1000) if isinstance(hb, int) and hb > 0 else MAX_HEARTBEAT
-            epoch = reply.get("epoch")
-            self.epoch = epoch if isinstance(epoch, str) else None
-            reply = {"seqs": reply.get("rooms"), "history": reply.get("history")}
+            self._take_session(reply, now)
         self._goto("joined")
         self._waiting_since = None
         self._next_heartbeat = now + self.heartbeat
-        self._start_rooms(reply)
+        self._start_rooms(seqs, reply.get("history"))
+        if self.nick is not None:
+            self._start_inbox(reply.get("inbox"))
+
+    def _take_session(self, reply: dict[str, object], now: float) -> None:
+        resumed = reply.get("resumed") is True and reply.get("token") == self.token
+        self.token = str(reply["token"])
+        hb = reply.get("heartbeat_ms")
+        self.heartbeat = min(MAX_HEARTBEAT, hb / 1000) if isinstance(hb, int) and hb > 0 else MAX_HEARTBEAT
+        epoch = reply.get("epoch")
+        self.epoch = epoch if isinstance(epoch, str) else None
+        nick = reply.get("nick")
+        if isinstance(nick, str):
+            self.nick = nick
+        topics = reply.get("topics")
+        if isinstance(topics, dict):
+            self.topics.update({str(r): str(t) for r, t in topics.items()})
+        rate, burst = reply.get("rate"), reply.get("burst")
+        if isinstance(rate, int | float) and isinstance(burst, int):
+            self._rate = rate * PACE_MARGIN if rate > 0 else 0.0
+            self._burst = float(max(1, burst - 2))
+            self._tokens, self._tokens_at = self._burst, now
+        acked = reply.get("acked")
+        acked = acked if isinstance(acked, int) else 0
+        if not resumed:
+            # A new session numbers its posts from 1. What the old one committed (the broker
+            # remembers it for a while) is confirmed; the rest goes again, renumbered.
+            prior = reply.get("prior_acked")
+            self._confirm_upto(prior if isinstance(prior, int) else 0, now)
+            self._acked = self._sent_upto = 0
+        self._rewind(acked + 1, now)
 
     def close(self) -> None:
         if self.state != "closed":
@@ -196,7 +263,7 @@ class ClientSession:
     # --- what the shell reads back -------------------------------------------------------------
 
     def take_outgoing(self) -> list[Outgoing]:
-        """Requests to send on rpc now, in order (after :data:`REOPEN`, on a new socket)."""
+        """Requests to send on rpc now, in order, and actions (:data:`REOPEN`, :data:`PROBE`)."""
         out, self._outgoing = self._outgoing, []
         return out
 
@@ -213,27 +280,25 @@ class ClientSession:
         return bool(self._events)
 
     def next_timer(self) -> float:
-        """Monotonic time by which :meth:`tick` has something to do (``inf``: nothing)."""
+        """Monotonic time by which :meth:`tick` or :meth:`next_post` has something to do."""
         if self.state == "reconnecting":
             return self._retry_at
         if self.state != "connected":
             return math.inf
-        if self._waiting_since is None:
-            return self._next_heartbeat
-        return min(self._next_heartbeat, self._waiting_since + self.dead_after + 0.01)
+        timer = self._next_heartbeat
+        if self._waiting_since is not None:
+            timer = min(timer, self._waiting_since + self.dead_after + 0.01)
+        if self._sent_upto < self._next_n - 1:  # posts waiting for their turn
+            timer = min(
+                timer, max(self._hold_until, self._tokens_at + (1 - self._tokens) / self._rate if self._rate else 0)
+            )
+        return timer
 
     # --- sending -------------------------------------------------------------------------------
 
-    def post(
-        self,
-        text: str,
-        room: str | None,
-        kind: p.PostKind,
-        now: float,
-        to: str | None = None,
-    ) -> str:
+    def post(self, text: str, room: str | None, kind: p.PostKind, now: float, to: str | None = None) -> str:
         """Queue a message (or, with ``to``, a private message); returns its id. It stays
-        pending until the feed shows it back; :meth:`next_post` hands it to the shell."""
+        pending until the broker confirms it; :meth:`next_post` hands it to the shell."""
         if self.nick is None:
             raise ZChatError("a reader cannot speak: give a nick")
         if self.state not in ("connected", "reconnecting"):
@@ -241,26 +306,61 @@ class ClientSession:
         room = "" if to is not None else self.room(room)
         p.check_text(text)
         msg_id = next(self._ids)
-        self.pending[msg_id] = Pending(room, kind, text, now, to)
-        self._unsent.append(msg_id)
+        if not self.pending:
+            self._progress_at = now
+        self.pending[msg_id] = Pending(room, kind, text, self._next_n, to)
+        self._next_n += 1
         return msg_id
 
-    def next_post(self) -> bytes | None:
-        """The next message to push on ingest, or None. Call :meth:`posted` once it went out;
-        while the broker is being reconnected nothing is handed out (the outbox keeps it)."""
-        if self.state != "connected":
+    def next_post(self, now: float) -> bytes | None:
+        """The next message to push on ingest, or None (none waiting, not connected, or not its
+        turn yet: see :meth:`next_timer`). Call :meth:`posted` once it went out."""
+        if self.state != "connected" or self._sent_upto >= self._next_n - 1 or now < self._hold_until:
             return None
-        while self._unsent:
-            out = self.pending.get(self._unsent[0])
-            if out is not None:
-                msg_id = self._unsent[0]
-                post = p.Post(token=self.token, room=out.room, text=out.text, kind=out.kind, id=msg_id, to=out.to)
+        if self._rate:
+            self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
+            self._tokens_at = now
+            if self._tokens < 1:
+                return None
+        n = self._sent_upto + 1
+        for msg_id, out in self.pending.items():
+            if out.n == n:
+                post = p.Post(token=self.token, room=out.room, text=out.text, kind=out.kind, id=msg_id, n=n, to=out.to)
                 return p.encode(post)
-            self._unsent.popleft()  # confirmed or failed meanwhile
-        return None
+        # Confirmed meanwhile (it has no pending entry): skip the number.
+        self._sent_upto = n
+        return self.next_post(now)
 
     def posted(self) -> None:
-        self._unsent.popleft()
+        self._sent_upto += 1
+        if self._rate:
+            self._tokens -= 1
+
+    def _rewind(self, n: int, now: float) -> None:
+        """The broker has every post before ``n`` and wants ``n`` next: send again from there.
+
+        The broker is the truth: what it has is confirmed, and if no pending message has number
+        ``n`` (messages given up on left a gap), the pending ones are renumbered from ``n`` — a
+        broker accepts each number once and in order, so a gap would block everything after it.
+        """
+        self._confirm_upto(n - 1, now)
+        first = next((out.n for out in self.pending.values()), None)
+        if first != n:
+            for i, out in enumerate(self.pending.values()):
+                out.n = n + i
+            self._next_n = n + len(self.pending)
+        self._acked = self._sent_upto = n - 1
+
+    def _confirm_upto(self, acked: int, now: float) -> None:
+        """The broker committed every post up to ``acked``."""
+        done = [msg_id for msg_id, out in self.pending.items() if out.n <= acked]
+        for msg_id in done:
+            del self.pending[msg_id]
+        if done:
+            self._progress_at = now
+        if acked > self._acked:
+            self._acked = acked
+            self._sent_upto = max(self._sent_upto, acked)
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -294,19 +394,29 @@ class ClientSession:
 
     def room_joined(self, room: str, reply: dict[str, object]) -> None:
         """Its reply: deliver from where the room stands (its backlog first)."""
-        if self.nick is not None:
-            reply = {"seqs": {room: reply.get("seq")}}
+        seqs = reply.get("seqs") if self.nick is None else {room: reply.get("seq")}
         if room not in self.rooms:
             self.rooms.append(room)
-        self._start_rooms(reply)
+        topic = reply.get("topic")
+        if isinstance(topic, str):
+            self.topics[room] = topic
+        self._start_rooms(seqs, None)
 
-    def part_room(self, room: str) -> p.Request | None:
+    def part_room(self, room: str, reason: str = "") -> p.Request | None:
         """The request that leaves ``room`` (None for a reader, which has nothing to tell)."""
-        return p.Part(token=self.token, room=room) if self.nick is not None else None
+        return p.Part(token=self.token, room=room, reason=reason) if self.nick is not None else None
 
     def room_parted(self, room: str) -> None:
         self.rooms.remove(room)
         self.sequencer.stop(room)
+        self.topics.pop(room, None)
+
+    def renamed(self, reply: dict[str, object]) -> None:
+        """A nick reply: the session's new nick (and, in secure mode, its new inbox)."""
+        nick = reply.get("nick")
+        if isinstance(nick, str):
+            self.nick = nick
+        self._start_inbox(reply.get("inbox"))
 
     def leave_request(self, reason: str) -> p.Request | None:
         """The goodbye, if there is a session to end."""
@@ -331,12 +441,15 @@ class ClientSession:
         req = next(self._reqs)
         if self.nick is None:
             return p.Seqs(rooms=self.rooms, req=req)
-        return p.Hello(nick=self.nick, rooms=self.rooms, req=req, inbox=self.inbox.decode())
+        resume = self.token or None
+        return p.Hello(protocol=p.PROTOCOL_VERSION, nick=self.nick, rooms=self.rooms, req=req, resume=resume)
 
     def _beat_request(self) -> p.Request:
         if self.nick is None:
             return p.Seqs(rooms=self.rooms, req=next(self._reqs))
-        return p.Heartbeat(token=self.token, req=next(self._reqs))
+        expected = self.sequencer.expected(self.inbox) if self.inbox else None
+        read = expected - 1 if expected is not None else None
+        return p.Heartbeat(token=self.token, req=next(self._reqs), inbox_read=read)
 
     # --- receiving -----------------------------------------------------------------------------
 
@@ -349,7 +462,28 @@ class ClientSession:
         if event.kind == "heartbeat":
             if self.epoch is not None and event.epoch != self.epoch and self.state == "connected":
                 self._lost("the broker restarted", now)
+            elif self._verifying and event.epoch == self.epoch:
+                # The heartbeat is subscribed after the rooms: it proves them live (behind a
+                # relay, where no probe is answered, it is the only proof).
+                self.feed_live()
             return
+        if self._verifying and event.seq > 0:
+            if len(self._unverified) < MAX_UNVERIFIED:
+                self._unverified.append(event)
+            return
+        self._offer(event)
+
+    def feed_live(self) -> None:
+        """The feed's subscriptions are proved live (the probe was answered)."""
+        if not self._verifying:
+            return
+        self._verifying = False
+        held, self._unverified = self._unverified, []
+        if not self._reset:
+            for event in held:
+                self._offer(event)
+
+    def _offer(self, event: p.Event) -> None:
         if event.seq > 0:
             for ready in self.sequencer.offer(event):
                 self._deliver(ready)
@@ -357,37 +491,76 @@ class ClientSession:
             self._deliver(event)
 
     def rpc_message(self, body: bytes, now: float) -> None:
-        """One reply body from rpc (the shell has taken off the empty delimiter frame)."""
+        """One message from rpc: a reply, or an event delivered to this session."""
         try:
-            reply = p.decode_reply(body)
+            message = p.decode_reply(body)
+            event = p.delivered_event(message)
         except RemoteProtocolError:
             return
-        req = reply.get("req")
+        if event is not None:
+            self._delivered(event, now)
+            return
+        req = message.get("req")
         if not isinstance(req, str) or req not in self._asked:
             return  # stale (sent before a reconnect), or never asked
         self._asked.discard(req)
         self._waiting_since = None
         if req == self._rejoin_req:
-            self._on_rejoin(reply, now)
+            self._on_rejoin(message, now)
         elif req in self._history_reqs:
-            self._on_history(self._history_reqs.pop(req), reply)
+            self._on_history(self._history_reqs.pop(req), message)
         elif req in self._calls:
-            self._replies[req] = reply
-        elif reply.get("ok"):
-            self._observe(reply)  # a heartbeat's (or a reader's seqs) reply
-        elif reply.get("code") == "unknown_session" and self.state == "connected":
+            self._replies[req] = message
+        elif message.get("ok"):
+            self._observe(message, now)  # a heartbeat's (or a reader's seqs) reply
+        elif message.get("code") == "unknown_session" and self.state == "connected":
             self._lost("the broker forgot this session", now)
 
-    def _observe(self, reply: dict[str, object]) -> None:
+    def _delivered(self, event: p.Event, now: float) -> None:
+        """An event for this session alone: a private message (in its inbox's sequence), or a
+        notice or an answer to one of its posts."""
+        if event.seq > 0:
+            if event.room == self.inbox:
+                self._offer(event)
+            return
+        if event.kind == "duplicate" and event.n is not None:
+            self._confirm_one(event.n, now)
+            return
+        if event.kind == "error" and event.n is not None and event.expected is not None:
+            # Not sent, but it may be: resend from where the broker says, after a pause if asked.
+            self._rewind(event.expected, now)
+            if event.code == "rate_limited":
+                self._tokens = 0.0
+            elif event.code == "unavailable":
+                self._hold_until = now + UNAVAILABLE_PAUSE
+            return
+        self._deliver(event)
+
+    def _confirm_one(self, n: int, now: float) -> None:
+        for msg_id, out in self.pending.items():
+            if out.n == n:
+                del self.pending[msg_id]
+                self._progress_at = now
+                return
+
+    def _observe(self, reply: dict[str, object], now: float) -> None:
         seqs = reply.get("seqs")
         if isinstance(seqs, dict):
             for room, seq in seqs.items():
                 if isinstance(seq, int):
                     self.sequencer.observe(room, seq)
+        acked = reply.get("acked")
+        if isinstance(acked, int):
+            self._confirm_upto(acked, now)
+            if self._sent_upto > acked and now - self._progress_at > RESEND_AFTER:
+                self._rewind(acked + 1, now)  # the broker says nothing of them: send them again
+                self._progress_at = now
 
     def _on_history(self, room: str, reply: dict[str, object]) -> None:
         raw = reply.get("events")
-        if not reply.get("ok") or not isinstance(raw, list):
+        if not reply.get("ok") or not isinstance(raw, list) or reply.get("history") != self.history_id:
+            # Refused, malformed, or from another history than ours (a restarted broker
+            # answering the old one's question): ask again.
             self.sequencer.retry(room)
             return
         try:
@@ -395,16 +568,17 @@ class ClientSession:
         except msgspec.ValidationError:
             self.sequencer.retry(room)
             return
-        for event in self.sequencer.fill(room, events):
+        upto = reply.get("upto")
+        for event in self.sequencer.fill(room, events, upto if isinstance(upto, int) else None):
             self._deliver(event)
 
     def _on_rejoin(self, reply: dict[str, object], now: float) -> None:
         self._rejoin_req = None
         if reply.get("ok"):
             self.joined(reply, now)
-            # Whatever was pushed before may have died with the connection: send it all again;
-            # the broker drops what it already has and says so.
-            self._unsent = collections.deque(self.pending)
+            # Until the feed is proved live, what it brings may be the old broker's.
+            self._verifying = True
+            self._outgoing.append(PROBE)
             self._events.append(self._local("system", "reconnected", "reconnected"))
         elif self._backoff >= MAX_BACKOFF:
             self._events.append(self._local("system", "rejoin_failed", f"cannot rejoin yet: {reply.get('error')}"))
@@ -416,22 +590,18 @@ class ClientSession:
             if event.kind == "error":
                 del self.pending[event.id]
                 self.failed[event.id] = event.text
-            elif event.kind == "duplicate":
-                del self.pending[event.id]
-                return  # a resend of what we already saw: nothing new to show
             elif self.nick is not None and event.nick.lower() == self.nick.lower():
                 del self.pending[event.id]
         self._events.append(event)
 
-    def _start_rooms(self, reply: dict[str, object]) -> None:
-        seqs = reply.get("seqs")
+    def _start_rooms(self, seqs: object, history: object) -> None:
         if not isinstance(seqs, dict):
             return
-        history = reply.get("history")
         reset = False
         if isinstance(history, str):
             reset = self.history_id is not None and history != self.history_id
             self.history_id = history
+        self._reset = reset
         for room, latest in seqs.items():
             if not isinstance(latest, int):
                 continue
@@ -444,11 +614,25 @@ class ClientSession:
             for event in self.sequencer.start(room, first, latest, reset=reset):
                 self._deliver(event)
 
+    def _start_inbox(self, inbox: object) -> None:
+        """Where this session's inbox stands: deliver what was not read yet, then what comes."""
+        if not isinstance(inbox, dict):
+            return
+        name, latest, read = inbox.get("name"), inbox.get("seq"), inbox.get("read")
+        if not (isinstance(name, str) and isinstance(latest, int) and isinstance(read, int)):
+            return
+        if name != self.inbox and self.inbox:
+            self.sequencer.stop(self.inbox)
+        self.inbox = name
+        first = max(read + 1, latest + 1 - p.MAX_HISTORY)
+        for event in self.sequencer.start(name, first, latest, reset=self._reset):
+            self._deliver(event)
+
     # --- time ----------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
         """Do what is due at ``now``: heartbeat, judge the broker lost, retry a rejoin, expire
-        the outbox, and ask history for what the rooms lack."""
+        the outbox, and ask history for what the rooms and the inbox lack."""
         if self.state == "connected":
             # Only an unanswered request says the broker is gone: a quiet feed may just be a
             # restarting relay, and a client that was paused sends a heartbeat before judging.
@@ -468,17 +652,15 @@ class ClientSession:
         self._fetch_missing(now)
 
     def _expire_outbox(self, now: float) -> None:
-        if self.behind:
-            return  # the confirmation may be in the backlog we have not read yet
-        # pending is in send order, so only its head can be stale.
-        while self.pending:
-            msg_id, out = next(iter(self.pending.items()))
-            if now - out.at <= self.send_timeout:
-                return
-            del self.pending[msg_id]
-            why = f"not sent: no confirmation from the broker in {self.send_timeout:g} s"
+        """Nothing confirmed for ``send_timeout`` while messages wait: they are not sent (a
+        broker that confirms slowly but steadily, as pacing does, keeps them alive)."""
+        if self.behind or not self.pending or now - self._progress_at <= self.send_timeout:
+            return  # (behind: the confirmations may be in the backlog we have not read yet)
+        why = f"not sent: no confirmation from the broker in {self.send_timeout:g} s"
+        for msg_id, out in self.pending.items():
             self.failed[msg_id] = why
             self._events.append(self._local("error", "not_sent", f"{why}: {out.text[:60]}", out.room, msg_id))
+        self.pending.clear()
 
     def _fetch_missing(self, now: float) -> None:
         if self.state != "connected":
@@ -486,7 +668,8 @@ class ClientSession:
         for room, after, limit in self.sequencer.wants():
             req_id = next(self._reqs)
             self._history_reqs[req_id] = room
-            self._send(p.History(room=room, after=after, limit=limit, req=req_id), now)
+            token = self.token if p.is_inbox(room) else None
+            self._send(p.History(room=room, after=after, limit=limit, req=req_id, token=token), now)
 
     # --- helpers ---------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from zmq.utils.monitor import recv_monitor_message
 from zchat import protocol as p
 from zchat import transport
 from zchat.client.feed import DRAIN_BATCH, Feed
-from zchat.client.session import ClientSession, Pending, Reopen, State, check_history_limit
+from zchat.client.session import PROBE, REOPEN, ClientSession, Pending, State, check_history_limit
 from zchat.errors import Refused, RemoteProtocolError, Unreachable, ZChatError
 
 __all__ = ["Client", "Feed"]
@@ -63,7 +63,6 @@ class Client:
         send_timeout: float = 30.0,
         dead_after: float = 3.0,
         curve: transport.Curve | None = None,
-        inbox_feed: str | None = None,
     ) -> None:
         transport.require_libzmq()
         #: The rules of this session; the client only does its I/O.
@@ -73,13 +72,9 @@ class Client:
         self.endpoints = endpoints or p.Endpoints.from_host_port(host, port)
         self.timeout = timeout
         self.curve = curve
-        #: The broker's own feed, when ``endpoints.feed`` is a relay: relays carry no inbox, so
-        #: errors and private messages are subscribed to here instead.
-        self.inbox_feed = inbox_feed if inbox_feed != self.endpoints.feed else None
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         self._feed: Feed | None = None
-        self._inbox_feed: Feed | None = None
         self._push: zmq.Socket[bytes] | None = None
         self._rpc: zmq.Socket[bytes] | None = None
 
@@ -102,7 +97,8 @@ class Client:
         return self.session.epoch
 
     @property
-    def inbox(self) -> bytes:
+    def inbox(self) -> str:
+        """This session's inbox (its private messages), as the broker named it."""
         return self.session.inbox
 
     @property
@@ -145,10 +141,10 @@ class Client:
         try:
             monitor = self._open_sockets()
             assert self._rpc is not None
+            assert self._feed is not None
             try:
-                for feed in self._feeds():
-                    for _topic, payload in feed.wait_live(self.timeout):
-                        self.session.feed_message(payload, time.monotonic())
+                for _topic, payload in self._feed.wait_live(self.timeout):
+                    self.session.feed_message(payload, time.monotonic())
                 self.session.joined(self._call(request), time.monotonic())
             except Unreachable:
                 self._diagnose(monitor)
@@ -260,9 +256,10 @@ class Client:
             raise
         self.session.room_joined(room, reply)
 
-    def part(self, room: str) -> None:
+    def part(self, room: str, reason: str = "") -> None:
+        """Leave ``room`` (``reason`` is shown to the room)."""
         room = self.session.room(room)
-        request = self.session.part_room(room)
+        request = self.session.part_room(room, reason)
         if request is not None:
             self._call(request)
         self.session.room_parted(room)
@@ -331,7 +328,7 @@ class Client:
     def sockets(self) -> list[zmq.Socket[bytes]]:
         """The sockets this client reads, for one loop that serves many clients: poll them all,
         then call :meth:`poll` with ``timeout=0`` on each client (which also keeps it alive)."""
-        return [*(f.socket for f in self._feeds()), *([self._rpc] if self._rpc is not None else [])]
+        return [s for s in (self._feed.socket if self._feed else None, self._rpc) if s is not None]
 
     def events(self, timeout: float | None = None) -> Iterator[p.Event]:
         """Events as they come; stops after ``timeout`` seconds without one (``None``: never)."""
@@ -349,21 +346,23 @@ class Client:
         self._flush()
         wait = max(0.0, min(timeout, session.next_timer() - time.monotonic()))
         poller = zmq.Poller()
-        for feed in self._feeds():
-            poller.register(feed.socket, zmq.POLLIN)
+        feed = self._feed
+        assert feed is not None
+        poller.register(feed.socket, zmq.POLLIN)
         poller.register(self._rpc, zmq.POLLIN)
         for extra in also:
             poller.register(extra, zmq.POLLIN)
         ready = dict(poller.poll(math.ceil(wait * 1000)))
         now = time.monotonic()
         session.behind = False
-        for feed in self._feeds():
-            if feed.socket in ready:
-                batch = feed.drain()
-                # A full batch means more is waiting: this client is behind its own input.
-                session.behind = session.behind or len(batch) >= DRAIN_BATCH
-                for _topic, payload in batch:
-                    session.feed_message(payload, now)
+        if feed.socket in ready:
+            batch = feed.drain()
+            # A full batch means more is waiting: this client is behind its own input.
+            session.behind = len(batch) >= DRAIN_BATCH
+            for _topic, payload in batch:
+                session.feed_message(payload, now)
+            if feed.answered():
+                session.feed_live()
         if self._rpc in ready:
             self._drain_rpc(now)
         session.tick(time.monotonic())
@@ -382,14 +381,17 @@ class Client:
         """Send what the session asks: rpc requests (on a new socket after REOPEN), then posts
         while the broker takes them."""
         for item in self.session.take_outgoing():
-            if isinstance(item, Reopen):
+            if item is REOPEN:
                 self._reopen_rpc()
-            elif self._rpc is not None:
+            elif item is PROBE:
+                if self._feed is not None:
+                    self._feed.probe()
+            elif self._rpc is not None and isinstance(item, p.Request):
                 with contextlib.suppress(zmq.Again):  # not connected yet: the session's timers notice
                     self._rpc.send_multipart([b"", p.encode(item)], transport.NOBLOCK)
         if self._push is None:
             return
-        while (post := self.session.next_post()) is not None:
+        while (post := self.session.next_post(time.monotonic())) is not None:
             try:
                 self._push.send(post, transport.NOBLOCK)
             except zmq.Again:
@@ -402,12 +404,7 @@ class Client:
         """Open and connect the three sockets; returns a monitor of the rpc socket's handshakes,
         attached before it connects so that not even the first failure is missed."""
         e = self.endpoints
-        topics = [p.HEARTBEAT_TOPIC, *map(p.room_topic, self.rooms)]
-        if self.nick is not None and self.inbox_feed is not None:
-            self._inbox_feed = Feed(self._ctx, self.inbox_feed, [self.inbox], curve=self.curve)
-        elif self.nick is not None:
-            topics.append(self.inbox)
-        self._feed = Feed(self._ctx, e.feed, topics, curve=self.curve)
+        self._feed = Feed(self._ctx, e.feed, map(p.room_topic, self.rooms), curve=self.curve)
         # IMMEDIATE: never queue a message for a broker we are not connected to (the outbox
         # keeps it instead); LINGER: a last message may still leave after close.
         self._push = transport.socket(self._ctx, zmq.PUSH, e.ingest, self.curve, IMMEDIATE=1, LINGER=1000)
@@ -420,6 +417,8 @@ class Client:
         if self._rpc is not None:
             self._rpc.close()
         self._rpc = transport.socket(self._ctx, zmq.DEALER, self.endpoints.rpc, self.curve)
+        # What this session's own traffic is routed to: fresh and unguessable for each socket.
+        self._rpc.setsockopt(zmq.ROUTING_ID, transport.new_route())
         watcher = self._rpc.get_monitor_socket(_HANDSHAKE_FAILURES) if monitor else None
         self._rpc.connect(self.endpoints.rpc)
         return watcher
@@ -430,12 +429,9 @@ class Client:
         for sock in (self._push, self._rpc):
             if sock is not None:
                 sock.close()
-        for feed in self._feeds():
-            feed.close()
-        self._feed, self._inbox_feed, self._push, self._rpc = None, None, None, None
+        if self._feed is not None:
+            self._feed.close()
+        self._feed, self._push, self._rpc = None, None, None
         if self._own_context:
             self._ctx.term()
             self._own_context = False
-
-    def _feeds(self) -> list[Feed]:
-        return [f for f in (self._feed, self._inbox_feed) if f is not None]
