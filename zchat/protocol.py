@@ -240,7 +240,7 @@ Name = Annotated[str, msgspec.Meta(max_length=64)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 PostNumber = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 #: Texts are measured in UTF-8 bytes by check_text; this bound only keeps decoding cheap.
-Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_BYTES)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_FRAME_BYTES)]
 Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
 
 #: The kinds of event a client may post.

@@ -1,4 +1,5 @@
-"""BrokerCore without sockets: sessions as leases, rooms, stamping, drops. Time is passed in."""
+"""BrokerCore without sockets: sessions as leases, routes, rooms and inboxes, effects after commit,
+resumes, stalls and every bound. Time, routes, keys and addresses are passed in."""
 
 from __future__ import annotations
 
@@ -6,57 +7,143 @@ import itertools
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from zchat import protocol as p
+from zchat.broker import core as core_module
 from zchat.broker.config import BrokerConfig
-from zchat.broker.core import BrokerCore, Publish
+from zchat.broker.core import STALL_SECONDS, BrokerCore
 from zchat.broker.identity import Authority
-from zchat.broker.store import Store
+from zchat.broker.store import SQLiteStore, Store, StoreError
 
 #: The fixed wall clock of every test core, and how its timestamps read.
 WALL = 1_700_000_000.25
 WALL_TS = "2023-11-14T22:13:20.250Z"
 T0 = 1000.0  # monotonic start
 LEASE = 6.0  # heartbeat 2 s x 3 missed
+BOB_KEY, CAROL_KEY, EVE_KEY = "B" * 40, "C" * 40, "E" * 40
 
-Out = list[tuple[bytes, p.Event]]
+
+def route(name: str) -> bytes:
+    """A strong routing id (16+ bytes, not starting with zero) named after its owner."""
+    return f"route-{name}".ljust(16, ".").encode()
 
 
-def decoded(out: Sequence[Publish]) -> Out:
-    return [(topic, p.decode_event(payload)) for topic, payload in out]
+@dataclass
+class Sent:
+    """What one settled batch sent: on the feed, to routes, and as replies."""
+
+    published: list[tuple[bytes, p.Event]] = field(default_factory=list)
+    delivered: list[tuple[bytes, p.Event]] = field(default_factory=list)
+    replies: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+
+    def to(self, name: str) -> list[p.Event]:
+        return [e for r, e in self.delivered if r == route(name)]
+
+    @property
+    def events(self) -> list[p.Event]:
+        return [e for _, e in self.published]
 
 
 class Harness:
-    """A BrokerCore with deterministic tokens and wall clock, and helpers speaking its frames."""
+    """A BrokerCore with deterministic tokens and wall clock, settling each call as the shell
+    does: finish the batch, commit the store (if any), then keep it — or undo it if the commit
+    fails."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, store: Store | None = None, authority: Authority | None = None, now: float = T0, **config: Any
+    ) -> None:
         counter = itertools.count(1)
+        options: dict[str, Any] = {"heartbeat": 2.0, "missed_heartbeats": 3, **config}
+        self.store = store
         self.core = BrokerCore(
-            T0,
-            BrokerConfig(heartbeat=2.0, missed_heartbeats=3),
+            now,
+            BrokerConfig(**options),
             wallclock=lambda: WALL,
             new_token=lambda: f"token-{next(counter)}",
+            store=store,
+            authority=authority,
         )
 
-    def call(self, req: p.Request, now: float = T0, ident: bytes = b"peer-1") -> tuple[dict[str, object], Out]:
-        reply, out = self.core.request([ident, b"", p.encode(req)], now)
-        assert reply is not None
-        assert reply[:-1] == [ident, b""], "the reply must go back through the same envelope"
-        return p.decode_reply(reply[-1]), decoded(out)
+    def settle(self) -> Sent:
+        batch = self.core.finish()
+        if self.store is not None and self.store.staged:
+            try:
+                self.store.commit()
+            except StoreError:
+                self.store.rollback()
+                batch = self.core.undo()
+            else:
+                self.core.keep()
+        else:
+            self.core.keep()
+        sent = Sent()
+        sent.published = [(topic, p.decode_event(payload)) for topic, payload in batch.publish]
+        for to, message in batch.deliver:
+            event = p.delivered_event(p.decode_reply(message))
+            assert event is not None
+            sent.delivered.append((to, event))
+        for reply in batch.replies:
+            assert reply[1] == b"", "a reply goes back as [routing id, b'', json]"
+            sent.replies.append((reply[0], json.loads(reply[2])))
+        return sent
 
-    def hello(self, nick: str, rooms: Sequence[str] = ("general",), now: float = T0) -> str:
-        reply, _ = self.call(p.Hello(nick=nick, rooms=list(rooms)), now)
+    def call(
+        self,
+        req: p.Request,
+        now: float = T0,
+        *,
+        who: str = "peer",
+        identity: str | None = None,
+        peer: str | None = None,
+    ) -> tuple[dict[str, Any], Sent]:
+        self.core.begin(now)
+        self.core.request([route(who), b"", p.encode(req)], now, identity, peer)
+        sent = self.settle()
+        (to, reply), *_ = sent.replies
+        assert to == route(who), "the reply goes back to the connection that asked"
+        return reply, sent
+
+    def hello(
+        self, nick: str, rooms: Sequence[str] = ("general",), now: float = T0, identity: str | None = None, **kw: Any
+    ) -> str:
+        reply, _ = self.call(
+            p.Hello(protocol=p.PROTOCOL_VERSION, nick=nick, rooms=list(rooms), **kw), now, who=nick, identity=identity
+        )
         assert reply["ok"] is True, reply
-        token = reply["token"]
-        assert isinstance(token, str)
-        return token
+        return str(reply["token"])
 
-    def post(self, token: str, room: str, text: str, now: float = T0, **extra: object) -> Out:
-        body = {"token": token, "room": room, "text": text, **extra}
-        return decoded(self.core.ingest([p.encode(body)], now))
+    def post(
+        self, token: str, room: str, text: str, now: float = T0, identity: str | None = None, **extra: Any
+    ) -> Sent:
+        self.core.begin(now)
+        self.core.ingest([p.encode({"token": token, "room": room, "text": text, **extra})], now, identity)
+        return self.settle()
+
+    def advance(self, start: float, end: float) -> Sent:
+        """Run the loop's timers from ``start`` to ``end`` as a running broker does: a batch at
+        least every second (a longer gap would be a stall), expiring leases as they lapse."""
+        sent = Sent()
+        t = start
+        while t < end:
+            t = min(end, t + 1.0)
+            self.core.begin(t)
+            self.core.expire(t)
+            step = self.settle()
+            sent.published += step.published
+        return sent
+
+    def beat(
+        self, token: str, now: float = T0, who: str = "peer", identity: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        return self.call(p.Heartbeat(token=token, **extra), now, who=who, identity=identity)[0]
+
+
+def hello_req(nick: str, **kw: Any) -> p.Hello:
+    return p.Hello(protocol=p.PROTOCOL_VERSION, nick=nick, **kw)
 
 
 @pytest.fixture
@@ -64,32 +151,39 @@ def h() -> Harness:
     return Harness()
 
 
-# --- hello ------------------------------------------------------------------------------------------
+@pytest.fixture
+def stored(tmp_path: Any) -> Harness:
+    return Harness(store=SQLiteStore(":memory:"))
 
 
-def test_hello_gives_a_token_and_the_rooms_seq(h: Harness) -> None:
+def secure(**config: Any) -> Harness:
+    authority = Authority({BOB_KEY: {"bob"}, CAROL_KEY: {"carol"}, EVE_KEY: {"eve"}})
+    return Harness(store=SQLiteStore(":memory:"), authority=authority, **config)
+
+
+# --- hello --------------------------------------------------------------------------------------------
+
+
+def test_hello_gives_a_token_the_rooms_seqs_the_inbox_and_the_pace(h: Harness) -> None:
     h.hello("bob", ["general"])  # general is at seq 1 now
-    reply, out = h.call(p.Hello(nick="alice", rooms=["general", "dev"], req="r1"))
-    assert reply["ok"] is True
-    assert reply["type"] == "hello"
-    assert reply["req"] == "r1"
-    assert reply["nick"] == "alice"
-    assert reply["token"] == "token-2"
-    assert reply["rooms"] == {"general": 2, "dev": 1}  # seqs after alice's own joins
-    assert reply["heartbeat_ms"] == 2000
-    assert reply["lease_ms"] == 6000
-    assert reply["max_text_bytes"] == p.MAX_TEXT_BYTES
-    assert [(t, e.room, e.seq, e.kind, e.nick) for t, e in out] == [
+    reply, sent = h.call(hello_req("alice", rooms=["general", "dev"], req="r1"), who="alice")
+    assert (reply["ok"], reply["type"], reply["req"], reply["nick"]) == (True, "hello", "r1", "alice")
+    assert (reply["token"], reply["protocol"], reply["resumed"], reply["acked"]) == ("token-2", 2, False, 0)
+    assert reply["rooms"] == {"dev": 1, "general": 2}  # seqs after alice's own joins
+    assert (reply["heartbeat_ms"], reply["lease_ms"], reply["max_text_bytes"]) == (2000, 6000, p.MAX_TEXT_BYTES)
+    assert (reply["rate"], reply["burst"]) == (10.0, 60)
+    inbox = reply["inbox"]
+    assert inbox["name"].startswith("@alice~") and (inbox["seq"], inbox["read"]) == (0, 0)
+    assert [(t, e.room, e.seq, e.kind, e.nick) for t, e in sent.published] == [
         (b"#general:", "general", 2, "join", "alice"),
         (b"#dev:", "dev", 1, "join", "alice"),
     ]
 
 
 def test_join_event_is_published_on_the_room_topic_with_seq_1(h: Harness) -> None:
-    reply, out = h.call(p.Hello(nick="alice"))  # default room
+    reply, sent = h.call(hello_req("alice"))  # default room
     assert reply["rooms"] == {"general": 1}
-    assert len(out) == 1
-    topic, ev = out[0]
+    ((topic, ev),) = sent.published
     assert topic == b"#general:"
     assert (ev.seq, ev.ts, ev.room, ev.kind, ev.nick, ev.text) == (
         1,
@@ -104,55 +198,101 @@ def test_join_event_is_published_on_the_room_topic_with_seq_1(h: Harness) -> Non
 
 
 def test_hello_with_duplicate_rooms_joins_each_once(h: Harness) -> None:
-    reply, out = h.call(p.Hello(nick="alice", rooms=["dev", "dev", "general", "dev"]))
+    reply, sent = h.call(hello_req("alice", rooms=["dev", "dev", "general", "dev"]))
     assert reply["rooms"] == {"dev": 1, "general": 1}
-    assert [e.room for _, e in out] == ["dev", "general"]
+    assert [e.room for e in sent.events] == ["dev", "general"]
 
 
-@pytest.mark.parametrize("other", ["alice", "ALICE", "Alice", "aLiCe"])
+@pytest.mark.parametrize("other", ["alice", "ALICE", "aLiCe"])
 def test_duplicate_nick_is_refused_case_insensitively(h: Harness, other: str) -> None:
     h.hello("Alice")
-    reply, out = h.call(p.Hello(nick=other, req="7"))
-    assert reply["ok"] is False
-    assert reply["type"] == "error"
-    assert reply["code"] == "nick_taken"
-    assert reply["req"] == "7"
-    assert other in str(reply["error"])
-    assert out == []
+    reply, sent = h.call(hello_req(other, req="7"))
+    assert (reply["ok"], reply["type"], reply["code"], reply["req"]) == (False, "error", "nick_taken", "7")
+    assert other in reply["error"] and sent.published == []
     assert h.core.members("general") == ["Alice"]
-    assert h.core.stats(T0)["sessions"] == 1
 
 
 @pytest.mark.parametrize("nick", ["", "1abc", "a" * 25, "bad nick", "*", "mallory:"])
 def test_invalid_nick_is_refused_with_the_rule(h: Harness, nick: str) -> None:
-    reply, out = h.call(p.Hello(nick=nick))
-    assert reply["ok"] is False
-    assert reply["code"] == "invalid"
-    assert p.NICK_RULE in str(reply["error"])
-    assert out == []
-    assert h.core.stats(T0)["sessions"] == 0
+    reply, _ = h.call(hello_req(nick))
+    assert (reply["ok"], reply["code"]) == (False, "invalid")
+    assert p.NICK_RULE in reply["error"]
 
 
-@pytest.mark.parametrize("room", ["General", "#general", "", "a" * 33, "dev ops", "_x"])
+@pytest.mark.parametrize("room", ["", "-dev", "a" * 33, "dev ops", "dev:"])
 def test_invalid_room_is_refused_with_the_rule(h: Harness, room: str) -> None:
-    reply, out = h.call(p.Hello(nick="alice", rooms=["general", room]))
-    assert reply["ok"] is False
-    assert reply["code"] == "invalid"
-    assert p.ROOM_RULE in str(reply["error"])
-    assert out == []  # nothing half done: not even the valid room was joined
-    assert h.core.members("general") == []
+    reply, sent = h.call(hello_req("alice", rooms=["general", room]))
+    assert (reply["ok"], reply["code"]) == (False, "invalid")
+    assert p.ROOM_RULE in reply["error"] and sent.published == []
     assert h.core.stats(T0)["sessions"] == 0
-    # and the nick is still free
-    assert h.hello("alice")
 
 
 def test_too_many_rooms_are_refused(h: Harness) -> None:
-    rooms = [f"r{n}" for n in range(p.MAX_ROOMS + 1)]
-    reply, out = h.call(p.Hello(nick="alice", rooms=rooms))
-    assert (reply["ok"], reply["code"], out) == (False, "too_many_rooms", [])
-    reply, out = h.call(p.Hello(nick="alice", rooms=rooms[:-1]))
-    assert reply["ok"] is True
-    assert len(out) == p.MAX_ROOMS
+    reply, _ = h.call(hello_req("alice", rooms=[f"r{i}" for i in range(p.MAX_ROOMS + 1)]))
+    assert (reply["ok"], reply["code"]) == (False, "too_many_rooms")
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_another_protocol_version_is_refused_in_one_line(h: Harness, version: int) -> None:
+    reply, sent = h.call(p.Hello(protocol=version, nick="old"))
+    assert (reply["ok"], reply["code"]) == (False, "protocol")
+    assert "zchat protocol 2" in reply["error"] and "\n" not in reply["error"]
+    assert sent.published == [] and h.core.stats(T0)["sessions"] == 0
+    # A hello with no version at all is a client of the first protocol.
+    assert p.decode_request(b'{"type":"hello","nick":"old"}') == p.Hello(protocol=1, nick="old")
+
+
+@pytest.mark.parametrize("weak", [b"\x00\x00\x00\x00\x07", b"short", b"\x00" + b"x" * 20])
+def test_a_guessable_route_cannot_hold_a_session(h: Harness, weak: bytes) -> None:
+    h.core.begin(T0)
+    h.core.request([weak, b"", p.encode(hello_req("alice"))], T0)
+    (reply,) = h.settle().replies
+    assert reply[0] == weak and (reply[1]["ok"], reply[1]["code"]) == (False, "weak_route")
+    assert "ROUTING_ID" in reply[1]["error"]
+    assert h.core.stats(T0)["weak_routes"] == 1
+
+
+# --- resuming -------------------------------------------------------------------------------------------
+
+
+def test_resume_continues_the_session_without_join_or_leave(h: Harness) -> None:
+    token = h.hello("alice", ["general", "dev"])
+    h.post(token, "general", "one", n=1)
+    reply, sent = h.call(hello_req("alice", rooms=["general", "dev"], resume=token), T0 + 1, who="alice-2")
+    assert (reply["token"], reply["resumed"], reply["acked"]) == (token, True, 1)
+    assert sent.published == []
+    # Its traffic now goes to the new connection.
+    bob = h.hello("bob")
+    assert h.post(bob, "", "hi alice", to="alice").to("alice-2")
+    assert h.core.stats(T0)["resumed"] == 1
+
+
+def test_resume_reconciles_the_rooms(h: Harness) -> None:
+    token = h.hello("alice", ["general", "dev"])
+    reply, sent = h.call(hello_req("alice", rooms=["general", "ops"], resume=token), who="alice")
+    assert reply["resumed"] is True and reply["rooms"] == {"general": 1, "ops": 1}
+    assert [(e.room, e.kind) for e in sent.events] == [("dev", "leave"), ("ops", "join")]
+
+
+@pytest.mark.parametrize("change", ["nick", "key"])
+def test_resume_needs_the_same_nick_and_key(change: str) -> None:
+    h = secure()
+    token = h.hello("bob", identity=BOB_KEY)
+    nick, key = ("carol", CAROL_KEY) if change == "nick" else ("bob", EVE_KEY)
+    reply, _ = h.call(hello_req(nick, resume=token), who="x", identity=key)
+    # Another nick is a new session (the resume is ignored); another key may not take bob's.
+    assert reply.get("resumed") is False if change == "nick" else reply["code"] == "nick_taken"
+    assert h.core.session(token) is not None
+
+
+def test_hello_resuming_an_ended_session_learns_what_it_committed(h: Harness) -> None:
+    token = h.hello("alice")
+    for n in (1, 2, 3):
+        h.post(token, "general", f"m{n}", n=n)
+    h.call(p.Leave(token=token))
+    reply, _ = h.call(hello_req("alice", resume=token), T0 + 1, who="alice")
+    assert (reply["resumed"], reply["prior_acked"], reply["acked"]) == (False, 3, 0)
+    assert reply["token"] != token
 
 
 # --- posts ------------------------------------------------------------------------------------------
@@ -160,651 +300,608 @@ def test_too_many_rooms_are_refused(h: Harness) -> None:
 
 def test_post_is_stamped_with_the_sessions_nick_not_the_payloads(h: Harness) -> None:
     token = h.hello("alice")
-    out = h.post(token, "general", "hi all", nick="mallory", seq=999, ts="1999", kind="action", id="m1")
-    assert len(out) == 1
-    topic, ev = out[0]
+    sent = h.post(token, "general", "hi", nick="mallory", n=1, id="c-1")
+    ((topic, ev),) = sent.published
     assert topic == b"#general:"
-    assert (ev.nick, ev.text, ev.kind, ev.room, ev.id) == ("alice", "hi all", "action", "general", "m1")
-    assert (ev.seq, ev.ts) == (2, WALL_TS)  # stamped by the broker, after alice's join (1)
+    assert (ev.seq, ev.ts, ev.room, ev.kind, ev.nick, ev.text, ev.id, ev.n) == (
+        2, WALL_TS, "general", "message", "alice", "hi", "c-1", 1,
+    )  # fmt: skip
 
 
 def test_seq_is_gapless_per_room_and_independent_across_rooms(h: Harness) -> None:
-    alice = h.hello("alice", ["general", "dev"])  # join: general 1, dev 1
-    bob = h.hello("bob", ["dev"])  # join: dev 2
-    seen: dict[str, list[int]] = {"general": [], "dev": []}
-    for n in range(30):
-        room = "dev" if n % 3 else "general"
-        token = bob if n % 2 and room == "dev" else alice
-        for topic, ev in h.post(token, room, f"m{n}", now=T0 + n * 0.01):
-            assert topic == p.room_topic(room)
-            seen[ev.room].append(ev.seq)
-    assert seen["general"] == list(range(2, 2 + len(seen["general"])))
-    assert seen["dev"] == list(range(3, 3 + len(seen["dev"])))
-    assert h.core.seq("general") == 1 + len(seen["general"])
-    assert h.core.seq("dev") == 2 + len(seen["dev"])
-    assert h.core.seq("nowhere") == 0
+    token = h.hello("alice", ["general", "dev"])
+    seqs = [
+        (e.room, e.seq) for r in ["general", "dev", "general", "general", "dev"] for e in h.post(token, r, "x").events
+    ]
+    assert seqs == [("general", 2), ("dev", 2), ("general", 3), ("general", 4), ("dev", 3)]
 
 
 def test_post_with_unknown_token_is_dropped_silently(h: Harness) -> None:
-    h.hello("alice")
-    before = h.core.counters.published
-    assert h.post("forged-token", "general", "hello", nick="alice") == []
-    assert h.post("", "general", "hello") == []
-    assert h.core.counters.dropped_unknown_session == 2
-    assert h.core.counters.published == before
-    assert h.core.counters.received == 0
-    assert h.core.seq("general") == 1
+    sent = h.post("nope", "general", "hi")
+    assert sent == Sent() and h.core.stats(T0)["dropped_unknown_session"] == 1
 
 
 @pytest.mark.parametrize(
-    "frames",
-    [
-        [],
-        [b""],
-        [b"a", b"b"],
-        [p.encode(p.Post(token="token-1", room="general", text="hi"))] * 2,
-        [b"1", b"2", b"3", b"4", b"5"],
-        [b"\xff\xfe"],
-        [b"{nope"],
-        [b"[1, 2]"],
-        [b'{"room":"general","text":"no token"}'],
-        [b'{"token":"token-1","room":"general","text":"\xff"}'],
-        [b'{"token":"token-1","room":"general","text":"x","junk":' + b"[" * 5000 + b"]" * 5000 + b"}"],
-    ],
+    "frames", [[b"not json"], [b"{}"], [b'{"token": 1}'], [b"a", b"b"], [b'{"token":"t","text":"x","n":0}']]
 )
 def test_malformed_ingest_messages_are_dropped(h: Harness, frames: list[bytes]) -> None:
-    h.hello("alice")  # token-1: a valid token does not make a malformed message acceptable
-    seq = h.core.seq("general")
-    out = h.core.ingest(frames, T0)
-    # At most a note to the owner of a token that can still be read; never anything in a room.
-    assert all(topic == b"@alice:" and p.decode_event(ev).code == "bad_post" for topic, ev in out)
-    assert h.core.counters.dropped_malformed == 1
-    assert h.core.seq("general") == seq
-    assert h.core.counters.received == 0
+    h.core.begin(T0)
+    h.core.ingest(frames, T0)
+    assert h.settle() == Sent() and h.core.stats(T0)["dropped_malformed"] == 1
 
 
-def test_invalid_post_from_a_live_session_is_explained_on_its_inbox(h: Harness) -> None:
+def test_an_invalid_post_of_a_live_session_is_explained_to_it_alone(h: Harness) -> None:
     token = h.hello("alice")
-    body = {"token": token, "room": "general", "text": "hi", "kind": "shout", "id": "m-1"}
-    out = h.core.ingest([json.dumps(body).encode()], T0)
-    assert len(out) == 1
-    topic, payload = out[0]
-    event = p.decode_event(payload)
-    assert topic == b"@alice:"
-    assert (event.kind, event.code, event.id, event.seq) == ("error", "bad_post", "m-1", 0)
-    assert "kind" in event.text
+    h.hello("bob")
+    sent = h.post(token, "general", "hi", kind="shout", id="x1")
+    assert sent.published == [] and sent.to("bob") == []
+    (err,) = sent.to("alice")
+    assert (err.kind, err.code, err.id, err.seq) == ("error", "bad_post", "x1", 0)
 
 
-def test_too_long_text_gets_an_inbox_error_and_nothing_on_the_room(h: Harness) -> None:
-    token = h.hello("Alice")
-    out = h.post(token, "general", "é" * (p.MAX_TEXT_BYTES // 2) + "!", id="long-1")
-    assert len(out) == 1
-    topic, ev = out[0]
-    assert topic == b"@alice:"  # the inbox topic is lower-cased
-    assert (ev.seq, ev.kind, ev.nick, ev.code, ev.id, ev.room) == (0, "error", "*", "rejected", "long-1", "general")
-    assert "too long" in ev.text
-    assert h.core.seq("general") == 1  # no seq was spent
-    assert h.core.counters.rejected == 1
-    assert h.core.counters.received == 0
-    # the next good post takes the next seq
-    [(_, ok)] = h.post(token, "general", "short")
-    assert ok.seq == 2
-
-
-def test_blank_text_and_long_id_get_inbox_errors(h: Harness) -> None:
+@pytest.mark.parametrize(
+    ("room", "text", "extra", "why"),
+    [
+        ("general", "x" * (p.MAX_TEXT_BYTES + 1), {}, "too long"),
+        ("general", "   ", {}, "empty message"),
+        ("dev", "hi", {}, "you are not in room 'dev'"),
+        ("", "hi", {"to": "nobody"}, "no one called 'nobody'"),
+    ],
+)
+def test_a_refused_post_uses_up_its_number_and_says_why(
+    h: Harness, room: str, text: str, extra: dict[str, Any], why: str
+) -> None:
     token = h.hello("alice")
-    [(topic, ev)] = h.post(token, "general", "   ", id="b1")
-    assert (topic, ev.code, ev.id, ev.text) == (b"@alice:", "rejected", "b1", "empty message")
-    [(topic, ev)] = h.post(token, "general", "fine", id="x" * (p.MAX_ID_CHARS + 1))
-    assert (topic, ev.code) == (b"@alice:", "rejected")
-    assert h.core.seq("general") == 1
-    assert h.core.counters.rejected == 2
+    sent = h.post(token, room, text, n=1, id="m1", **extra)
+    assert sent.published == []
+    (err,) = sent.to("alice")
+    assert (err.code, err.id, err.n) == ("rejected", "m1", 1) and why in err.text
+    assert h.beat(token)["acked"] == 1  # final: the next post is number 2
 
 
-def test_posting_to_a_room_you_are_not_in_gets_an_inbox_error(h: Harness) -> None:
-    token = h.hello("alice", ["general"])
-    h.hello("bob", ["dev"])
-    out = h.post(token, "dev", "let me in", id="m9")
-    assert len(out) == 1
-    topic, ev = out[0]
-    assert topic == b"@alice:"
-    assert (ev.seq, ev.kind, ev.code, ev.id, ev.room) == (0, "error", "rejected", "m9", "")
-    assert "dev" in ev.text
-    assert h.core.seq("dev") == 1  # only bob's join
-    # an invalid room name is the same kind of mistake
-    [(topic, ev)] = h.post(token, "Not A Room", "x")
-    assert (topic, ev.code) == (b"@alice:", "rejected")
+# --- numbered posts: once, in order -------------------------------------------------------------------
 
 
-# --- leases -----------------------------------------------------------------------------------------
+def test_a_resent_post_is_confirmed_not_published_again(h: Harness) -> None:
+    token = h.hello("alice")
+    assert len(h.post(token, "general", "hi", n=1).events) == 1
+    sent = h.post(token, "general", "hi", n=1, id="again")
+    assert sent.published == []
+    (dup,) = sent.to("alice")
+    assert (dup.kind, dup.n, dup.id) == ("duplicate", 1, "again")
+    assert h.core.stats(T0)["duplicates"] == 1
 
 
-def test_heartbeat_renews_the_lease(h: Harness) -> None:
-    token = h.hello("alice")  # lease until T0 + 6
-    reply, out = h.call(p.Heartbeat(token=token, req="hb"), now=T0 + 5)  # now until T0 + 11
-    assert (reply["ok"], reply["req"], out) == (True, "hb", [])
-    assert h.core.expire(T0 + 10.75) == []
+def test_a_post_ahead_of_its_turn_is_refused_once_with_the_number_wanted(h: Harness) -> None:
+    token = h.hello("alice")
+    h.post(token, "general", "one", n=1)
+    first = h.post(token, "general", "three", n=3)
+    second = h.post(token, "general", "four", n=4)
+    assert first.published == second.published == []
+    (err,) = first.to("alice")
+    assert (err.code, err.n, err.expected) == ("out_of_order", 3, 2)
+    assert second.to("alice") == []  # told once per gap: the sender resends from 2
+    assert [e.text for n, t in [(2, "two"), (3, "three")] for e in h.post(token, "general", t, n=n).events] == [
+        "two",
+        "three",
+    ]
+    assert h.core.stats(T0)["out_of_order"] == 2
+
+
+def test_posts_without_a_number_are_taken_as_they_come(h: Harness) -> None:
+    token = h.hello("alice")
+    assert len(h.post(token, "general", "a").events) == len(h.post(token, "general", "a").events) == 1
+
+
+# --- rate limit ---------------------------------------------------------------------------------------
+
+
+def test_posts_past_the_burst_are_refused_with_the_number_to_resend_from() -> None:
+    h = Harness(rate=2.0, burst=3)
+    token = h.hello("alice")
+    results = [h.post(token, "general", f"m{n}", n=n) for n in range(1, 6)]
+    assert [len(r.events) for r in results] == [1, 1, 1, 0, 0]
+    (err,) = results[3].to("alice")
+    assert (err.code, err.expected) == ("rate_limited", 4) and "at most 2 messages a second" in err.text
+    assert results[4].to("alice") == []  # 5, ahead of 4: the sender was told once to resend from 4
+    # Half a second later a token is back: the sender resends 4.
+    assert len(h.post(token, "general", "m4", T0 + 0.5, n=4).events) == 1
+    # Resends of what was committed are free, however fast.
+    assert all(h.post(token, "general", "m1", T0 + 0.5, n=1).to("alice")[0].kind == "duplicate" for _ in range(10))
+
+
+def test_in_secure_mode_the_limit_is_per_key() -> None:
+    authority = Authority({BOB_KEY: {"bob", "bobby"}})
+    h = Harness(authority=authority, rate=1.0, burst=2)
+    one, two = h.hello("bob", identity=BOB_KEY), h.hello("bobby", identity=BOB_KEY)
+    published = [len(h.post(t, "general", "x", identity=BOB_KEY).events) for t in (one, two, one)]
+    assert published == [1, 1, 0]
+
+
+def test_rate_zero_means_no_limit() -> None:
+    h = Harness(rate=0)
+    token = h.hello("alice")
+    assert sum(len(h.post(token, "general", "x").events) for _ in range(500)) == 500
+
+
+# --- private messages: stored per inbox, delivered on routes, never published ---------------------------
+
+
+def test_a_private_message_goes_to_both_inboxes_on_their_own_routes(h: Harness) -> None:
+    alice, bob = h.hello("alice"), h.hello("bob")
+    h.hello("eve")
+    sent = h.post(alice, "general", "psst", to="BOB", id="p1", n=1)
+    assert sent.published == [] and sent.to("eve") == []
+    (to_bob,) = sent.to("bob")
+    (copy,) = sent.to("alice")
+    assert (to_bob.kind, to_bob.nick, to_bob.to, to_bob.text, to_bob.seq) == ("private", "alice", "bob", "psst", 1)
+    assert to_bob.room.startswith("@bob~") and copy.room.startswith("@alice~") and copy.seq == 1
+    assert (to_bob.id, copy.id) == ("p1", "p1")
+    assert h.beat(bob, who="bob")["seqs"][to_bob.room] == 1
+
+
+def test_a_private_message_to_oneself_is_stored_once(h: Harness) -> None:
+    alice = h.hello("alice")
+    assert len(h.post(alice, "", "note", to="alice").to("alice")) == 1
+
+
+def test_a_resent_private_message_is_delivered_once(h: Harness) -> None:
+    alice, _ = h.hello("alice"), h.hello("bob")
+    assert len(h.post(alice, "", "x", to="bob", n=1).to("bob")) == 1
+    assert h.post(alice, "", "x", to="bob", n=1).to("bob") == []
+
+
+def test_an_inbox_is_read_only_with_its_own_sessions_token(stored: Harness) -> None:
+    h = stored
+    alice, bob, eve = h.hello("alice"), h.hello("bob"), h.hello("eve")
+    inbox = h.post(alice, "", "secret", to="bob").to("bob")[0].room
+    reply, _ = h.call(p.History(room=inbox, after=0, token=bob), who="bob")
+    assert [e["text"] for e in reply["events"]] == ["secret"]
+    assert h.call(p.History(room=inbox, after=0, token=eve), who="eve")[0]["code"] == "not_yours"
+    assert h.call(p.History(room=inbox, after=0), who="eve")[0]["code"] == "unknown_session"
+
+
+def test_in_open_mode_the_next_bob_gets_none_of_the_last_ones_inbox(stored: Harness) -> None:
+    h = stored
+    alice, bob = h.hello("alice"), h.hello("bob")
+    old_inbox = h.post(alice, "", "for the first bob", to="bob").to("bob")[0].room
+    h.call(p.Leave(token=bob), who="bob")
+    reply, _ = h.call(hello_req("bob"), who="bob2")
+    assert reply["inbox"]["name"] != old_inbox and reply["inbox"]["seq"] == 0
+    assert h.call(p.History(room=old_inbox, after=0, token=reply["token"]), who="bob2")[0]["code"] == "not_yours"
+
+
+def test_in_secure_mode_a_message_to_an_offline_owner_waits_for_them() -> None:
+    h = secure()
+    carol = h.hello("carol", identity=CAROL_KEY)
+    sent = h.post(carol, "", "see you later", to="bob", identity=CAROL_KEY)
+    (copy, notice) = sent.to("carol")
+    assert copy.kind == "private" and (notice.code, notice.text) == (
+        "offline",
+        "bob is offline: the message waits for them",
+    )
+    reply, _ = h.call(hello_req("bob"), who="bob", identity=BOB_KEY)
+    assert reply["inbox"] == {"name": "@bob", "seq": 1, "read": 0}
+    h.beat(reply["token"], who="bob", identity=BOB_KEY, inbox_read=1)
+    assert h.call(hello_req("bob", resume=reply["token"]), who="bob", identity=BOB_KEY)[0]["inbox"]["read"] == 1
+
+
+def test_a_message_to_an_away_nick_tells_the_sender(h: Harness) -> None:
+    alice, bob = h.hello("alice"), h.hello("bob")
+    h.call(p.Away(token=bob, text="lunch"), who="bob")
+    (_, notice) = h.post(alice, "", "?", to="bob").to("alice")
+    assert (notice.code, notice.text) == ("away", "bob is away: lunch")
+
+
+# --- leases and stalls ----------------------------------------------------------------------------------
+
+
+def test_heartbeat_renews_the_lease_and_reports_seqs_and_acked(h: Harness) -> None:
+    token = h.hello("alice")
+    h.post(token, "general", "x", n=1)
+    reply = h.beat(token, T0 + 5)
+    assert reply["ok"] is True and reply["acked"] == 1
+    assert reply["seqs"]["general"] == 2 and list(reply["seqs"])[1].startswith("@alice~")
+    h.core.expire(T0 + 5 + LEASE - 0.01)
     assert h.core.session(token) is not None
-    assert h.post(token, "general", "still here", now=T0 + 10.5)[0][1].nick == "alice"  # until T0 + 16.5
-    assert h.core.expire(T0 + 16.25) == []
-    assert len(h.core.expire(T0 + 16.5)) == 1
-    assert h.core.session(token) is None
 
 
 def test_heartbeat_with_unknown_or_lapsed_token_is_refused(h: Harness) -> None:
     token = h.hello("alice")
-    reply, _ = h.call(p.Heartbeat(token="nope"))
-    assert (reply["ok"], reply["code"]) == (False, "unknown_session")
-    reply, _ = h.call(p.Heartbeat(token=token), now=T0 + LEASE)  # lapsed, not yet swept
-    assert (reply["ok"], reply["code"]) == (False, "unknown_session")
-    # a lapsed session's posts are dropped like unknown ones
-    assert h.post(token, "general", "late", now=T0 + LEASE) == []
-    assert h.core.counters.dropped_unknown_session == 1
+    assert h.beat("nope")["code"] == "unknown_session"
+    h.advance(T0, T0 + LEASE)
+    assert h.beat(token, T0 + LEASE)["code"] == "unknown_session"
 
 
-def test_expiry_publishes_timed_out_and_frees_the_nick(h: Harness) -> None:
+def test_expiry_says_timed_out_frees_the_nick_and_leaves_a_tombstone(h: Harness) -> None:
     token = h.hello("alice", ["general", "dev"])
-    h.hello("bob", ["general"], now=T0 + 3)
-    assert h.core.expire(T0 + LEASE - 0.001) == []
-    out = decoded(h.core.expire(T0 + LEASE))
-    assert [(t, e.kind, e.nick, e.text, e.reason, e.seq) for t, e in out] == [
-        (b"#dev:", "leave", "alice", "alice left (timed out)", "timed out", 2),
-        (b"#general:", "leave", "alice", "alice left (timed out)", "timed out", 3),
+    sent = h.advance(T0, T0 + LEASE)
+    assert [(e.room, e.kind, e.text) for e in sent.events] == [
+        ("dev", "leave", "alice left (timed out)"),
+        ("general", "leave", "alice left (timed out)"),
     ]
-    assert h.core.session(token) is None
-    assert h.core.members("general") == ["bob"]
-    assert h.core.counters.timeouts == 1
-    assert h.core.expire(T0 + LEASE) == []  # only once
-    reply, _ = h.call(p.Hello(nick="alice"), now=T0 + LEASE + 1)
-    assert reply["ok"] is True
-
-
-def test_hello_for_a_nick_whose_lease_lapsed_succeeds(h: Harness) -> None:
-    old = h.hello("alice")
-    # no expire() call in between: the hello itself must sweep the lapsed lease
-    reply, out = h.call(p.Hello(nick="ALICE"), now=T0 + LEASE + 0.5)
-    assert reply["ok"] is True
-    assert reply["token"] != old
-    assert [(e.kind, e.nick, e.reason, e.seq) for _, e in out] == [
-        ("leave", "alice", "timed out", 2),
-        ("join", "ALICE", None, 3),
-    ]
-    assert h.core.session(old) is None
-    assert h.core.members("general") == ["ALICE"]
+    assert h.core.session(token) is None and h.core.stats(T0)["tombstones"] == 1
+    h.hello("alice", now=T0 + LEASE)
 
 
 def test_next_expiry(h: Harness) -> None:
     assert h.core.next_expiry() == math.inf
     token = h.hello("alice")
     assert h.core.next_expiry() == T0 + LEASE
-    h.hello("bob", now=T0 + 2)
-    assert h.core.next_expiry() == T0 + LEASE  # the earliest lease
-    h.call(p.Heartbeat(token=token), now=T0 + 4)  # alice until T0 + 10, bob until T0 + 8
-    assert h.core.next_expiry() <= T0 + 8  # a lower bound, never later than a real expiry
-    assert h.core.expire(T0 + LEASE) == []  # nobody lapsed yet: the sweep moves the bound up
-    assert h.core.next_expiry() == T0 + 8
-    assert len(h.core.expire(T0 + 8)) == 1  # bob
-    assert h.core.next_expiry() == T0 + 10
-    assert len(h.core.expire(T0 + 10)) == 1  # alice
-    assert h.core.next_expiry() == math.inf
+    h.beat(token, T0 + 3)
+    h.core.expire(T0 + LEASE)
+    assert h.core.next_expiry() == T0 + 3 + LEASE
 
 
-# --- leave, join, part, who -------------------------------------------------------------------------
-
-
-def test_leave_publishes_quit(h: Harness) -> None:
-    token = h.hello("alice", ["general", "dev"])
-    h.hello("bob")
-    reply, out = h.call(p.Leave(token=token, req="bye"))
-    assert (reply["ok"], reply["req"]) == (True, "bye")
-    assert [(t, e.kind, e.nick, e.text, e.reason) for t, e in out] == [
-        (b"#dev:", "leave", "alice", "alice left (quit)", "quit"),
-        (b"#general:", "leave", "alice", "alice left (quit)", "quit"),
-    ]
-    assert h.core.session(token) is None
-    assert h.core.members("general") == ["bob"]
-    assert h.core.counters.leaves == 1
-    assert h.hello("alice")  # the nick is free again
-
-
-def test_leave_with_a_message(h: Harness) -> None:
+def test_a_stalled_broker_gives_every_lease_a_grace_instead_of_expiring_it(h: Harness) -> None:
     token = h.hello("alice")
-    _, out = h.call(p.Leave(token=token, reason="off to lunch"))
-    assert out[0][1].text == "alice left (quit: off to lunch)"
+    resumed = T0 + 2 * LEASE  # the broker was stopped (SIGSTOP) for two leases
+    h.core.begin(resumed)
+    h.core.expire(resumed)
+    assert h.settle().published == [] and h.core.stats(resumed)["stalls"] == 1
+    # The heartbeats sent during the stall arrive now: the session lives on.
+    assert h.beat(token, resumed + 0.1)["ok"] is True
+    # A session that really stopped heartbeating still ends, once the grace is over.
+    h.call(p.Leave(token=token), resumed + 0.1)
+    h.hello("quiet", now=resumed + 0.2)
+    sent = h.advance(resumed + 0.2, resumed + 0.2 + LEASE + 1)
+    assert [e.nick for e in sent.events] == ["quiet"]
 
 
-def test_part_and_join(h: Harness) -> None:
+def test_a_loop_that_merely_runs_every_second_is_not_a_stall(h: Harness) -> None:
+    h.hello("alice")
+    for t in range(1, 8):
+        h.core.begin(T0 + t * (STALL_SECONDS - 0.1))
+    assert h.core.stats(T0)["stalls"] == 0
+
+
+# --- effects after commit ------------------------------------------------------------------------------
+
+
+class FailingStore(SQLiteStore):
+    """A store whose commits fail while ``failing`` is set (a full or read-only disk)."""
+
+    failing = False
+
+    def commit(self) -> None:
+        if self.failing:
+            self.rollback()
+            raise StoreError("disk I/O error")
+        super().commit()
+
+
+def test_a_failed_commit_leaves_no_trace_and_asks_for_the_resend() -> None:
+    store = FailingStore(":memory:")
+    h = Harness(store=store)
+    alice = h.hello("alice")
+    h.post(alice, "general", "one", n=1)
+    store.failing = True
+    sent = h.post(alice, "general", "two", n=2, id="m2")
+    assert sent.published == []  # nothing published that is not stored
+    (err,) = sent.to("alice")
+    assert (err.code, err.expected) == ("unavailable", 2)
+    reply, sent = h.call(hello_req("bob"), who="bob")  # a hello in a failed batch: not made
+    assert reply["code"] == "unavailable" and sent.published == []
+    assert h.core.seq("general") == 2 and h.core.members("general") == ["alice"]
+    store.failing = False
+    assert h.beat(alice)["acked"] == 1  # nothing was confirmed that is not stored
+    (ev,) = h.post(alice, "general", "two", n=2).events
+    assert (ev.seq, ev.text) == (3, "two")  # the resend takes the seq the failed one had
+    assert [json.loads(e)["text"] for e in store.page("general", 0, 10).events] == ["alice joined", "one", "two"]
+    assert h.core.stats(T0)["store_failures"] == 2
+
+
+def test_a_failed_commit_takes_back_joins_leaves_nick_topic_and_claims() -> None:
+    store = FailingStore(":memory:")
+    h = Harness(store=store, authority=Authority(open_registration=True))
+    bob = h.hello("bob", ["general"], identity=BOB_KEY)
+    before = (h.core.members("general"), h.core.seq("general"), store.claims())
+    store.failing = True
+    h.call(p.Join(token=bob, room="dev"), who="bob", identity=BOB_KEY)
+    h.call(p.Nick(token=bob, nick="robert"), who="bob", identity=BOB_KEY)
+    h.call(p.Topic(token=bob, room="general", text="new"), who="bob", identity=BOB_KEY)
+    h.call(p.Leave(token=bob), who="bob", identity=BOB_KEY)
+    store.failing = False
+    assert (h.core.members("general"), h.core.seq("general"), store.claims()) == before
+    assert h.core.members("dev") == [] and h.core.session(bob) is not None
+    reply, _ = h.call(p.Who(room="general"))
+    assert reply["nicks"] == ["bob"] and reply["topic"] is None
+    # robert was never claimed: eve's key may have it.
+    assert h.call(hello_req("robert"), who="eve", identity=EVE_KEY)[0]["ok"] is True
+
+
+# --- leave, join, part, who, nick, away, topic --------------------------------------------------------------
+
+
+def test_leave_says_quit_with_its_message(h: Harness) -> None:
+    token = h.hello("alice")
+    _, sent = h.call(p.Leave(token=token, reason="bye all"))
+    assert [(e.kind, e.text, e.reason) for e in sent.events] == [("leave", "alice left (quit: bye all)", "quit")]
+
+
+def test_part_with_a_reason_and_join(h: Harness) -> None:
     token = h.hello("alice", ["general"])
-    reply, out = h.call(p.Join(token=token, room="dev", req="j"))
-    assert (reply["ok"], reply["room"], reply["seq"], reply["req"]) == (True, "dev", 1, "j")
-    assert [(t, e.kind, e.seq) for t, e in out] == [(b"#dev:", "join", 1)]
-    reply, out = h.call(p.Join(token=token, room="dev"))  # already in: no second join event
-    assert (reply["ok"], reply["seq"], out) == (True, 1, [])
-    assert h.post(token, "dev", "in dev")[0][0] == b"#dev:"
-
-    reply, out = h.call(p.Part(token=token, room="dev"))
-    assert (reply["ok"], reply["room"]) == (True, "dev")
-    assert [(t, e.kind, e.text, e.reason, e.seq) for t, e in out] == [
-        (b"#dev:", "leave", "alice left (part)", "part", 3)
-    ]
-    assert h.core.members("dev") == []
-    [(topic, err)] = h.post(token, "dev", "still here?")
-    assert (topic, err.kind) == (b"@alice:", "error")
-
-    reply, out = h.call(p.Part(token=token, room="dev"))
-    assert (reply["ok"], reply["code"], out) == (False, "not_in_room", [])
-    reply, _ = h.call(p.Join(token=token, room="Dev"))
-    assert (reply["ok"], reply["code"]) == (False, "invalid")
-    reply, _ = h.call(p.Join(token="forged", room="dev"))
-    assert (reply["ok"], reply["code"]) == (False, "unknown_session")
+    reply, sent = h.call(p.Join(token=token, room="Dev"))
+    assert (reply["room"], reply["seq"]) == ("dev", 1) and [e.kind for e in sent.events] == ["join"]
+    again, sent = h.call(p.Join(token=token, room="dev"))
+    assert again["seq"] == 1 and sent.published == []  # already in: nothing happens
+    reply, sent = h.call(p.Part(token=token, room="dev", reason="off to lunch"))
+    assert [e.text for e in sent.events] == ["alice left (part: off to lunch)"]
+    assert h.call(p.Part(token=token, room="dev"))[0]["code"] == "not_in_room"
 
 
-def test_who_lists_members_sorted(h: Harness) -> None:
-    for nick in ["carol", "Bob", "alice", "Dave"]:
-        h.hello(nick)
-    h.hello("eve", ["dev"])
-    reply, _ = h.call(p.Who(room="general", req="w"))
-    assert (reply["ok"], reply["room"], reply["req"]) == (True, "general", "w")
-    assert reply["nicks"] == ["alice", "Bob", "carol", "Dave"]
-    reply, _ = h.call(p.Who(room="nowhere"))
-    assert reply["nicks"] == []
-    reply, _ = h.call(p.Who(room="NOPE"))
-    assert (reply["ok"], reply["code"]) == (False, "invalid")
+def test_who_lists_members_with_away_and_topic(h: Harness) -> None:
+    bob = h.hello("bob")
+    h.hello("Alice")
+    h.call(p.Away(token=bob, text="brb"))
+    h.call(p.Topic(token=bob, room="general", text="release day"))
+    reply, _ = h.call(p.Who(room="#General"))
+    assert (reply["nicks"], reply["away"], reply["topic"], reply["exists"]) == (
+        ["Alice", "bob"], {"bob": "brb"}, "release day", True,
+    )  # fmt: skip
+    assert h.call(p.Who(room="nowhere"))[0]["exists"] is False
 
 
-# --- stats, rpc framing -----------------------------------------------------------------------------
-
-
-def test_stats_counters(h: Harness) -> None:
+def test_a_nick_change_is_announced_kept_unique_and_seen_by_who(h: Harness) -> None:
     alice = h.hello("alice", ["general", "dev"])
     h.hello("bob")
-    h.post(alice, "general", "one")
-    h.post(alice, "dev", "two")
-    h.post(alice, "general", "x" * (p.MAX_TEXT_BYTES + 1))  # rejected
-    h.post("forged", "general", "three")  # unknown session
-    h.core.ingest([b"junk"], T0)  # malformed
-    h.core.request([b"peer", b"junk"], T0)  # malformed, no envelope
-    h.call(p.Leave(token=alice))
-    reply, _ = h.call(p.Stats(req="s"), now=T0 + 12.5)
-    assert reply["ok"] is True
-    assert reply["req"] == "s"
-    expected = {
-        "uptime_s": 12.5,
-        "sessions": 1,
-        "rooms": 2,
-        "received": 2,
-        "rejected": 1,
-        "dropped_malformed": 2,
-        "dropped_unknown_session": 1,
-        "requests": 4,  # hello, hello, leave, stats
-        "joins": 2,
-        "leaves": 1,
-        "timeouts": 0,
-        # 3 joins + 2 messages + 1 inbox error + 2 leaves
-        "published": 8,
-    }
-    assert {k: reply[k] for k in expected} == expected
-    assert h.core.stats(T0 + 12.5)["dropped_malformed"] == 2
+    reply, sent = h.call(p.Nick(token=alice, nick="Al"))
+    assert reply["nick"] == "Al"
+    assert [(e.room, e.kind, e.nick, e.new_nick, e.text) for e in sent.events] == [
+        ("dev", "nick", "alice", "Al", "alice is now known as Al"),
+        ("general", "nick", "alice", "Al", "alice is now known as Al"),
+    ]
+    assert h.call(p.Who(room="general"))[0]["nicks"] == ["Al", "bob"]
+    assert h.call(p.Nick(token=alice, nick="BOB"))[0]["code"] == "nick_taken"
+    assert h.call(p.Nick(token=alice, nick="Al"))[0]["code"] == "no_change"
+    h.hello("alice")  # the old nick is free
+
+
+def test_in_secure_mode_a_new_nick_must_be_the_keys_and_moves_the_inbox() -> None:
+    h = secure()
+    bob = h.hello("bob", identity=BOB_KEY)
+    assert h.call(p.Nick(token=bob, nick="carol"), who="bob", identity=BOB_KEY)[0]["code"] == "nick_not_allowed"
+    authority = Authority({BOB_KEY: {"bob", "robert"}})
+    h = Harness(store=SQLiteStore(":memory:"), authority=authority)
+    bob = h.hello("bob", identity=BOB_KEY)
+    reply, _ = h.call(p.Nick(token=bob, nick="robert"), who="bob", identity=BOB_KEY)
+    assert reply["inbox"]["name"] == "@robert"
+
+
+def test_a_topic_is_set_announced_cleared_and_told_on_join(stored: Harness) -> None:
+    h = stored
+    bob = h.hello("bob")
+    _, sent = h.call(p.Topic(token=bob, room="general", text="  ship it  "))
+    assert [(e.kind, e.nick, e.text) for e in sent.events] == [("topic", "bob", "ship it")]
+    alice = h.hello("alice", ["dev"])
+    reply, _ = h.call(p.Join(token=alice, room="general"))
+    assert reply["topic"] == "ship it"
+    assert h.call(hello_req("carol"))[0]["topics"] == {"general": "ship it"}
+    assert h.call(p.Topic(token=alice, room="general"))[0]["topic"] == "ship it"
+    _, sent = h.call(p.Topic(token=alice, room="general", text=""))
+    assert [(e.kind, e.text, e.reason) for e in sent.events] == [("topic", "alice cleared the topic", "cleared")]
+    assert h.call(p.Topic(token=alice, room="ops", text="x"))[0]["code"] == "not_in_room"
+
+
+def test_search_finds_room_messages_newest_first_and_pages(stored: Harness) -> None:
+    h = stored
+    alice, bob = h.hello("alice"), h.hello("bob")
+    for text in ["deploy started", "lunch?", "Deploy finished", "the deploy is green"]:
+        h.post(alice, "general", text)
+    h.post(alice, "", "secret deploy", to="bob")
+    reply, _ = h.call(p.Search(room="general", text="deploy", limit=2))
+    assert [e["text"] for e in reply["events"]] == ["the deploy is green", "Deploy finished"] and reply["more"]
+    last = reply["events"][-1]["seq"]
+    reply, _ = h.call(p.Search(room="general", text="deploy", before=last))
+    assert [e["text"] for e in reply["events"]] == ["deploy started"] and not reply["more"]
+    assert h.call(p.Search(room="general", text='green" OR "x'))[0]["events"] == []
+    assert bob
+
+
+# --- bounds ------------------------------------------------------------------------------------------------
+
+
+def test_hellos_from_one_connection_are_limited() -> None:
+    h = Harness()
+    replies = [h.call(hello_req(f"n{i}"), who="flood")[0] for i in range(20)]
+    assert [r.get("code") for r in replies].count("rate_limited") == 15
+    assert h.core.stats(T0)["sessions"] == 5 and h.core.stats(T0)["hellos_limited"] == 15
+
+
+def test_hellos_and_sessions_from_one_address_are_limited() -> None:
+    h = Harness(hello_burst=8, max_sessions_per_peer=4)
+    codes = [h.call(hello_req(f"n{i}"), who=f"c{i}", peer="10.0.0.9")[0].get("code") for i in range(10)]
+    assert codes == [None] * 4 + ["too_many_sessions"] * 4 + ["rate_limited"] * 2
+    assert h.call(hello_req("other"), who="o", peer="10.0.0.10")[0]["ok"] is True
+
+
+def test_sessions_are_capped_per_key_and_in_total() -> None:
+    h = Harness(authority=Authority(open_registration=True), max_sessions=3)
+    codes = [h.call(hello_req(f"n{i}"), who=f"c{i}", identity=BOB_KEY)[0].get("code") for i in range(4)]
+    assert codes == [None, None, None, "too_many_sessions"]
+    assert h.core.stats(T0)["sessions_refused"] == 1
+
+
+def test_requests_from_one_connection_are_limited(h: Harness) -> None:
+    codes = [h.call(p.Who())[0].get("code") for _ in range(core_module.REQUESTS_PER_ROUTE_BURST + 10)]
+    assert codes.count("rate_limited") == 10 and h.core.stats(T0)["requests_limited"] == 10
+
+
+def test_joins_and_parts_are_limited_per_session(h: Harness) -> None:
+    token = h.hello("alice")
+    codes = [h.call(p.Join(token=token, room=f"r{i}"))[0].get("code") for i in range(core_module.MOVES_BURST + 5)]
+    assert codes.count("rate_limited") == 5 and h.core.stats(T0)["moves_limited"] == 5
+
+
+def test_an_empty_room_is_forgotten_from_memory_and_its_seq_comes_back(stored: Harness) -> None:
+    h = stored
+    token = h.hello("alice", ["general"])
+    h.call(p.Join(token=token, room="dev"))
+    h.post(token, "dev", "hello dev")
+    h.call(p.Part(token=token, room="dev"))
+    assert h.core.stats(T0)["rooms"] == 1
+    _, sent = h.call(p.Join(token=token, room="dev"), T0 + 30)
+    assert [e.seq for e in sent.events] == [4]
+
+
+def test_active_rooms_are_capped(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core_module, "MAX_ACTIVE_ROOMS", 2)
+    token = h.hello("alice", ["general"])
+    assert h.call(p.Join(token=token, room="dev"))[0]["ok"] is True
+    reply, _ = h.call(p.Join(token=token, room="ops"))
+    assert reply["code"] == "too_many_rooms" and h.core.stats(T0)["rooms_refused"] == 1
 
 
 @pytest.mark.parametrize(
-    "frames",
+    "body",
     [
-        [b"peer", p.encode(p.Stats())],  # no delimiter
-        [b"peer", b"x", p.encode(p.Stats())],  # a non-empty frame where the delimiter goes
-        [p.encode(p.Stats())],
-        [b"peer", b""],
-        [b"peer"],
-        [],
-        [b"peer", b"", p.encode(p.Stats()), b""],  # the delimiter is not second to last
+        b'{"type":"history","after":9223372036854775808}',
+        b'{"type":"history","after":-1}',
+        b'{"type":"history","limit":0}',
+        b'{"type":"history","limit":100000}',
+        b'{"type":"hello","protocol":2,"nick":"' + b"a" * 100 + b'"}',
+        b'{"type":"search","text":""}',
     ],
 )
-def test_rpc_without_the_empty_delimiter_gets_no_reply(h: Harness, frames: list[bytes]) -> None:
-    assert h.core.request(frames, T0) == (None, [])
-    assert h.core.counters.dropped_malformed == 1
-    assert h.core.counters.requests == 0
+def test_out_of_range_values_get_an_invalid_reply(h: Harness, body: bytes) -> None:
+    h.core.begin(T0)
+    h.core.request([route("x"), b"", body], T0)
+    ((_, reply),) = h.settle().replies
+    assert (reply["ok"], reply["code"]) == (False, "invalid")
 
 
-def test_rpc_with_a_longer_envelope_is_answered_through_it(h: Harness) -> None:
-    reply, out = h.core.request([b"peer", b"hop-1", b"hop-2", b"", p.encode(p.Stats(req="s"))], T0)
-    assert reply is not None
-    assert reply[:-1] == [b"peer", b"hop-1", b"hop-2", b""]
-    assert p.decode_reply(reply[-1])["req"] == "s"
-    assert out == []
+def test_a_history_page_is_bounded_in_bytes(stored: Harness) -> None:
+    h = stored
+    token = h.hello("alice")
+    for _ in range(40):
+        h.post(token, "general", "x" * 4000)
+    reply, _ = h.call(p.History(room="general", after=0, limit=1000))
+    assert reply["more"] is True and len(json.dumps(reply)) < 70_000
+    assert reply["upto"] == reply["events"][-1]["seq"] < reply["last"]
+
+
+# --- stats, rpc framing ------------------------------------------------------------------------------------
+
+
+def test_stats_count_what_happened(h: Harness) -> None:
+    token = h.hello("alice")
+    h.post(token, "general", "hi")
+    h.post("nope", "general", "x")
+    reply, _ = h.call(p.Stats())
+    assert (reply["sessions"], reply["rooms"], reply["received"], reply["dropped_unknown_session"]) == (1, 1, 1, 1)
+    assert reply["epoch"] == h.core.epoch and reply["secure"] is False and "wal_bytes" in reply
+
+
+@pytest.mark.parametrize("frames", [[b"x", p.encode(p.Who())], [route("a"), b"x", p.encode(p.Who())], [b""]])
+def test_rpc_without_the_routing_envelope_gets_no_reply(h: Harness, frames: list[bytes]) -> None:
+    h.core.begin(T0)
+    h.core.request(frames, T0)
+    assert h.settle().replies == [] and h.core.stats(T0)["dropped_malformed"] == 1
 
 
 @pytest.mark.parametrize(
     ("body", "req"),
-    [
-        (b"garbage", None),
-        (b"", None),
-        (b"\xff\xfe", None),
-        (b"[]", None),
-        (b'{"type":"launch","req":"r1"}', "r1"),
-        (b'{"type":"hello","nick":42,"req":"r2"}', "r2"),
-        (b'{"req":"r3"}', "r3"),  # no type
-        (b'{"type":"who","room":["x"],"req":"r4","extra":[[[[1]]]]}', "r4"),
-        (b'{"type":"launch","req":5}', None),  # not a string: cannot be echoed
-        (b'{"type":"launch","req":"r6"', None),  # truncated JSON
-        (b'{"type":"who","req":"r7","x":' + b"[" * 5000 + b"]" * 5000 + b"}", None),
-    ],
+    [(b"nope", None), (b'{"type":"dance","req":"9"}', "9"), (b'{"type":"who","room":1,"req":"3"}', "3")],
 )
-def test_malformed_rpc_body_gets_bad_request_with_req_echoed(h: Harness, body: bytes, req: str | None) -> None:
-    reply, out = h.core.request([b"peer", b"", body], T0)
-    assert out == []
-    assert reply is not None
-    assert reply[:-1] == [b"peer", b""]
-    answer = p.decode_reply(reply[-1])
-    assert answer["ok"] is False
-    assert answer["type"] == "error"
-    assert answer["code"] == "bad_request"
-    assert answer["req"] == req
-    assert isinstance(answer["error"], str) and answer["error"]
-    assert h.core.counters.dropped_malformed == 1
-    assert h.core.counters.requests == 0
+def test_a_malformed_rpc_body_gets_invalid_with_req_echoed(h: Harness, body: bytes, req: str | None) -> None:
+    h.core.begin(T0)
+    h.core.request([route("x"), b"", body], T0)
+    ((_, reply),) = h.settle().replies
+    assert (reply["ok"], reply["code"], reply["req"]) == (False, "invalid", req)
 
 
-# --- shutdown and subscriptions ---------------------------------------------------------------------
+# --- shutdown and the feed --------------------------------------------------------------------------------
 
 
-def test_shutdown_publishes_a_system_event_to_every_room(h: Harness) -> None:
+def test_shutdown_tells_every_room_with_members(h: Harness) -> None:
     h.hello("alice", ["general", "dev"])
-    token = h.hello("bob", ["ops"])
-    h.call(p.Leave(token=token))  # ops is empty now, but it is still a room with a seq
-    out = decoded(h.core.shutdown())
-    by_room = {e.room: (t, e) for t, e in out}
-    assert sorted(by_room) == ["dev", "general", "ops"]
-    assert len(out) == 3
-    for room, (topic, ev) in by_room.items():
-        assert topic == p.room_topic(room)
-        assert (ev.kind, ev.nick, ev.reason, ev.ts) == ("system", "*", "shutdown", WALL_TS)
-        assert ev.seq == h.core.seq(room)  # the notice takes the room's next seq
-    assert by_room["general"][1].seq == 2
-    assert by_room["ops"][1].seq == 3  # join, leave, shutdown
+    h.core.shutdown()
+    assert [(e.room, e.kind, e.reason) for e in h.settle().events] == [
+        ("general", "system", "shutdown"),
+        ("dev", "system", "shutdown"),
+    ]
 
 
-def test_shutdown_with_no_rooms_publishes_nothing(h: Harness) -> None:
-    assert h.core.shutdown() == []
-
-
-def test_probe_subscription_is_answered_on_its_topic(h: Harness) -> None:
+def test_a_probe_is_answered_on_its_topic_and_anything_else_is_dropped(h: Harness) -> None:
     topic = p.probe_topic("n0nce")
-    granted, events = h.core.subscription(b"\x01" + topic)
-    assert granted == [topic]
-    out = decoded(events)
-    assert len(out) == 1
-    t, ev = out[0]
-    assert t == topic
-    assert (ev.seq, ev.kind, ev.nick, ev.room, ev.ts) == (0, "ready", "*", "", WALL_TS)
-    assert h.core.counters.published == 1
+    h.core.subscription(b"\x01" + topic)
+    h.core.subscription(b"\x01#general:")
+    h.core.subscription(b"\x02junk")
+    h.core.subscription(b"")
+    ((to, ev),) = h.settle().published
+    assert (to, ev.kind, ev.seq) == (topic, "ready", 0)
+    assert h.core.stats(T0)["dropped_malformed"] == 2
 
 
-SECRET = "s" * p.INBOX_SECRET_CHARS
+def test_probe_answers_and_heartbeats_go_out_even_when_the_store_fails() -> None:
+    store = FailingStore(":memory:")
+    h = Harness(store=store)
+    alice = h.hello("alice")
+    store.failing = True
+    h.core.begin(T0)
+    h.core.request([route("alice"), b"", p.encode(p.Leave(token=alice))], T0)
+    h.core.subscription(b"\x01" + p.probe_topic("x"))
+    h.core.heartbeat()
+    sent = h.settle()
+    assert [e.kind for e in sent.events] == ["ready", "heartbeat"]
+    assert sent.replies[0][1]["code"] == "unavailable" and h.core.session(alice) is not None
 
 
-@pytest.mark.parametrize(
-    ("msg", "granted"),
-    [
-        (b"\x00" + p.probe_topic("n0nce"), [p.probe_topic("n0nce")]),  # unsubscribing from a probe
-        (b"\x01#general:", [b"#general:"]),
-        (b"\x01#", [b"#"]),
-        (b"\x01!hb:", [b"!hb:"]),
-        # The empty subscription means "everything I may see": rooms and heartbeats, no inbox.
-        (b"\x01", [b"#", p.HEARTBEAT_TOPIC]),
-        (b"\x00", [b"#", p.HEARTBEAT_TOPIC]),
-        # An inbox only with its full secret: no prefix of anyone's inbox gets anything.
-        (b"\x01@alice:" + SECRET.encode(), [b"@alice:" + SECRET.encode()]),
-        (b"\x01@alice:", []),
-        (b"\x01@alice:" + SECRET[:-1].encode(), []),
-        (b"\x01@a", []),
-        (b"\x01@", []),
-        (b"\x01x", []),
-    ],
-)
-def test_open_mode_subscriptions_are_vetted(h: Harness, msg: bytes, granted: list[bytes]) -> None:
-    assert h.core.subscription(msg) == (granted, [])
-    assert h.core.counters.dropped_malformed == 0
-    assert h.core.counters.published == 0
-    assert h.core.counters.subscriptions_refused == (0 if granted else 1)
-
-
-@pytest.mark.parametrize("msg", [b"", b"\x02~x:", b"\x05junk", b"\xff", b"~x:"])
-def test_malformed_subscription_messages_are_dropped(h: Harness, msg: bytes) -> None:
-    assert h.core.subscription(msg) == ([], [])
-    assert h.core.counters.dropped_malformed == 1
-    assert h.core.counters.published == 0
-
-
-# --- secure mode: vetting, identities (tests/test_security.py shows the same on sockets) -------------
-
-BOB_KEY, CAROL_KEY, EVE_KEY, STRANGER_KEY = ("B" * 40, "C" * 40, "E" * 40, "S" * 40)
-BOB_INBOX = b"@bob:" + SECRET.encode()
-
-
-def make_core(*, store: Store | None = None, authority: Authority | None = None, **config: Any) -> BrokerCore:
-    """A core with deterministic tokens and clock; ``config`` are BrokerConfig fields."""
-    counter = itertools.count(1)
-    return BrokerCore(
-        T0,
-        BrokerConfig(**config),
-        wallclock=lambda: WALL,
-        new_token=lambda: f"token-{next(counter)}",
-        store=store,
-        authority=authority,
-    )
-
-
-def secure_core(**options: Any) -> BrokerCore:
-    authority = Authority({BOB_KEY: {"bob"}, CAROL_KEY: {"carol"}, EVE_KEY: {"eve"}})
-    return make_core(authority=authority, **options)
-
-
-def hello_as(
-    core: BrokerCore, nick: str, key: str | None, inbox: bytes | None = None, now: float = T0
-) -> dict[str, object]:
-    req = p.Hello(nick=nick, rooms=["general"], inbox=None if inbox is None else inbox.decode(), req="h")
-    reply, _ = core.request([b"peer", b"", p.encode(req)], now, key)
-    assert reply is not None
-    return p.decode_reply(reply[-1])
-
-
-def token_of(reply: dict[str, object]) -> str:
-    assert reply["ok"] is True, reply
-    assert isinstance(reply["token"], str)
-    return reply["token"]
-
-
-def post_as(core: BrokerCore, token: str, key: str | None, now: float = T0, **fields: object) -> Out:
-    body = {"token": token, "room": "general", "text": "hi", **fields}
-    return decoded(core.ingest([p.encode(body)], now, key))
-
-
-@pytest.mark.parametrize(
-    ("topic", "key", "granted"),
-    [
-        # Everything a key may see: rooms, heartbeats and the inboxes of its own nicks.
-        (b"", EVE_KEY, [b"#", p.HEARTBEAT_TOPIC, b"@eve:"]),
-        # Any prefix of one's own inbox means all of it; nothing of anyone else's.
-        (b"@", EVE_KEY, [b"@eve:"]),
-        (b"@e", EVE_KEY, [b"@eve:"]),
-        (b"@eve:", EVE_KEY, [b"@eve:"]),
-        (b"@eve:" + SECRET.encode(), EVE_KEY, [b"@eve:" + SECRET.encode()]),
-        (b"@eve:xy", EVE_KEY, [b"@eve:xy"]),
-        (b"@b", EVE_KEY, []),
-        (b"@bob", EVE_KEY, []),
-        (b"@bob:", EVE_KEY, []),
-        (b"@bob:" + SECRET[:-1].encode(), EVE_KEY, []),
-        # Not even with the full secret: in secure mode the key decides, never a leaked secret.
-        (BOB_INBOX, EVE_KEY, []),
-        (BOB_INBOX + b"more", EVE_KEY, []),
-        (BOB_INBOX, STRANGER_KEY, []),
-        (BOB_INBOX, BOB_KEY, [BOB_INBOX]),
-        # A nick nobody owns yet (open registration claims it at hello): the secret decides.
-        (b"@zed:" + SECRET.encode(), EVE_KEY, [b"@zed:" + SECRET.encode()]),
-        (b"@zed:" + SECRET[:-1].encode(), EVE_KEY, []),
-        (b"@", BOB_KEY, [b"@bob:"]),
-        (b"@bob:", BOB_KEY, [b"@bob:"]),
-        (b"#general:", EVE_KEY, [b"#general:"]),
-        # A key the authority does not know has no inbox of its own.
-        (b"", STRANGER_KEY, [b"#", p.HEARTBEAT_TOPIC]),
-        (b"@", STRANGER_KEY, []),
-        # No identity (libzmq's own unsubscriptions for a peer that went away): open-mode rules.
-        (b"", None, [b"#", p.HEARTBEAT_TOPIC]),
-        (b"@bob:", None, []),
-    ],
-)
-def test_secure_mode_subscriptions_are_vetted_by_key(topic: bytes, key: str | None, granted: list[bytes]) -> None:
-    core = secure_core()
-    assert core.subscription(b"\x01" + topic, key) == (granted, [])
-    assert core.subscription(b"\x00" + topic, key) == (granted, [])  # unsubscribing maps the same way
+# --- secure mode: keys, not payloads --------------------------------------------------------------------------
 
 
 def test_secure_hello_checks_the_key_against_the_nick() -> None:
-    core = secure_core()
-    refused = hello_as(core, "bob", EVE_KEY)
-    assert (refused["ok"], refused["code"]) == (False, "nick_not_allowed")
-    assert "bob" in str(refused["error"])
-    refused = hello_as(core, "bob", None)
-    assert (refused["ok"], refused["code"]) == (False, "unauthenticated")
-    refused = hello_as(core, "mallory", STRANGER_KEY)
-    assert (refused["ok"], refused["code"]) == (False, "nick_not_allowed")
-    assert core.session(token_of(hello_as(core, "Bob", BOB_KEY))) is not None
-    assert core.counters.joins == 1
+    h = secure()
+    assert h.call(hello_req("bob"), who="x", identity=EVE_KEY)[0]["code"] == "nick_not_allowed"
+    assert h.call(hello_req("bob"), who="x")[0]["code"] == "unauthenticated"
+    assert h.call(hello_req("bob"), who="bob", identity=BOB_KEY)[0]["inbox"]["name"] == "@bob"
 
 
-def test_open_registration_claims_are_staged_in_the_store() -> None:
-    store = Store(":memory:")
-    try:
-        core = make_core(store=store, authority=Authority({}, open_registration=True))
-        dave = token_of(hello_as(core, "Dave", EVE_KEY))
-        token_of(hello_as(core, "dave2", BOB_KEY))
-        store.commit()
-        assert store.claims() == {"dave": EVE_KEY, "dave2": BOB_KEY}
-        core.request([b"p", b"", p.encode(p.Leave(token=dave))], T0, EVE_KEY)
-        refused = hello_as(core, "dave", CAROL_KEY)
-        assert (refused["ok"], refused["code"]) == (False, "nick_not_allowed")
-        # The owner's next session persists nothing new.
-        token_of(hello_as(core, "dave", EVE_KEY))
-        assert store._claims == []
-    finally:
-        store.close()
+def test_open_registration_claims_are_stored() -> None:
+    store = SQLiteStore(":memory:")
+    h = Harness(store=store, authority=Authority(open_registration=True))
+    h.hello("dave", identity=EVE_KEY)
+    assert store.claims() == {"dave": EVE_KEY}
 
 
 def test_a_post_with_another_keys_token_is_dropped() -> None:
-    core = secure_core()
-    bob = token_of(hello_as(core, "bob", BOB_KEY, BOB_INBOX))
-    for key in (EVE_KEY, STRANGER_KEY, None):
-        assert post_as(core, bob, key, text="as bob") == []
-    assert core.counters.dropped_wrong_identity == 3
-    assert core.counters.received == 0
-    assert core.seq("general") == 1  # bob's join only
-    # Not even the explanation of a malformed post goes to bob's inbox on eve's behalf.
-    assert decoded(core.ingest([p.encode({"token": bob, "text": 42})], T0, EVE_KEY)) == []
-    # With the right key, the payload's nick is ignored: the session's is stamped.
-    [(topic, ev)] = post_as(core, bob, BOB_KEY, text="really bob", nick="carol")
-    assert (topic, ev.nick, ev.text) == (b"#general:", "bob", "really bob")
+    h = secure()
+    bob = h.hello("bob", identity=BOB_KEY)
+    assert h.post(bob, "general", "as bob", identity=EVE_KEY) == Sent()
+    assert h.core.stats(T0)["dropped_wrong_identity"] == 1
 
 
-def test_a_request_with_another_keys_token_is_refused() -> None:
-    core = secure_core()
-    bob = token_of(hello_as(core, "bob", BOB_KEY))
-    for req in (
-        p.Heartbeat(token=bob),
-        p.Leave(token=bob),
-        p.Join(token=bob, room="dev"),
-        p.Part(token=bob, room="general"),
-    ):
-        reply, out = core.request([b"peer", b"", p.encode(req)], T0, EVE_KEY)
-        assert reply is not None and out == []
-        answer = p.decode_reply(reply[-1])
-        assert (answer["ok"], answer["code"]) == (False, "unknown_session")
-    assert core.counters.dropped_wrong_identity == 4
-    assert core.members("general") == ["bob"]
+def test_a_request_with_another_keys_token_is_refused_and_moves_no_route() -> None:
+    h = secure()
+    bob = h.hello("bob", identity=BOB_KEY)
+    carol = h.hello("carol", identity=CAROL_KEY)
+    assert h.call(p.Heartbeat(token=bob), who="eve", identity=EVE_KEY)[0]["code"] == "unknown_session"
+    assert h.post(carol, "", "for bob", to="bob", identity=CAROL_KEY).to("bob")  # still bob's own route
 
 
-# --- private messages -------------------------------------------------------------------------------
+# --- a restarted broker ------------------------------------------------------------------------------------
 
 
-def test_private_message_goes_to_both_inboxes_and_nowhere_else(h: Harness) -> None:
-    h.hello("alice")
-    h.hello("Bob")
-    token = h.hello("carol")
-    seq = h.core.seq("general")
-    out = h.post(token, "general", "psst", to="BOB", id="m1")
-    assert [t for t, _ in out] == [b"@bob:", b"@carol:"]
-    for _, ev in out:
-        assert (ev.kind, ev.nick, ev.to, ev.text, ev.seq, ev.room, ev.id) == (
-            "private",
-            "carol",
-            "Bob",
-            "psst",
-            0,
-            "",
-            "m1",
-        )
-    assert h.core.seq("general") == seq  # not in any room's sequence
-    assert (h.core.counters.private, h.core.counters.received) == (1, 0)
-
-
-def test_private_message_to_oneself_is_published_once(h: Harness) -> None:
-    token = h.hello("bob")
-    [(topic, ev)] = h.post(token, "", "note to self", to="bob")
-    assert (topic, ev.kind, ev.to) == (b"@bob:", "private", "bob")
-
-
-def test_private_message_to_an_absent_nick_or_without_text_is_refused(h: Harness) -> None:
-    token = h.hello("carol")
-    [(topic, ev)] = h.post(token, "", "hello?", to="nobody", id="m1")
-    assert (topic, ev.kind, ev.code, ev.id) == (b"@carol:", "error", "rejected", "m1")
-    assert "nobody" in ev.text
-    h.hello("bob")
-    [(topic, ev)] = h.post(token, "", "   ", to="bob")
-    assert (topic, ev.code, ev.text) == (b"@carol:", "rejected", "empty message")
-    assert h.core.counters.private == 0
-    assert h.core.counters.rejected == 2
-
-
-def test_a_resent_private_message_is_delivered_once(h: Harness) -> None:
-    h.hello("bob")
-    token = h.hello("carol")
-    assert len(h.post(token, "", "once", to="bob", id="m1")) == 2
-    [(topic, ev)] = h.post(token, "", "once", to="bob", id="m1")
-    assert (topic, ev.kind, ev.id) == (b"@carol:", "duplicate", "m1")
-    assert h.core.counters.private == 1
-
-
-# --- the rate limit in the core ---------------------------------------------------------------------------
-
-
-def test_posts_past_the_burst_get_a_rate_limited_error_and_are_not_published() -> None:
-    core = make_core(rate=2.0, burst=3)
-    token = token_of(hello_as(core, "flood", None))
-    other = token_of(hello_as(core, "alice", None))
-    published = [post_as(core, token, None, text=f"m{n}", id=f"m{n}") for n in range(5)]
-    assert [len(out) for out in published] == [1, 1, 1, 1, 1]
-    assert [t for out in published for t, _ in out][:3] == [b"#general:"] * 3
-    for out, n in zip(published[3:], (3, 4), strict=True):
-        [(topic, ev)] = out
-        assert (topic, ev.kind, ev.code, ev.id, ev.room) == (b"@flood:", "error", "rate_limited", f"m{n}", "general")
-        assert "at most 2 messages a second" in ev.text and "not sent" in ev.text
-    assert core.counters.rate_limited == 2
-    assert core.seq("general") == 2 + 3  # two joins, three messages
-    # Another sender is not held back; the flooder gets a token back after 1/rate s.
-    assert post_as(core, other, None)[0][0] == b"#general:"
-    assert post_as(core, token, None, now=T0 + 0.5, text="later")[0][0] == b"#general:"
-
-
-def test_in_secure_mode_the_limit_is_per_key_not_per_nick() -> None:
-    authority = Authority({BOB_KEY: {"bob", "bob2"}})
-    core = make_core(authority=authority, rate=1.0, burst=2)
-    first = token_of(hello_as(core, "bob", BOB_KEY))
-    second = token_of(hello_as(core, "bob2", BOB_KEY))
-    kinds = [post_as(core, t, BOB_KEY)[0][1].kind for t in (first, second, first, second)]
-    assert kinds == ["message", "message", "error", "error"]
-
-
-def test_rate_zero_means_no_limit() -> None:
-    core = make_core(rate=0)
-    token = token_of(hello_as(core, "bulk", None))
-    assert all(post_as(core, token, None)[0][1].kind == "message" for _ in range(500))
-    assert core.counters.rate_limited == 0
+def test_a_restarted_core_restores_sessions_and_lets_them_resume_silently(tmp_path: Any) -> None:
+    db = tmp_path / "h.db"
+    first = Harness(store=SQLiteStore(db))
+    alice = first.hello("alice", ["general", "dev"])
+    first.post(alice, "general", "one", n=1)
+    assert first.store is not None
+    first.store.close()
+    second = Harness(store=SQLiteStore(db), now=T0 + 100)
+    reply, sent = second.call(hello_req("alice", rooms=["general", "dev"], resume=alice), T0 + 100, who="alice")
+    assert (reply["resumed"], reply["acked"], reply["rooms"]) == (True, 1, {"dev": 1, "general": 2})
+    assert sent.published == []
+    assert second.core.members("dev") == ["alice"]
+    # A restored session that never comes back ends one lease after the restart.
+    second.hello("bob", ["dev"], now=T0 + 100)
+    second.call(p.Leave(token=alice), T0 + 101, who="alice")
+    first_two = Harness(store=SQLiteStore(tmp_path / "other.db"))
+    ghost = first_two.hello("ghost")
+    assert first_two.store is not None
+    first_two.store.close()
+    third = Harness(store=SQLiteStore(tmp_path / "other.db"), now=T0 + 200)
+    sent = third.advance(T0 + 200, T0 + 200 + LEASE + 1)
+    assert [(e.nick, e.text) for e in sent.events] == [("ghost", "ghost left (timed out)")]
+    assert third.core.session(ghost) is None

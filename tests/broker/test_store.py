@@ -1,312 +1,264 @@
-"""Store on real SQLite files (and ``:memory:``), and BrokerCore restarted on the same file."""
+"""The history store: what every implementation of :class:`zchat.broker.store.Store` must do (one
+suite, run against each), then what only the SQLite file does (its lock, its WAL, migrations)."""
 
 from __future__ import annotations
 
-import itertools
+import json
+import os
+import signal
 import sqlite3
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
 
-import msgspec
 import pytest
 
-from zchat import protocol as p
-from zchat.broker.config import BrokerConfig
-from zchat.broker.core import DEDUPE_WINDOW, BrokerCore
-from zchat.broker.store import Store
+from zchat.broker import store as store_module
+from zchat.broker.store import SessionRecord, SQLiteStore, Store, StoreError, StoreLocked, TopicRecord
 
+MakeStore = Callable[..., Store]
 ROOM = "general"
 
 
-def data(room: str, seq: int) -> bytes:
-    return p.encode(p.Event(seq, "2024-01-01T00:00:00.000Z", room, "message", "bob", f"{room} {seq}"))
+@pytest.fixture(params=["sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
+    """Stores of one implementation, closed after the test."""
+    made: list[Store] = []
+
+    def make(history_limit: int = store_module.DEFAULT_HISTORY_LIMIT) -> Store:
+        made.append(SQLiteStore(tmp_path / f"h{len(made)}.db", history_limit=history_limit))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
 
 
-def stored_seqs(store: Store, room: str) -> list[int]:
-    return [p.decode_event(d).seq for d in store.range(room, 0, 1_000_000)]
+def event(seq: int, kind: str = "message", text: str = "") -> bytes:
+    return json.dumps({"seq": seq, "kind": kind, "text": text or f"m{seq}"}).encode()
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "sub" / "zchat.db"  # the parent directory does not exist yet
+def seqs(data: list[bytes]) -> list[int]:
+    return [json.loads(d)["seq"] for d in data]
 
 
-@pytest.fixture
-def store(db: Path) -> Iterator[Store]:
-    s = Store(db)
-    yield s
+def add(s: Store, room: str, first: int, last: int, kind: str = "message") -> None:
+    for seq in range(first, last + 1):
+        s.append(room, seq, event(seq, kind), presence=kind in ("join", "leave"), text=f"m{seq}")
+    s.commit()
+
+
+# --- what every store does ------------------------------------------------------------------------------
+
+
+def test_committed_events_come_back_in_seq_order_by_page(make_store: MakeStore) -> None:
+    s = make_store()
+    add(s, ROOM, 1, 10)
+    page = s.page(ROOM, 3, 4)
+    assert (seqs(page.events), page.upto, page.more) == ([4, 5, 6, 7], 7, True)
+    page = s.page(ROOM, 7, 100)
+    assert (seqs(page.events), page.upto, page.more) == ([8, 9, 10], 10, False)
+    page = s.page(ROOM, 10, 5)
+    assert (page.events, page.upto, page.more) == ([], 10, False)
+    newest = s.page(ROOM, None, 3)
+    assert (seqs(newest.events), newest.more) == ([8, 9, 10], True)
+
+
+def test_nothing_is_visible_before_commit_and_a_rollback_forgets_it(make_store: MakeStore) -> None:
+    s = make_store()
+    s.append(ROOM, 1, event(1))
+    assert s.staged and s.page(ROOM, 0, 10).events == [] and s.last_seq(ROOM) == 0
+    s.rollback()
+    assert not s.staged
+    s.commit()
+    assert s.last_seq(ROOM) == 0
+
+
+def test_first_and_last_seq_per_room(make_store: MakeStore) -> None:
+    s = make_store()
+    add(s, ROOM, 1, 3)
+    add(s, "dev", 1, 7)
+    assert (s.first_seq(ROOM), s.last_seq(ROOM), s.last_seq("dev"), s.last_seq("nowhere")) == (1, 3, 7, 0)
+
+
+def test_a_page_is_bounded_in_bytes_and_says_where_it_stopped(make_store: MakeStore) -> None:
+    s = make_store()
+    for seq in range(1, 21):
+        s.append(ROOM, seq, json.dumps({"seq": seq, "text": "x" * 5000}).encode())
+    s.commit()
+    page = s.page(ROOM, 0, 1000, max_bytes=20_000)
+    assert (seqs(page.events), page.upto, page.more) == ([1, 2, 3], 3, True)
+    assert seqs(s.page(ROOM, 0, 1000, max_bytes=10).events) == [1]  # always at least one
+
+
+def test_retention_counts_messages_and_keeps_presence_apart(make_store: MakeStore) -> None:
+    s = make_store(history_limit=5)
+    add(s, ROOM, 1, 3)  # three messages
+    add(s, ROOM, 4, 103, kind="join")  # then a flood of 100 joins
+    add(s, ROOM, 104, 104)
+    s.retain(time.time())
+    page = s.page(ROOM, 0, 1000)
+    kept = seqs(page.events)
+    assert [k for k in kept if k <= 3 or k == 104] == [1, 2, 3, 104]  # no message was pushed out
+    assert len(kept) == 4 + 5  # and presence is down to its own limit
+    add(s, ROOM, 105, 110)  # six more messages: the oldest go, and presence older than them
+    s.retain(time.time())
+    assert seqs(s.page(ROOM, 0, 1000).events) == [106, 107, 108, 109, 110]
+    assert s.first_seq(ROOM) == 106
+
+
+def test_search_finds_every_word_newest_first_and_keeps_to_its_room(make_store: MakeStore) -> None:
+    s = make_store()
+    texts = ["deploy started", "coffee", "Deploy FINISHED", "finished the deploy"]
+    for seq, text in enumerate(texts, 1):
+        s.append(ROOM, seq, json.dumps({"seq": seq, "text": text}).encode(), text=text)
+    s.append("dev", 1, b'{"seq":1,"text":"deploy dev"}', text="deploy dev")
+    s.commit()
+    found = [json.loads(d)["text"] for d in s.search(ROOM, "finished deploy", 10)]
+    assert found == ["finished the deploy", "Deploy FINISHED"]
+    assert [json.loads(d)["seq"] for d in s.search(ROOM, "deploy", 10, before=3)] == [1]
+    assert s.search(ROOM, '"', 10) == s.search(ROOM, "OR NEAR(", 10) == []  # no query syntax errors
+
+
+def test_sessions_tombstones_claims_topics_and_reads_round_trip(make_store: MakeStore) -> None:
+    s = make_store()
+    alive = SessionRecord("t1", "alice", None, "10.0.0.1", "@alice~x", ["dev", "general"], 4, "lunch")
+    s.save_session(alive)
+    s.save_session(SessionRecord("t2", "bob", "K" * 40, None, "@bob", [], 9, ended=1000.0))
+    s.set_acked("t1", 5)
+    s.claim("bob", "K" * 40)
+    s.set_topic(ROOM, TopicRecord("ship it", "alice", "2026-01-01T00:00:00.000Z"))
+    s.set_read("@bob", 3)
+    s.commit()
+    by_token = {r.token: r for r in s.sessions()}
+    assert by_token["t1"] == SessionRecord("t1", "alice", None, "10.0.0.1", "@alice~x", ["dev", "general"], 5, "lunch")
+    assert by_token["t2"].ended == 1000.0
+    assert (s.claims(), s.topic(ROOM), s.read("@bob"), s.read("@nobody")) == (
+        {"bob": "K" * 40}, TopicRecord("ship it", "alice", "2026-01-01T00:00:00.000Z"), 3, 0,
+    )  # fmt: skip
+    s.set_acked("t1", 6)  # the common case: only the number moves
+    s.set_topic(ROOM, None)
+    s.commit()
+    assert {r.token: r.acked for r in s.sessions()}["t1"] == 6 and s.topic(ROOM) is None
+    s.retain(1000.0 + store_module.TOMBSTONE_SECONDS + 1)  # old tombstones go
+    assert [r.token for r in s.sessions()] == ["t1"]
+
+
+def test_a_failing_commit_keeps_nothing_of_the_batch_and_raises(make_store: MakeStore) -> None:
+    s = make_store()
+    add(s, ROOM, 1, 2)
+    s.append(ROOM, 3, event(3))
+    s.append(ROOM, 2, b"not the stored 2")  # collides with what is stored: the batch fails
+    s.save_session(SessionRecord("t1", "alice", None, None, "@a", [], 1))
+    if isinstance(s, SQLiteStore):
+        s._db.execute("CREATE TRIGGER nope BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    with pytest.raises(StoreError, match="could not store a batch"):
+        s.commit()
+    assert not s.staged and s.last_seq(ROOM) == 2 and s.sessions() == []
+    assert seqs(s.page(ROOM, 0, 10).events) == [1, 2]
+
+
+# --- the SQLite file -----------------------------------------------------------------------------------
+
+
+def test_a_reopened_file_keeps_everything_and_its_id(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    s = SQLiteStore(db)
+    add(s, ROOM, 1, 3)
+    history = s.id
     s.close()
-
-
-# --- events -------------------------------------------------------------------------------------
-
-
-def test_committed_events_come_back_in_seq_order_with_after_and_limit(store: Store) -> None:
-    for seq in (3, 1, 5, 2, 4):  # staged out of order
-        store.append(ROOM, seq, data(ROOM, seq))
-    store.append("dev", 1, data("dev", 1))
-    store.commit()
-    assert store.range(ROOM, 0, 100) == [data(ROOM, n) for n in range(1, 6)]
-    assert store.range(ROOM, 2, 2) == [data(ROOM, 3), data(ROOM, 4)]
-    assert store.range(ROOM, 4, 100) == [data(ROOM, 5)]
-    assert store.range(ROOM, 5, 100) == []
-    assert store.range("dev", 0, 100) == [data("dev", 1)]
-    assert store.range("nowhere", 0, 100) == []
-    assert all(isinstance(d, bytes) for d in store.range(ROOM, 0, 100))
-
-
-def test_nothing_is_visible_before_commit(store: Store, db: Path) -> None:
-    other = Store(db)  # a second connection to the same file
-    try:
-        store.append(ROOM, 1, data(ROOM, 1), ("alice", "m1", 100.0))
-        assert store.staged
-        for s in (store, other):
-            assert s.range(ROOM, 0, 10) == []
-            assert s.last_seqs() == {}
-            assert s.first_seq(ROOM) == 0
-            assert list(s.sent_since(0.0)) == []
-        store.commit()
-        assert not store.staged
-        for s in (store, other):
-            assert s.range(ROOM, 0, 10) == [data(ROOM, 1)]
-            assert list(s.sent_since(0.0)) == [("alice", "m1", ROOM, 1, 100.0)]
-    finally:
-        other.close()
-
-
-def test_last_seqs_and_first_seq_per_room(store: Store) -> None:
-    assert store.last_seqs() == {}
-    for room, upto in ((ROOM, 7), ("dev", 3)):
-        for seq in range(1, upto + 1):
-            store.append(room, seq, data(room, seq))
-    store.commit()
-    assert store.last_seqs() == {ROOM: 7, "dev": 3}
-    assert store.first_seq(ROOM) == 1
-    assert store.first_seq("nowhere") == 0
-    store.append("dev", 4, data("dev", 4))
-    store.commit()
-    assert store.last_seqs() == {ROOM: 7, "dev": 4}
-
-
-@pytest.mark.parametrize("batch", [1, 4, 12])
-def test_retention_keeps_the_newest_history_limit_events_per_room(db: Path, batch: int) -> None:
-    store = Store(db, history_limit=5)
-    try:
-        for seq in range(1, 4):
-            store.append("dev", seq, data("dev", seq))
-        for seq in range(1, 13):
-            store.append(ROOM, seq, data(ROOM, seq))
-            if seq % batch == 0:
-                store.commit()
-        assert stored_seqs(store, ROOM) == [8, 9, 10, 11, 12]
-        assert store.first_seq(ROOM) == 8
-        assert store.last_seqs() == {ROOM: 12, "dev": 3}
-        assert stored_seqs(store, "dev") == [1, 2, 3]  # under the limit: untouched
-        assert store.range(ROOM, 0, 2) == [data(ROOM, 8), data(ROOM, 9)]
-    finally:
-        store.close()
-
-
-def test_a_reopened_store_keeps_everything_in_wal_mode(db: Path) -> None:
-    store = Store(db, history_limit=5)
-    for seq in range(1, 9):
-        store.append(ROOM, seq, data(ROOM, seq), ("alice", f"m{seq}", 100.0 + seq))
-    store.append("dev", 1, data("dev", 1))
-    store.commit()
-    store.close()
-
-    again = Store(db, history_limit=5)
-    try:
-        assert again.range(ROOM, 0, 100) == [data(ROOM, n) for n in range(4, 9)]
-        assert again.last_seqs() == {ROOM: 8, "dev": 1}
-        assert again.first_seq(ROOM) == 4
-        # The dedupe records went with the events retention deleted.
-        assert list(again.sent_since(0.0)) == [("alice", f"m{n}", ROOM, n, 100.0 + n) for n in range(4, 9)]
-        with sqlite3.connect(db) as raw:  # WAL mode is a property of the file
-            assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    finally:
-        again.close()
-
-
-def test_a_store_keeps_its_id_and_another_history_has_another(db: Path, tmp_path: Path) -> None:
-    store = Store(db)
-    name = store.id
-    store.close()
-    again = Store(db)
-    other = Store(tmp_path / "other.db")
-    memory = Store(":memory:")
-    try:
-        assert again.id == name
-        assert len({name, other.id, memory.id}) == 3
-    finally:
-        for s in (again, other, memory):
-            s.close()
+    again = SQLiteStore(db)
+    assert (again.id, again.last_seq(ROOM)) == (history, 3)
+    again.close()
+    other = SQLiteStore(tmp_path / "other.db")
+    assert other.id != history
+    other.close()
 
 
 def test_memory_store_works_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    store = Store(":memory:", history_limit=2)
-    try:
-        for seq in (1, 2, 3):
-            store.append(ROOM, seq, data(ROOM, seq))
-        store.commit()
-        assert store.range(ROOM, 0, 10) == [data(ROOM, 2), data(ROOM, 3)]
-        assert store.last_seqs() == {ROOM: 3}
-    finally:
-        store.close()
-    assert list(tmp_path.iterdir()) == []  # no file named ":memory:"
+    s = SQLiteStore(":memory:")
+    add(s, ROOM, 1, 2)
+    assert (s.last_seq(ROOM), s.size(), s.wal_size()) == (2, 0, 0)
+    s.close()
+    assert list(tmp_path.iterdir()) == []
 
 
-# --- the dedupe window --------------------------------------------------------------------------
-
-
-def test_sent_records_are_read_by_age_and_persist(db: Path) -> None:
-    store = Store(db)
-    for n, at in enumerate((100.0, 200.0, 300.0), 1):
-        store.append(ROOM, n, data(ROOM, n), ("alice", f"m{n}", at))
-    store.append(ROOM, 4, data(ROOM, 4))  # a broker event: no dedupe record
-    store.commit()
-    assert store.sent_since(200.0) == [("alice", "m2", ROOM, 2, 200.0), ("alice", "m3", ROOM, 3, 300.0)]
-    assert list(store.sent_since(300.5)) == []
-    store.close()
-
-    again = Store(db)
-    try:
-        assert [r[1] for r in again.sent_since(0.0)] == ["m1", "m2", "m3"]
-    finally:
-        again.close()
-
-
-# --- commit ---------------------------------------------------------------------------------------
-
-
-def test_commit_of_nothing_does_not_touch_the_database(store: Store) -> None:
-    assert not store.staged
-    store.close()
-    store.commit()  # a closed connection would raise if it were used
-    store.append(ROOM, 1, data(ROOM, 1))
-    with pytest.raises(sqlite3.ProgrammingError):
-        store.commit()
-
-
-def test_a_failing_commit_rolls_back_the_whole_batch_and_raises(store: Store, db: Path) -> None:
-    store.append(ROOM, 1, data(ROOM, 1))
-    store.commit()
-    # A batch whose last row breaks a NOT NULL constraint: the rows before it were written
-    # inside the transaction and must go with it.
-    store.append(ROOM, 2, data(ROOM, 2), ("alice", "m2", 100.0))
-    store.append(ROOM, 3, data(ROOM, 3))
-    store.claim("dave", "k" * 40)
-    store.append(ROOM, 4, cast(bytes, None))
-    with pytest.raises(sqlite3.IntegrityError):
-        store.commit()
-    assert not store.staged  # the failed batch is dropped, not retried with the next one
-    other = Store(db)
-    try:
-        for s in (store, other):
-            assert stored_seqs(s, ROOM) == [1]
-            assert list(s.sent_since(0.0)) == []
-            assert s.claims() == {}
-    finally:
-        other.close()
-    # No transaction was left open: the store goes on working.
-    store.append(ROOM, 2, data(ROOM, 2))
-    store.commit()
-    assert stored_seqs(store, ROOM) == [1, 2]
-
-
-# --- BrokerCore on a Store, across a restart -------------------------------------------------------
-
-
-class Broker:
-    """A BrokerCore on a Store in ``db``, committing after each call like the broker shell."""
-
-    def __init__(self, db: Path, wall: list[float]) -> None:
-        self.store = Store(db)
-        tokens = itertools.count(1)
-        self.core = BrokerCore(
-            1000.0,
-            BrokerConfig(heartbeat=2.0),
-            store=self.store,
-            wallclock=lambda: wall[0],
-            new_token=lambda: f"token-{next(tokens)}",
-        )
-
-    def request(self, req: p.Request) -> dict[str, object]:
-        reply, _ = self.core.request([b"peer", b"", p.encode(req)], 1000.0)
-        self.store.commit()
-        assert reply is not None and reply[:2] == [b"peer", b""]
-        return p.decode_reply(reply[-1])
-
-    def hello(self, nick: str, rooms: list[str]) -> str:
-        reply = self.request(p.Hello(nick=nick, rooms=rooms))
-        assert reply["ok"] is True, reply
-        assert reply["history"] == self.store.id  # the history a client reads is named by the file
-        return str(reply["token"])
-
-    def post(self, token: str, room: str, text: str, msg_id: str) -> list[tuple[bytes, p.Event]]:
-        out = self.core.ingest([p.encode({"token": token, "room": room, "text": text, "id": msg_id})], 1000.0)
-        self.store.commit()
-        return [(topic, p.decode_event(payload)) for topic, payload in out]
-
-    def history(self, room: str) -> list[p.Event]:
-        reply = self.request(p.History(room=room, after=0, limit=100))
-        return msgspec.convert(reply["events"], list[p.Event])
-
-    def close(self) -> None:
-        self.store.close()
-
-
-def test_a_restarted_core_continues_seqs_and_drops_resent_duplicates(db: Path) -> None:
-    wall = [1_700_000_000.0]
-    first = Broker(db, wall)
-    token = first.hello("alice", [ROOM, "dev"])  # join: seq 1 in both rooms
-    [(topic, hi)] = first.post(token, ROOM, "hi", "m1")
-    assert (topic, hi.seq, hi.id) == (p.room_topic(ROOM), 2, "m1")
-    [(_, dev)] = first.post(token, "dev", "in dev", "m2")
-    assert dev.seq == 2
-    [(topic, dup)] = first.post(token, ROOM, "hi", "m1")  # resent before the restart
-    assert (topic, dup.kind, dup.seq, dup.dup_of, dup.id) == (b"@alice:", "duplicate", 0, 2, "m1")
-    first.close()  # the broker process dies; its file stays
-
-    wall[0] += 60.0
-    second = Broker(db, wall)
-    try:
-        assert second.core.epoch != first.core.epoch  # a new run...
-        assert second.store.id == first.store.id  # ...of the same history: no reset for clients
-        assert (second.core.seq(ROOM), second.core.seq("dev")) == (2, 2)
-        token = second.hello("Alice", [ROOM])  # a new session, a new join event
-        for msg_id, room, dup_of in (("m1", ROOM, 2), ("m2", "dev", 2)):
-            [(topic, dup)] = second.post(token, ROOM, "resent", msg_id)
-            assert (topic, dup.kind, dup.room, dup.dup_of, dup.id) == (b"@alice:", "duplicate", room, dup_of, msg_id)
-        [(_, new)] = second.post(token, ROOM, "after the restart", "m3")
-        assert new.seq == 4
-        history = second.history(ROOM)
-        assert [e.seq for e in history] == [1, 2, 3, 4]  # no seq used twice
-        assert [(e.kind, e.text) for e in history] == [
-            ("join", "alice joined"),
-            ("message", "hi"),
-            ("join", "Alice joined"),
-            ("message", "after the restart"),
-        ]
-        assert second.core.counters.duplicates == 2
-    finally:
-        second.close()
-
-
-def test_a_core_restarted_after_the_dedupe_window_accepts_the_id_again(db: Path) -> None:
-    wall = [1_700_000_000.0]
-    first = Broker(db, wall)
-    token = first.hello("alice", [ROOM])
-    assert first.post(token, ROOM, "hi", "m1")[0][1].seq == 2
+def test_a_second_store_on_the_same_file_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    first = SQLiteStore(db)
+    with pytest.raises(StoreLocked, match=rf"{db} is in use by another broker \(pid {os.getpid()}\)"):
+        SQLiteStore(db)
     first.close()
+    SQLiteStore(db).close()  # free again once closed
 
-    wall[0] += DEDUPE_WINDOW + 1
-    second = Broker(db, wall)
+
+def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    code = f"from zchat.broker.store import SQLiteStore; s = SQLiteStore({str(db)!r}); print('locked', flush=True)"
+    code += "; input()"
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            with pytest.raises(StoreLocked, match=f"pid {holder.pid}"):
+                SQLiteStore(db)
+            os.kill(holder.pid, signal.SIGKILL)
+            holder.wait(5)
+            SQLiteStore(db).close()
+        finally:
+            holder.kill()
+
+
+def test_the_write_ahead_log_stays_bounded_under_steady_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 1 << 20)
+    monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 0.05)
+    s = SQLiteStore(tmp_path / "h.db")
     try:
-        token = second.hello("alice", [ROOM])
-        [(topic, again)] = second.post(token, ROOM, "hi", "m1")
-        assert (topic, again.kind, again.seq) == (p.room_topic(ROOM), "message", 4)
+        biggest = 0
+        deadline = time.monotonic() + 20
+        seq = 0
+        # 8 MiB of events in batches, as a busy broker writes them: the log must not keep it all.
+        while seq < 8000 and time.monotonic() < deadline:
+            for _ in range(100):
+                seq += 1
+                s.append(ROOM, seq, json.dumps({"seq": seq, "text": "x" * 1000}).encode())
+            s.commit()
+            biggest = max(biggest, s.wal_size())
+        assert seq == 8000
+        assert biggest < 4 << 20, f"the WAL grew to {biggest} bytes"
     finally:
-        second.close()
+        s.close()
+
+
+def test_a_schema_1_file_is_migrated_keeping_its_history(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    old = sqlite3.connect(db)
+    old.executescript(
+        "CREATE TABLE events (room TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, sender TEXT,"
+        " msg_id TEXT, at REAL, PRIMARY KEY (room, seq)) WITHOUT ROWID;"
+        " CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        " INSERT INTO meta VALUES ('id', 'old-history');"
+    )
+    old.execute("INSERT INTO events VALUES ('general', 1, ?, NULL, NULL, NULL)", (event(1, "join"),))
+    old.execute("INSERT INTO events VALUES ('general', 2, ?, 'alice', 'x-1', 1.0)", (event(2, text="old deploy"),))
+    old.commit()
+    old.close()
+    s = SQLiteStore(db)
+    try:
+        assert (s.id, seqs(s.page(ROOM, 0, 10).events)) == ("old-history", [1, 2])
+        assert [json.loads(d)["text"] for d in s.search(ROOM, "deploy", 5)] == ["old deploy"]
+        add(s, ROOM, 3, 3)
+    finally:
+        s.close()
+
+
+def test_an_unusable_file_is_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match=f"cannot open the history store {bad}"):
+        SQLiteStore(bad)
+    SQLiteStore(tmp_path / "fine.db").close()
