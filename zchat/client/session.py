@@ -254,6 +254,9 @@ class ClientSession:
 
     def _lost(self, why: str, now: float) -> None:
         self._goto("lost")
+        # From now until a probe proves the feed live again, what it brings may be the old
+        # broker's or the new one's: kept aside (see feed_live).
+        self._verifying = True
         self._retry_at = now
         self._backoff = FIRST_BACKOFF
         self._history_reqs.clear()
@@ -576,8 +579,6 @@ class ClientSession:
         self._rejoin_req = None
         if reply.get("ok"):
             self.joined(reply, now)
-            # Until the feed is proved live, what it brings may be the old broker's.
-            self._verifying = True
             self._outgoing.append(PROBE)
             self._events.append(self._local("system", "reconnected", "reconnected"))
         elif self._backoff >= MAX_BACKOFF:
