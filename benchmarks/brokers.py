@@ -25,7 +25,7 @@ import zmq
 
 from benchmarks.fleet import SETUP_TIMEOUT, Bench, BenchError, Ctx, Json, Proc, log_tail, send_json
 
-#: zchat's feed high-water mark (zchat.broker.shell.FEED_HWM); the proxy's PUB gets the same.
+#: zchat's feed high-water mark (zchat.broker.config.FEED_HWM); the proxy's PUB gets the same.
 FEED_HWM = 10_000
 
 # === the broker processes ========================================================================

@@ -13,7 +13,6 @@ import logging
 import os
 import select
 import signal
-import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -44,7 +43,7 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
 #: A broker's public key placed here is used when no --server-key is given.
 DEFAULT_SERVER_PUBLIC = CONFIG_DIR / "server.key"
 
-log = logging.getLogger("zchat.broker.shell")
+log = logging.getLogger("zchat.broker")
 
 
 log_level_option = click.option(
@@ -240,6 +239,35 @@ def cli() -> None:
     show_default=True,
     help="Messages one sender may send at once.",
 )
+@click.option(
+    "--hello-rate",
+    type=click.FloatRange(0.01),
+    default=BrokerConfig.hello_rate,
+    show_default=True,
+    help="Hellos a second one address (open mode) or key (secure mode) may send.",
+)
+@click.option(
+    "--hello-burst",
+    type=click.IntRange(1),
+    default=BrokerConfig.hello_burst,
+    show_default=True,
+    help="Hellos one address or key may send at once (a team behind one NAT after a restart).",
+)
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(1),
+    default=BrokerConfig.max_sessions,
+    show_default=True,
+    help="Sessions the broker holds at once.",
+)
+@click.option(
+    "--max-sessions-per-address",
+    "max_sessions_per_peer",
+    type=click.IntRange(1),
+    default=BrokerConfig.max_sessions_per_peer,
+    show_default=True,
+    help="Sessions one address may hold at once in open mode (one key holds at most 16 in secure mode).",
+)
 def broker_cmd(
     *,
     log_format: str,
@@ -256,6 +284,10 @@ def broker_cmd(
     insecure: bool,
     rate: float,
     burst: int,
+    hello_rate: float,
+    hello_burst: int,
+    max_sessions: int,
+    max_sessions_per_peer: int,
     **kw: Any,
 ) -> None:
     """Run a broker: bind the ingest, feed and rpc sockets and serve until SIGINT/SIGTERM."""
@@ -283,15 +315,15 @@ def broker_cmd(
             heartbeat=heartbeat,
             rate=rate,
             burst=burst,
+            hello_rate=hello_rate,
+            hello_burst=hello_burst,
+            max_sessions=max_sessions,
+            max_sessions_per_peer=max_sessions_per_peer,
             curve=curve,
             allowlist=load_allowlist(allow_file) if allow_file else {},
             open_registration=open_registration,
         )
-        try:
-            broker = Broker(config)
-        except (OSError, sqlite3.Error) as exc:
-            raise ZChatError(f"cannot open the history store {db}: {exc}") from None
-        with broker:
+        with Broker(config) as broker:
             if curve is not None:
                 log.info("public key: %s (clients pass it as --server-key)", curve[0])
             where = "none (--no-store)" if no_store else f"{db} (keeping {history_limit} events a room)"
@@ -545,13 +577,15 @@ def keygen_cmd(name: str, directory: Path, force: bool) -> None:
 def say_cmd(nick: str, room: str, to: str | None, text: str | None, **kw: Any) -> None:
     """Send TEXT, or each line of stdin in order, then leave.
 
-    Exits 0 only when the broker has accepted and published every line.
+    Lines go out as fast as the broker allows (its rate and burst), so a long pipe is delivered
+    whole. Exits 0 only when the broker has confirmed every line; otherwise 1, naming how many
+    were not sent.
     """
     with _clear_errors():
-        timeout = kw["timeout"]
         client = _client(nick, [room], kw).connect()
+        progress = _Progress(client)
         try:
-            lines = [text] if text is not None else _stdin_lines(client)
+            lines = [text] if text is not None else _stdin_lines(client, progress)
             refused = 0
             for n, line in enumerate(lines, 1):
                 if not line.strip():
@@ -561,25 +595,61 @@ def say_cmd(nick: str, room: str, to: str | None, text: str | None, **kw: Any) -
                         client.msg(to, line)
                     else:
                         client.say(line)
+                    progress.queued += 1
                 except LocalProtocolError as exc:
                     refused += 1
+                    progress.clear()
                     click.echo(f"zchat say: line {n} not sent: {exc}", err=True)
-            # Long enough to ride out a broker restart: the client resends after reconnecting.
-            client.wait_sent(client.send_timeout + timeout)
-            if refused:
-                raise ZChatError(f"{refused} line(s) not sent")
+            # Wait for as long as the broker keeps confirming. The client gives up only after
+            # send_timeout (30 s) without a single confirmation; it rides out a broker restart
+            # (it resends after reconnecting).
+            while client.pending:
+                client.poll(0.25)
+                progress.show()
+            progress.clear()
+            failed = len(client.failed) + refused
+            if failed:
+                reason = next(iter(client.failed.values()), "refused")
+                raise ZChatError(f"{failed} of {progress.queued + refused} line(s) not sent: {reason}")
         finally:
+            progress.clear()
             client.close()
 
 
-def _stdin_lines(client: Client) -> Iterator[str]:
-    """Lines of stdin as they come, keeping the session alive while stdin is quiet."""
+class _Progress:
+    """``zchat say``'s progress on a terminal: lines confirmed of lines read, on one line of
+    stderr that the next output replaces. Nothing when stderr is not a terminal."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.queued = 0
+        self._shown = False
+        self._enabled = sys.stderr.isatty()
+
+    def show(self) -> None:
+        if self._enabled and self.queued > 1:
+            done = self.queued - len(self.client.pending) - len(self.client.failed)
+            sys.stderr.write(f"\r\x1b[Kzchat say: {done}/{self.queued} lines confirmed")
+            sys.stderr.flush()
+            self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._shown = False
+
+
+def _stdin_lines(client: Client, progress: _Progress) -> Iterator[str]:
+    """Lines of stdin as they come, keeping the session alive (and the lines flowing out) while
+    stdin is quiet."""
     fd = sys.stdin.fileno()
     buffer = b""
     while True:
         readable, _, _ = select.select([fd], [], [], 0)
         if not readable:
             client.poll(1.0, also=[fd])
+            progress.show()
             continue
         chunk = os.read(fd, 65536)
         if not chunk:

@@ -66,13 +66,14 @@ class Broker(transport.Service):
         wallclock: Callable[[], float] = time.time,
     ) -> None:
         """``clock`` (monotonic) times leases and timers; ``wallclock`` stamps events."""
-        super().__init__(context)
-        self.config = config
-        self.endpoints = config.endpoints
+        # The store first: a store another broker holds is refused before anything else is made.
         self._own_store = store is None and config.db is not None
         if store is None and config.db is not None:
             store = SQLiteStore(config.db, history_limit=config.history_limit)
         self.store = store
+        super().__init__(context)
+        self.config = config
+        self.endpoints = config.endpoints
         self._authority: Authority | None = None
         if config.secure:
             claims = store.claims() if store is not None else {}

@@ -226,8 +226,11 @@ class SQLiteStore:
         self.history_limit = history_limit
         self._lock_file: int | None = None
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._lock()
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                self._lock()
+            except OSError as exc:
+                raise StoreError(f"cannot open the history store {self.path}: {exc.strerror or exc}") from None
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -18,7 +18,7 @@ from zchat.protocol import Event
 
 __all__ = ["Bot", "Handler"]
 
-log = logging.getLogger("zchat.client.bot")
+log = logging.getLogger("zchat.bot")
 
 #: A message handler: returns the text to answer with, or ``None`` to stay quiet.
 Handler = Callable[["Bot", Event], "str | None"]
