@@ -192,14 +192,25 @@ class BrokerProcess:
 
 
 def start_broker_process(
-    *extra: str, heartbeat: float = TEST_HEARTBEAT, endpoints: Endpoints = LOOPBACK_ANY, db: str = ":memory:"
+    *extra: str,
+    heartbeat: float = TEST_HEARTBEAT,
+    endpoints: Endpoints = LOOPBACK_ANY,
+    db: str = ":memory:",
+    preexec_fn: Callable[[], None] | None = None,
 ) -> BrokerProcess:
-    """Start `zchat broker` and wait (bounded) for its "listening" log line."""
+    """Start `zchat broker` and wait (bounded) for its "listening" log line. ``preexec_fn`` runs
+    in the child before it starts (e.g. to limit its resources)."""
     e = endpoints
     cmd = [*ZCHAT, "broker", "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
     cmd += ["--heartbeat", str(heartbeat), "--db", db, *extra]
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env()
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        preexec_fn=preexec_fn,  # noqa: PLW1509 (a resource limit, set before exec)
     )
     assert proc.stderr is not None
     log: list[str] = []

@@ -572,9 +572,16 @@ def keygen_cmd(name: str, directory: Path, force: bool) -> None:
 @click.option("--nick", envvar="ZCHAT_NICK", required=True, help=f"Nick to speak as ({p.NICK_RULE}).")
 @click.option("--room", default=p.DEFAULT_ROOM, show_default=True, help="Room to speak in.")
 @click.option("--to", metavar="NICK", help="Send privately to NICK instead of to the room.")
+@click.option(
+    "--send-timeout",
+    type=click.FloatRange(0.5),
+    default=30.0,
+    show_default=True,
+    help="Seconds without a single confirmation from the broker before the lines still unconfirmed count as not sent.",
+)
 @click.argument("text", required=False)
 @client_options
-def say_cmd(nick: str, room: str, to: str | None, text: str | None, **kw: Any) -> None:
+def say_cmd(nick: str, room: str, to: str | None, text: str | None, send_timeout: float, **kw: Any) -> None:
     """Send TEXT, or each line of stdin in order, then leave.
 
     Lines go out as fast as the broker allows (its rate and burst), so a long pipe is delivered
@@ -582,7 +589,7 @@ def say_cmd(nick: str, room: str, to: str | None, text: str | None, **kw: Any) -
     were not sent.
     """
     with _clear_errors():
-        client = _client(nick, [room], kw).connect()
+        client = _client(nick, [room], kw, send_timeout=send_timeout).connect()
         progress = _Progress(client)
         try:
             lines = [text] if text is not None else _stdin_lines(client, progress)
@@ -601,8 +608,8 @@ def say_cmd(nick: str, room: str, to: str | None, text: str | None, **kw: Any) -
                     progress.clear()
                     click.echo(f"zchat say: line {n} not sent: {exc}", err=True)
             # Wait for as long as the broker keeps confirming. The client gives up only after
-            # send_timeout (30 s) without a single confirmation; it rides out a broker restart
-            # (it resends after reconnecting).
+            # --send-timeout without a single confirmation; it rides out a broker restart (it
+            # resends after reconnecting).
             while client.pending:
                 client.poll(0.25)
                 progress.show()

@@ -24,6 +24,7 @@ never sleeps and reads no clock but the injected wall clock for timestamps.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import secrets
@@ -202,6 +203,7 @@ class BrokerCore:
         #: After a stall, no lease lapses before this time.
         self._grace_until = now
         self._last_begin = now
+        self._counted = dataclasses.replace(self.counters)  # the counters before the batch
         # The batch in progress: what it sends, and how to take it back.
         self._batch = Batch()
         self._signals: list[Publish] = []  # probe answers and heartbeats: sent even if the commit fails
@@ -248,6 +250,7 @@ class BrokerCore:
                 "the broker was stalled for %.1f s: leases get %.0f s of grace", now - self._last_begin, self.lease
             )
         self._last_begin = now
+        self._counted = dataclasses.replace(self.counters)
 
     def finish(self) -> Batch:
         """What the batch sends once its store writes are committed (then :meth:`keep`)."""
@@ -265,7 +268,8 @@ class BrokerCore:
     def undo(self) -> Batch:
         """The batch could not be stored: take every change back and return what to send
         instead — each request answered ``unavailable``, each sender told to resend."""
-        self.counters.store_failures += 1
+        # What the batch counted did not happen (it comes again when the senders resend).
+        self.counters = dataclasses.replace(self._counted, store_failures=self._counted.store_failures + 1)
         for stream, seq in self._seq_before.items():
             if p.is_inbox(stream):
                 self._inboxes[stream] = seq
