@@ -8,7 +8,8 @@ import pytest
 import zmq
 from conftest import ClientFactory, ThreadBroker, collect, wait_for
 
-from zchat.client.shell import Feed
+from zchat import transport
+from zchat.client.feed import Feed
 from zchat.errors import Refused
 from zchat.protocol import decode_event, room_topic
 
@@ -87,9 +88,11 @@ def test_payload_nick_is_ignored(
     with ctx.socket(zmq.DEALER) as rpc, ctx.socket(zmq.PUSH) as push:
         for s in (rpc, push):
             s.setsockopt(zmq.LINGER, 0)
+        rpc.setsockopt(zmq.ROUTING_ID, transport.new_route())
         rpc.connect(broker.endpoints.rpc)
         push.connect(broker.endpoints.ingest)
-        rpc.send_multipart([b"", json.dumps({"type": "hello", "nick": "eve", "rooms": ["general"]}).encode()])
+        hello = {"type": "hello", "protocol": 2, "nick": "eve", "rooms": ["general"]}
+        rpc.send_multipart([b"", json.dumps(hello).encode()])
         assert rpc.poll(5000), "no hello reply"
         token = json.loads(rpc.recv_multipart()[-1])["token"]
         post = {"token": token, "room": "general", "text": "i am bob", "nick": "bob"}
