@@ -77,8 +77,6 @@ MAX_TOMBSTONES = 10_000
 #: A loop iteration this much later than the previous one means the broker itself was stalled
 #: (SIGSTOP, swap, a long GC): the loop wakes at least once a second when it is running.
 STALL_SECONDS = 1.5
-#: Inbox events a fresh client is handed unread at most (older ones stay in history).
-INBOX_BACKLOG = p.MAX_HISTORY
 
 
 @dataclass(slots=True, eq=False)

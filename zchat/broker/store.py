@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import Protocol
 
 from zchat.errors import ZChatError
+
+log = logging.getLogger("zchat.broker")
 
 __all__ = [
     "DEFAULT_HISTORY_LIMIT",
@@ -69,6 +72,8 @@ CHECKPOINT_INTERVAL = 1.0
 WAL_LIMIT_BYTES = 32 * 1024 * 1024
 #: How long a commit waits for the checkpointer's lock before it fails.
 BUSY_TIMEOUT_MS = 2000
+#: Rows retention deletes in one transaction (about 2 MB of log).
+RETAIN_CHUNK = 4096
 #: How long an ended session's last post number is remembered, in seconds.
 TOMBSTONE_SECONDS = 3600.0
 
@@ -79,6 +84,7 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER NOT NULL,
     data BLOB NOT NULL,
     presence INTEGER NOT NULL DEFAULT 0,  -- a join or leave: retained apart from messages
+    gid INTEGER,  -- a searchable message's number in the store: its row in the search index
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_kind ON events (room, presence, seq);
@@ -244,8 +250,8 @@ class SQLiteStore:
             if migrated:
                 # The search index of a schema-1 file: its stored messages, once.
                 self._db.execute(
-                    "INSERT INTO search (text, room, seq) SELECT json_extract(data, '$.text'), room, seq FROM events"
-                    " WHERE json_extract(data, '$.kind') IN ('message', 'action')"
+                    "INSERT INTO search (rowid, text, room, seq)"
+                    " SELECT gid, json_extract(data, '$.text'), room, seq FROM events WHERE gid IS NOT NULL"
                 )
             self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id', ?)", (secrets.token_hex(8),))
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,))
@@ -253,8 +259,9 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             self._unlock()
             raise StoreError(f"cannot open the history store {self.path}: {exc}") from None
-        self._events: list[tuple[str, int, bytes, int]] = []
-        self._texts: list[tuple[str, str, int]] = []
+        self._events: list[tuple[str, int, bytes, int, int | None]] = []
+        self._texts: list[tuple[int, str, str, int]] = []
+        self._gid = int(self._db.execute("SELECT COALESCE(MAX(gid), 0) FROM events").fetchone()[0])
         self._sessions: dict[str, SessionRecord] = {}
         self._acked: dict[str, int] = {}
         self._claims: list[tuple[str, str]] = []
@@ -262,6 +269,7 @@ class SQLiteStore:
         self._reads: dict[str, int] = {}
         self._touched: set[str] = set()
         self._stop = threading.Event()
+        self._checkpointing = threading.Lock()
         self._checkpointer: threading.Thread | None = None
         if self.path != ":memory:":
             # SQLite's automatic checkpoint runs inside a commit and stalls it for milliseconds
@@ -310,7 +318,15 @@ class SQLiteStore:
                 if name in columns:
                     db.execute(f"ALTER TABLE events DROP COLUMN {name}")
             db.execute("ALTER TABLE events ADD COLUMN presence INTEGER NOT NULL DEFAULT 0")
+            db.execute("ALTER TABLE events ADD COLUMN gid INTEGER")
             db.execute("UPDATE events SET presence = 1 WHERE json_extract(data, '$.kind') IN ('join', 'leave')")
+            messages = db.execute(
+                "SELECT room, seq FROM events WHERE json_extract(data, '$.kind') IN ('message', 'action')"
+            ).fetchall()
+            db.executemany(
+                "UPDATE events SET gid = ? WHERE room = ? AND seq = ?",
+                [(gid, room, seq) for gid, (room, seq) in enumerate(messages, 1)],
+            )
         return True
 
     def _checkpoints(self) -> None:
@@ -318,7 +334,7 @@ class SQLiteStore:
         db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
             while not self._stop.wait(CHECKPOINT_INTERVAL):
-                with contextlib.suppress(sqlite3.Error):  # a checkpoint that fails is retried next time
+                with self._checkpointing, contextlib.suppress(sqlite3.Error):  # a failed one is retried
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
             db.close()
@@ -334,9 +350,12 @@ class SQLiteStore:
     # --- writes: staged, then committed as one transaction ---------------------------------------
 
     def append(self, room: str, seq: int, data: bytes, *, presence: bool = False, text: str | None = None) -> None:
-        self._events.append((room, seq, data, int(presence)))
+        gid = None
         if text is not None:
-            self._texts.append((text, room, seq))
+            self._gid += 1
+            gid = self._gid
+            self._texts.append((gid, text, room, seq))
+        self._events.append((room, seq, data, int(presence), gid))
 
     def save_session(self, record: SessionRecord) -> None:
         self._sessions[record.token] = record
@@ -362,6 +381,11 @@ class SQLiteStore:
         return bool(self._events or self._sessions or self._acked or self._claims or self._topics or self._reads)
 
     def rollback(self) -> None:
+        if self._texts:
+            self._gid = self._texts[0][0] - 1  # the numbers of what was never written are free again
+        self._clear()
+
+    def _clear(self) -> None:
         self._events, self._texts, self._claims = [], [], []
         self._sessions, self._acked, self._topics, self._reads = {}, {}, {}, {}
 
@@ -371,15 +395,24 @@ class SQLiteStore:
         try:
             with self._transaction():
                 self._write()
-            self._touched.update(room for room, *_ in self._events)
-            if self.wal_size() > WAL_LIMIT_BYTES:
-                # Under steady writes the checkpoint thread may never find the log between two
-                # transactions: the writer itself truncates it, here, between two batches.
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
+            self.rollback()
             raise StoreError(f"could not store a batch in {self.path}: {exc}") from None
-        finally:
-            self.rollback()  # staged state is gone either way: written, or never
+        self._touched.update(room for room, *_ in self._events)
+        self._clear()
+        try:
+            self._bound_wal()
+        except sqlite3.Error as exc:  # the batch is stored; the log is truncated next time
+            log.warning("could not truncate the write-ahead log of %s: %s", self.path, exc)
+
+    def _bound_wal(self) -> None:
+        """Under steady writes the checkpoint thread may never find the log between two
+        transactions: past its limit, the writer itself truncates it, between two transactions.
+        SQLite refuses a checkpoint while another runs (SQLITE_BUSY at once, no busy wait), so the
+        two take turns: this waits for at most the passive one in progress."""
+        if self.wal_size() > WAL_LIMIT_BYTES:
+            with self._checkpointing:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -396,8 +429,10 @@ class SQLiteStore:
 
     def _write(self) -> None:
         db = self._db
-        db.executemany("INSERT OR REPLACE INTO events (room, seq, data, presence) VALUES (?, ?, ?, ?)", self._events)
-        db.executemany("INSERT INTO search (text, room, seq) VALUES (?, ?, ?)", self._texts)
+        db.executemany(
+            "INSERT OR REPLACE INTO events (room, seq, data, presence, gid) VALUES (?, ?, ?, ?, ?)", self._events
+        )
+        db.executemany("INSERT INTO search (rowid, text, room, seq) VALUES (?, ?, ?, ?)", self._texts)
         db.executemany(
             "INSERT OR REPLACE INTO sessions (token, nick, identity, peer, inbox, rooms, acked, away, ended)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -493,21 +528,37 @@ class SQLiteStore:
 
     def retain(self, now: float) -> None:
         rooms, self._touched = self._touched, set()
-        limit = self.history_limit
         try:
+            for room in rooms:
+                self._retain(room)
             with self._transaction() as db:
-                for room in rooms:
-                    # The oldest message kept: everything older goes, and presence past its own limit.
-                    oldest = _nth_newest(db, room, 0, limit)
-                    if oldest is not None:
-                        db.execute("DELETE FROM events WHERE room = ? AND seq < ?", (room, oldest))
-                        db.execute("DELETE FROM search WHERE room = ? AND seq < ?", (room, oldest))
-                    presence = _nth_newest(db, room, 1, limit)
-                    if presence is not None:
-                        db.execute("DELETE FROM events WHERE room = ? AND presence = 1 AND seq < ?", (room, presence))
                 db.execute("DELETE FROM sessions WHERE ended IS NOT NULL AND ended < ?", (now - TOMBSTONE_SECONDS,))
         except sqlite3.Error:
             self._touched |= rooms  # tried again next time; the broker's next commit says if the disk is gone
+
+    def _retain(self, room: str) -> None:
+        """Drop what ``room`` keeps past its limits, a chunk per transaction: at full speed a
+        second's worth is tens of thousands of rows, and the log is bounded between chunks."""
+        db, limit = self._db, self.history_limit
+        # The oldest message kept: everything older goes, and presence past its own limit.
+        oldest = _nth_newest(db, room, 0, limit)
+        if oldest is not None:
+            for start in range(self.first_seq(room), oldest, RETAIN_CHUNK):
+                end = min(oldest, start + RETAIN_CHUNK)
+                with self._transaction():
+                    # The index by its own rowids (a filter on its other columns would scan it).
+                    db.execute(
+                        "DELETE FROM search WHERE rowid IN"
+                        " (SELECT gid FROM events WHERE room = ? AND seq >= ? AND seq < ? AND gid IS NOT NULL)",
+                        (room, start, end),
+                    )
+                    db.execute("DELETE FROM events WHERE room = ? AND seq >= ? AND seq < ?", (room, start, end))
+                self._bound_wal()
+        presence = _nth_newest(db, room, 1, limit)
+        if presence is not None:
+            with self._transaction():
+                db.execute("DELETE FROM events WHERE room = ? AND presence = 1 AND seq < ?", (room, presence))
+            self._bound_wal()
 
 
 def _nth_newest(db: sqlite3.Connection, room: str, presence: int, n: int) -> int | None:
