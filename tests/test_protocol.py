@@ -234,6 +234,18 @@ def test_decode_post() -> None:
     assert (minimal.kind, minimal.id) == ("message", None)
 
 
+def test_a_too_long_text_decodes_so_that_its_refusal_is_final() -> None:
+    # Refused by check_text ("rejected", the post number used up), not by the decoder: a post
+    # that does not decode ("bad_post") never uses its number, and the session's later posts
+    # would wait behind it.
+    post = p.decode_post(p.encode(p.Post(token="t", room="general", text="x" * 5000, n=1)))
+    assert post.n == 1
+    with pytest.raises(LocalProtocolError, match="too long"):
+        p.check_text(post.text)
+    with pytest.raises(RemoteProtocolError):
+        p.decode_post(p.encode(p.Post(token="t", room="general", text="x" * (p.MAX_FRAME_BYTES + 1))))
+
+
 def test_decode_post_ignores_a_claimed_nick() -> None:
     post = p.decode_post(b'{"token":"t","room":"general","text":"hi","nick":"mallory"}')
     assert post == p.Post(token="t", room="general", text="hi")
