@@ -1,4 +1,4 @@
-"""The wire protocol, without sockets: rules, topics, endpoints, decoding and timestamps."""
+"""The wire protocol, without sockets: rules, topics, inboxes, routes, endpoints, decoding and timestamps."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 import sys
 import threading
 import time
+import typing
 from datetime import UTC, datetime
 
 import msgspec
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from zchat import protocol as p
 from zchat.errors import LocalProtocolError, RemoteProtocolError
+from zchat.transport import new_route
 
 # --- nick, room, text rules -----------------------------------------------------------------------
 
@@ -184,11 +186,19 @@ def test_a_room_topic_is_a_prefix_only_of_itself(a: str, b: str) -> None:
     assert p.room_topic(a).startswith(p.room_topic(b)) == (a == b)
 
 
-def test_inbox_topic_is_lower_cased_and_distinct_from_rooms() -> None:
-    assert p.inbox_topic("Alice") == b"@alice:"
-    assert p.inbox_topic("ALICE") == p.inbox_topic("alice")
-    assert not p.inbox_topic("dev").startswith(p.room_topic("dev"))
-    assert not p.room_topic("dev").startswith(p.inbox_topic("dev"))
+def test_inbox_names_are_lower_cased_and_never_rooms() -> None:
+    assert p.inbox_name("Alice") == "@alice"  # secure mode: one per nick
+    assert p.inbox_name("ALICE", "Sbx9Mw_0OQWo") == "@alice~Sbx9Mw_0OQWo"  # open mode: one per session
+    assert p.is_inbox(p.inbox_name("dev")) and not p.is_inbox("dev")
+    with pytest.raises(LocalProtocolError):
+        p.check_room(p.inbox_name("dev"))
+
+
+def test_the_feed_has_rooms_the_heartbeat_and_probes_and_nothing_else() -> None:
+    # Nothing addressed to one session has a topic: it goes to the session's route instead.
+    assert p.HEARTBEAT_TOPIC == b"!hb:"
+    assert {p.room_topic("dev")[:1], p.HEARTBEAT_TOPIC[:1], p.probe_topic("x")[:1]} == {b"#", b"!", b"~"}
+    assert not hasattr(p, "inbox_topic")
 
 
 def test_probe_topics() -> None:
@@ -196,7 +206,7 @@ def test_probe_topics() -> None:
     assert topic == b"~abc123:"
     assert p.is_probe_topic(topic)
     assert not p.is_probe_topic(p.room_topic("general"))
-    assert not p.is_probe_topic(p.inbox_topic("alice"))
+    assert not p.is_probe_topic(p.HEARTBEAT_TOPIC)
     assert not p.is_probe_topic(b"~abc")
     assert not p.is_probe_topic(b"")
 
@@ -228,10 +238,42 @@ def test_explicit_endpoints_win() -> None:
 
 
 def test_decode_post() -> None:
-    post = p.decode_post(b'{"token":"t0k","room":"general","text":"hi","kind":"action","id":"m-1"}')
-    assert post == p.Post(token="t0k", room="general", text="hi", kind="action", id="m-1")
+    post = p.decode_post(b'{"token":"t0k","room":"general","text":"hi","kind":"action","id":"m-1","n":3}')
+    assert post == p.Post(token="t0k", room="general", text="hi", kind="action", id="m-1", n=3)
     minimal = p.decode_post(b'{"token":"t","room":"r","text":"x"}')
-    assert (minimal.kind, minimal.id) == ("message", None)
+    assert (minimal.kind, minimal.id, minimal.n, minimal.to) == ("message", None, None, None)
+    private = p.decode_post(b'{"token":"t","to":"bob","text":"x","n":1}')
+    assert (private.to, private.room) == ("bob", "")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"token":"t","room":"r","text":"x","n":0}',  # numbers start at 1
+        b'{"token":"t","room":"r","text":"x","n":9007199254740993}',  # past 2**53
+        b'{"token":"t","room":"r","text":"x","n":-1}',
+        b'{"token":"t","room":"r","text":"x","n":"1"}',
+        b'{"token":"' + b"t" * 65 + b'","room":"r","text":"x"}',
+        b'{"token":"t","room":"r","text":"x","id":"' + b"i" * 65 + b'"}',
+        b'{"token":"t","room":"' + b"r" * 65 + b'","text":"x"}',
+        b'{"token":"t","to":"' + b"b" * 65 + b'","text":"x"}',
+    ],
+)
+def test_posts_out_of_range_do_not_decode(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        p.decode_post(data)
+
+
+def test_a_too_long_text_decodes_so_that_its_refusal_is_final() -> None:
+    # Refused by check_text ("rejected", the post number used up), not by the decoder: a post
+    # that does not decode ("bad_post") never uses its number, and the session's later posts
+    # would wait behind it.
+    post = p.decode_post(p.encode(p.Post(token="t", room="general", text="x" * 5000, n=1)))
+    assert post.n == 1
+    with pytest.raises(LocalProtocolError, match="too long"):
+        p.check_text(post.text)
+    with pytest.raises(RemoteProtocolError):
+        p.decode_post(p.encode(p.Post(token="t", room="general", text="x" * (p.MAX_FRAME_BYTES + 1))))
 
 
 def test_decode_post_ignores_a_claimed_nick() -> None:
@@ -243,19 +285,74 @@ def test_decode_post_ignores_a_claimed_nick() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        (b'{"type":"hello","nick":"alice","rooms":["dev"],"req":"1"}', p.Hello(nick="alice", rooms=["dev"], req="1")),
-        (b'{"type":"hello","nick":"alice"}', p.Hello(nick="alice", rooms=[p.DEFAULT_ROOM])),
+        (
+            b'{"type":"hello","protocol":2,"nick":"alice","rooms":["dev"],"req":"1"}',
+            p.Hello(protocol=2, nick="alice", rooms=["dev"], req="1"),
+        ),
+        (b'{"type":"hello","nick":"alice"}', p.Hello(protocol=1, nick="alice", rooms=[p.DEFAULT_ROOM])),  # a v1 client
+        (b'{"type":"hello","protocol":2,"nick":"a","resume":"tok"}', p.Hello(protocol=2, nick="a", resume="tok")),
         (b'{"type":"heartbeat","token":"t"}', p.Heartbeat(token="t")),
+        (b'{"type":"heartbeat","token":"t","inbox_read":7}', p.Heartbeat(token="t", inbox_read=7)),
         (b'{"type":"leave","token":"t"}', p.Leave(token="t", reason="quit")),
         (b'{"type":"join","token":"t","room":"dev"}', p.Join(token="t", room="dev")),
-        (b'{"type":"part","token":"t","room":"dev"}', p.Part(token="t", room="dev")),
+        (b'{"type":"part","token":"t","room":"dev"}', p.Part(token="t", room="dev", reason="")),
+        (b'{"type":"part","token":"t","room":"dev","reason":"bye"}', p.Part(token="t", room="dev", reason="bye")),
+        (b'{"type":"nick","token":"t","nick":"bob"}', p.Nick(token="t", nick="bob")),
+        (b'{"type":"away","token":"t","text":"lunch"}', p.Away(token="t", text="lunch")),
+        (b'{"type":"away","token":"t"}', p.Away(token="t", text=None)),
+        (b'{"type":"topic","token":"t","room":"dev"}', p.Topic(token="t", room="dev", text=None)),
+        (b'{"type":"topic","token":"t","room":"dev","text":""}', p.Topic(token="t", room="dev", text="")),
         (b'{"type":"who"}', p.Who(room=p.DEFAULT_ROOM)),
         (b'{"type":"stats","req":"9"}', p.Stats(req="9")),
+        (b'{"type":"history","room":"@bob~x","token":"t"}', p.History(room="@bob~x", token="t", limit=50)),
+        (b'{"type":"seqs","rooms":["a","b"]}', p.Seqs(rooms=["a", "b"])),
+        (b'{"type":"search","room":"dev","text":"hi","before":9}', p.Search(room="dev", text="hi", before=9)),
     ],
 )
 def test_decode_request(data: bytes, expected: p.Request) -> None:
     assert p.decode_request(data) == expected
     assert p.decode_request(p.encode(expected)) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"type":"history","after":9007199254740993}',  # past 2**53
+        b'{"type":"history","after":-1}',
+        b'{"type":"history","limit":0}',
+        b'{"type":"history","limit":1001}',
+        b'{"type":"search","text":"hi","limit":101}',
+        b'{"type":"search","text":""}',
+        b'{"type":"search","text":"' + b"w" * 201 + b'"}',
+        b'{"type":"heartbeat","token":"t","inbox_read":9007199254740993}',
+        b'{"type":"hello","protocol":1001,"nick":"a"}',
+        b'{"type":"hello","protocol":2,"nick":"a","rooms":[' + b",".join([b'"r"'] * 65) + b"]}",
+        b'{"type":"hello","protocol":2,"nick":"a","resume":"' + b"t" * 65 + b'"}',
+        b'{"type":"who","req":"' + b"q" * 65 + b'"}',
+        b'{"type":"away","token":"t","text":"' + b"a" * 201 + b'"}',
+        b'{"type":"topic","token":"t","text":"' + b"a" * 401 + b'"}',
+        b'{"type":"leave","token":"t","reason":"' + b"a" * 1001 + b'"}',
+    ],
+)
+def test_requests_out_of_range_are_invalid(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError, match=r"invalid request: .* - at `\$\."):
+        p.decode_request(data)
+
+
+def test_a_delivery_wraps_an_event_and_only_a_delivery_holds_one() -> None:
+    ev = p.Event(1, "2026-12-01T14:57:23.079Z", "@bob~x", "private", "alice", "hi", to="bob", n=6)
+    message = p.decode_reply(p.delivery(p.encode(ev)))
+    assert list(message) == ["type", "event"]
+    assert p.delivered_event(message) == ev
+    assert p.delivered_event(p.decode_reply(b'{"type":"heartbeat","ok":true,"req":"1","acked":0}')) is None
+    with pytest.raises(RemoteProtocolError, match="invalid delivery"):
+        p.delivered_event({"type": "event", "event": {"seq": "1"}})
+
+
+def test_new_routes_are_long_random_and_never_start_with_a_zero_byte() -> None:
+    routes = {new_route() for _ in range(1000)}
+    assert len(routes) == 1000
+    assert all(len(r) >= p.MIN_ROUTE_BYTES and r[0] != 0 for r in routes)
 
 
 def test_encoded_requests_carry_their_type_tag() -> None:
@@ -405,7 +502,8 @@ _json = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-_fields = ["token", "room", "text", "kind", "id", "type", "req", "nick", "rooms", "seq", "ts", "code", "reason"]
+_fields = ["token", "room", "text", "kind", "id", "type", "req", "nick", "rooms", "seq", "ts", "code", "reason", "n"]
+_fields += ["to", "protocol", "resume", "after", "limit", "before", "inbox_read", "event", "expected"]
 _json_objects = st.dictionaries(st.sampled_from(_fields), _json, max_size=8)
 _wire_like = st.one_of(
     st.binary(max_size=300),
@@ -427,7 +525,7 @@ _wire_like = st.one_of(
 def test_decoders_return_a_value_or_raise_remote_protocol_error(data: bytes) -> None:
     for decode, kind in (
         (p.decode_post, p.Post),
-        (p.decode_request, (p.Hello, p.Heartbeat, p.Leave, p.Join, p.Part, p.Who, p.Stats)),
+        (p.decode_request, typing.get_args(p.Request)),
         (p.decode_event, p.Event),
     ):
         try:
@@ -472,6 +570,9 @@ def test_valid_posts_round_trip(post: p.Post) -> None:
         id=st.none() | st.text(max_size=10),
         reason=st.none() | st.text(max_size=10),
         code=st.none() | st.text(max_size=10),
+        n=st.none() | st.integers(min_value=1, max_value=p.MAX_SEQ),
+        expected=st.none() | st.integers(min_value=1, max_value=p.MAX_SEQ),
+        new_nick=st.none() | st.text(max_size=24),
     )
 )
 def test_events_round_trip(ev: p.Event) -> None:

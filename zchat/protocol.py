@@ -239,7 +239,10 @@ Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]
 Name = Annotated[str, msgspec.Meta(max_length=64)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 PostNumber = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
-#: Texts are measured in UTF-8 bytes by check_text; this bound only keeps decoding cheap.
+#: Texts are measured in UTF-8 bytes by check_text, whose refusal is final (``rejected``: the
+#: post number is used up); this bound, the largest frame, only keeps decoding cheap. A bound of
+#: MAX_TEXT_BYTES characters here would make a too-long text undecodable (``bad_post``), whose
+#: number is never used up: every later post of the session would wait behind it.
 Text = Annotated[str, msgspec.Meta(max_length=MAX_FRAME_BYTES)]
 Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
 
