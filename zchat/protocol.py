@@ -459,6 +459,7 @@ class _Salvage(msgspec.Struct):
     req: object = None
     token: object = None
     id: object = None
+    n: object = None
 
 
 _salvage_decoder = msgspec.json.Decoder(_Salvage)
@@ -478,11 +479,12 @@ def request_id(data: bytes) -> str | None:
     return req if isinstance(req, str) else None
 
 
-def post_token(data: bytes) -> tuple[str | None, str | None]:
-    """``(token, id)`` of a post that is not valid, where readable, so the broker can tell its
-    sender what was wrong with it. Never raises."""
+def post_token(data: bytes) -> tuple[str | None, str | None, int | None]:
+    """``(token, id, n)`` of a post that is not valid, where readable, so the broker can tell its
+    sender what was wrong with it (and use up its number). Never raises."""
     s = _salvage(data)
-    return (s.token if isinstance(s.token, str) else None, s.id if isinstance(s.id, str) else None)
+    n = s.n if isinstance(s.n, int) and not isinstance(s.n, bool) and 1 <= s.n <= MAX_SEQ else None
+    return (s.token if isinstance(s.token, str) else None, s.id if isinstance(s.id, str) else None, n)
 
 
 class _TsFormatter:

@@ -388,6 +388,26 @@ def test_a_post_ahead_of_its_turn_is_refused_once_with_the_number_wanted(h: Harn
     assert h.core.stats(T0)["out_of_order"] == 2
 
 
+def test_a_numbered_post_that_cannot_be_read_uses_up_its_number(h: Harness) -> None:
+    token = h.hello("alice")
+    h.core.begin(T0)
+    h.core.ingest(
+        [p.encode({"token": token, "text": "hi", "room": "general", "kind": "shout", "n": 1, "id": "m1"})], T0
+    )
+    (err,) = h.settle().to("alice")
+    assert (err.code, err.n, err.id) == ("bad_post", 1, "m1")
+    assert len(h.post(token, "general", "next", n=2).events) == 1  # the session goes on
+
+
+def test_an_unnumbered_post_in_a_batch_that_is_not_stored_is_told_so() -> None:
+    store = FailingStore(":memory:")
+    h = Harness(store=store)
+    token = h.hello("alice")
+    store.failing = True
+    (err,) = h.post(token, "general", "hi", id="plain").to("alice")
+    assert (err.code, err.id, err.expected) == ("unavailable", "plain", None)
+
+
 def test_posts_without_a_number_are_taken_as_they_come(h: Harness) -> None:
     token = h.hello("alice")
     assert len(h.post(token, "general", "a").events) == len(h.post(token, "general", "a").events) == 1

@@ -208,6 +208,7 @@ class BrokerCore:
         self._asked: list[tuple[list[bytes], str | None]] = []  # (envelope, req id) of each reply
         self._seq_before: dict[str, int] = {}  # stream -> its seq before the batch
         self._acked_before: dict[Session, int] = {}
+        self._unnumbered: list[tuple[Session, str | None]] = []  # posts without a number, with their id
         self._undo: list[Callable[[], object]] = []
         if store is not None:
             self._restore(store, now)
@@ -276,11 +277,15 @@ class BrokerCore:
         for action in reversed(self._undo):
             action()
         refusals = Batch(publish=list(self._signals))
+        why = "could not store this message: resend it"
         for session, acked in self._acked_before.items():
             session.acked = session.told = acked
             if session.route is not None:
-                ev = self._notice("error", "could not store this message: resend it", code="unavailable")
-                ev = msgspec.structs.replace(ev, expected=acked + 1)
+                ev = msgspec.structs.replace(self._notice("error", why, code="unavailable"), expected=acked + 1)
+                refusals.deliver.append((session.route, p.delivery(p.encode(ev))))
+        for session, ref in self._unnumbered:  # (posts without a number: each one is told)
+            if session.route is not None:
+                ev = self._notice("error", why, ref=ref, code="unavailable")
                 refusals.deliver.append((session.route, p.delivery(p.encode(ev))))
         for envelope, req_id in self._asked:
             reason = "the broker could not store this request: try again"
@@ -294,6 +299,7 @@ class BrokerCore:
         self._asked = []
         self._seq_before = {}
         self._acked_before = {}
+        self._unnumbered = []
         self._undo = []
 
     def unreachable(self, route: bytes) -> None:
@@ -343,11 +349,16 @@ class BrokerCore:
             post = p.decode_post(frames[0])
         except RemoteProtocolError as exc:
             self._drop(str(exc))
-            # If the wreck still names a live session, tell its owner why nothing happened.
-            token, msg_id = p.post_token(frames[0])
+            # If the wreck still names a live session, tell its owner why nothing happened; a
+            # number it carries is used up, or every later post would wait behind it.
+            token, msg_id, n = p.post_token(frames[0])
             sender = self._sessions.get(token or "")
-            if sender is not None and sender.identity == identity and not self._lapsed(sender, now):
-                self._error(sender, "bad_post", str(exc), ref=msg_id)
+            if sender is None or sender.identity != identity or self._lapsed(sender, now):
+                return
+            if n is None or self._its_turn(sender, n, msg_id):
+                if n is not None:
+                    self._use_number(sender, n)
+                self._error(sender, "bad_post", str(exc), ref=msg_id, n=n)
             return
         session = self._sessions.get(post.token)
         if session is None or self._lapsed(session, now):
@@ -360,33 +371,25 @@ class BrokerCore:
             log.debug("dropped post: token of %s used by another key", session.nick)
             return
         session.expires = max(session.expires, now + self.lease)
-        if post.n is not None:
-            if post.n <= session.acked:
-                # A resend of something committed: confirm it to the sender, publish nothing.
-                self.counters.duplicates += 1
-                self._deliver(session, self._notice("duplicate", "already delivered", ref=post.id, n=post.n))
-                return
-            if post.n > session.acked + 1:
-                self.counters.out_of_order += 1
-                self._refuse(session, "out_of_order", f"post {post.n} came before post {session.acked + 1}", post)
-                return
+        if post.n is not None and not self._its_turn(session, post.n, post.id):
+            return
         if not self._posts.allow(session.identity or session.token, now):
             self.counters.rate_limited += 1
             per_second = self._posts.rate
             rate = f"at most {per_second:g} message{'' if per_second == 1 else 's'} a second"
-            self._refuse(session, "rate_limited", f"slow down: {rate} (bursts of {self._posts.burst:g})", post)
+            self._refuse(
+                session, "rate_limited", f"slow down: {rate} (bursts of {self._posts.burst:g})", post.id, post.n
+            )
             return
         if post.n is not None:
-            self._acked_before.setdefault(session, session.acked)
-            session.acked = session.told = post.n
-            if self._store is not None:
-                self._store.set_acked(session.token, post.n)
+            self._use_number(session, post.n)
         try:
             if post.id is not None and len(post.id) > p.MAX_ID_CHARS:
                 raise LocalProtocolError(f"message id longer than {p.MAX_ID_CHARS} characters")
             p.check_text(post.text)
             if post.to is not None:
                 self._private(session, post)
+                self._accepted(session, post)
                 return
             if post.room not in session.rooms:  # membership first: valid names are the common case
                 p.check_room(post.room)
@@ -398,15 +401,39 @@ class BrokerCore:
             return
         self.counters.received += 1
         self._room_event(post.room, post.kind, session.nick, post.text, id=post.id, n=post.n)
+        self._accepted(session, post)
 
-    def _refuse(self, session: Session, code: str, why: str, post: p.Post) -> None:
+    def _accepted(self, session: Session, post: p.Post) -> None:
+        if post.n is None:  # should its batch not be stored, it is told (a numbered one resends)
+            self._unnumbered.append((session, post.id))
+
+    def _its_turn(self, session: Session, n: int, ref: str | None) -> bool:
+        """Whether post number ``n`` is the one the session's next: a number already used is a
+        resend (confirmed, nothing published), one ahead of its turn is refused (once a gap)."""
+        if n <= session.acked:
+            self.counters.duplicates += 1
+            self._deliver(session, self._notice("duplicate", "already delivered", ref=ref, n=n))
+            return False
+        if n > session.acked + 1:
+            self.counters.out_of_order += 1
+            self._refuse(session, "out_of_order", f"post {n} came before post {session.acked + 1}", ref, n)
+            return False
+        return True
+
+    def _use_number(self, session: Session, n: int) -> None:
+        self._acked_before.setdefault(session, session.acked)
+        session.acked = session.told = n
+        if self._store is not None:
+            self._store.set_acked(session.token, n)
+
+    def _refuse(self, session: Session, code: str, why: str, ref: str | None, n: int | None) -> None:
         """A post that may be sent again: say from which number, once per gap."""
         expected = session.acked + 1
-        if post.n is not None and session.told == expected:
+        if n is not None and session.told == expected:
             return  # told already; the sender is resending from there
         session.told = expected
-        ev = self._notice("error", f"{why}; not sent", ref=post.id, n=post.n, code=code)
-        self._deliver(session, msgspec.structs.replace(ev, expected=expected if post.n is not None else None))
+        ev = self._notice("error", f"{why}; not sent", ref=ref, n=n, code=code)
+        self._deliver(session, msgspec.structs.replace(ev, expected=expected if n is not None else None))
 
     def _private(self, session: Session, post: p.Post) -> None:
         """A message for one nick: stored in its inbox and the sender's, delivered on their own
