@@ -36,6 +36,10 @@ SHUTDOWN_LINGER_MS = 500
 #: Seconds between two heartbeats on the feed. Sent even when the feed is busy: a client whose
 #: own rooms are quiet must still hear that the broker lives.
 FEED_HEARTBEAT = 1.0
+#: Largest message a feed peer may send: a subscription (the longest topic a client uses is a
+#: room's, 34 bytes). A larger one costs its sender the connection. libzmq applies the limit to
+#: handshake commands too, and CURVE's INITIATE is some 250 bytes plus the peer's metadata.
+MAX_SUBSCRIPTION_BYTES = 1024
 #: The ZAP domain of the broker's sockets.
 ZAP_DOMAIN = "zchat"
 #: Seconds between two rounds of housekeeping: retention, tombstones, unused counters.
@@ -96,7 +100,10 @@ class Broker(transport.Service):
         self.ingest, ingest = self._bind(zmq.PULL, e.ingest)
         # A plain XPUB: libzmq applies subscriptions itself, and the broker reads them only to
         # answer readiness probes. Nothing secret is published (no XPUB_MANUAL to get wrong).
-        self.feed, feed = self._bind(zmq.XPUB, e.feed, SNDHWM=self.config.feed_hwm)
+        # What a feed peer sends is a subscription, and libzmq keeps each in a trie of about
+        # 48 bytes per byte of topic for as long as the peer stays: a 64 KiB one cost 2.7 MB.
+        # Topics are short (rooms 34 bytes, probes 18), so the feed takes nothing much longer.
+        self.feed, feed = self._bind(zmq.XPUB, e.feed, SNDHWM=self.config.feed_hwm, MAXMSGSIZE=MAX_SUBSCRIPTION_BYTES)
         # ROUTER_MANDATORY: a send to a connection that is gone fails instead of vanishing, so
         # the broker knows a session's route is gone.
         self.rpc, rpc = self._bind(zmq.ROUTER, e.rpc, ROUTER_MANDATORY=1, SNDHWM=RPC_HWM)
@@ -121,7 +128,7 @@ class Broker(transport.Service):
 
     def _bind(self, kind: int, endpoint: str, **options: int) -> tuple[zmq.Socket[bytes], str]:
         """A bound socket of the broker's (CURVE server in secure mode) and where it is bound."""
-        sock = self._socket(kind, endpoint, None, MAXMSGSIZE=MAX_FRAME_BYTES, **options)
+        sock = self._socket(kind, endpoint, None, **{"MAXMSGSIZE": MAX_FRAME_BYTES, **options})
         if self.config.curve is not None:
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = (k.encode("ascii") for k in self.config.curve)
