@@ -128,6 +128,7 @@ class Counters:
     delivered: int = 0  # events sent to one session's rpc connection
     routes_lost: int = 0  # sends to a route whose connection is gone
     deliveries_dropped: int = 0  # sends dropped at a route's high-water mark (repaired from history)
+    replies_dropped: int = 0  # replies not sent: the asker's queue was full (it asks faster than it reads), or it left
     joins: int = 0
     leaves: int = 0
     timeouts: int = 0

@@ -252,7 +252,8 @@ class Broker(transport.Service):
             if not self._route(route, payload):
                 core.dropped()
         for reply in batch.replies:
-            self._route(*reply[::2])
+            if not self._route(*reply[::2]):
+                core.counters.replies_dropped += 1
 
     def _route(self, route: bytes, payload: bytes) -> bool:
         """Send ``payload`` to one connection; False if it could not go (its queue is full,
