@@ -45,7 +45,7 @@ from zchat import keys
 from zchat import protocol as p
 from zchat.broker.config import BrokerConfig
 from zchat.broker.shell import Broker
-from zchat.broker.store import Store
+from zchat.broker.store import SQLiteStore, Store
 from zchat.client.shell import Client
 from zchat.errors import Refused, Unreachable
 from zchat.protocol import Endpoints, Event
@@ -67,10 +67,6 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Terminal-hostile text: clear screen (CSI), set the window title (OSC ... BEL), and a
 #: right-to-left override that would make what follows read backwards.
 HOSTILE = "clear\x1b[2J title\x1b]0;title\x07 rtl\u202eevil"
-
-#: Where "short" prefixes of a secret end and "long" ones begin: long ones (16 characters and more
-#: of a 24-character secret) were once granted; every prefix must be refused.
-PREFIX_SPLIT = 16
 
 
 def keypair() -> KeyPair:
@@ -134,16 +130,6 @@ class Spy:
         self.sock.close()
 
 
-def inbox_prefixes(inbox: bytes, secret_chars: range) -> list[bytes]:
-    """``@``, ``@b``, … ``@bob:``, then ``@bob:`` plus each count of secret characters given."""
-    head = inbox.index(b":") + 1
-    return [inbox[:n] for n in range(1, head + 1)] + [inbox[: head + n] for n in secret_chars]
-
-
-def secret_of(inbox: bytes) -> bytes:
-    return inbox[inbox.index(b":") + 1 :]
-
-
 def token(n: int = 4) -> str:
     return secrets.token_hex(n)
 
@@ -180,7 +166,9 @@ def send_private_then_marker(sender: Client, bob: Client) -> tuple[str, str]:
     private, marker = f"psst {token()}", f"marker {token()}"
     sender.msg("bob", private)
     got = wait_for(bob, lambda e: e.kind == "private" and e.text == private)
-    assert (got.kind, got.to, got.nick, got.room, got.seq) == ("private", "bob", sender.nick, "", 0)
+    # in bob's inbox (its own sequence), delivered on bob's own connection
+    assert (got.kind, got.to, got.nick, got.room) == ("private", "bob", sender.nick, bob.inbox)
+    assert got.seq > 0
     sender.say(marker)
     return private, marker
 
@@ -253,41 +241,24 @@ def spies() -> Iterator[list[Spy]]:
 # --- 1. secure mode: reading, speaking, connecting ----------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "which",
-    [
-        "everything-and-short-prefixes",
-        "long-prefixes",
-        "full-topic",
-    ],
-)
-def test_eve_cannot_read_bobs_private_messages_by_any_subscription(
-    which: str, secure: ThreadBroker, sconnect: SecureConnect, ring: Ring, spies: list[Spy]
-) -> None:
-    """In secure mode an inbox belongs to the key that owns the nick: eve, with her own allowed
-    key, gets nothing of bob's, whatever she subscribes to — even bob's real inbox topic, which
-    she could not know (the worst case: a leaked secret must not be enough)."""
-    bob, carol = sconnect("bob"), sconnect("carol")
-    full = len(secret_of(bob.inbox))
-    assert full == p.INBOX_SECRET_CHARS
-    secret_chars = {
-        "everything-and-short-prefixes": range(PREFIX_SPLIT),
-        "long-prefixes": range(PREFIX_SPLIT, full),
-        "full-topic": range(full, full + 1),
-    }[which]
-    topics = [b"", *inbox_prefixes(bob.inbox, secret_chars)]
-    if which == "full-topic":
-        assert topics[-1] == bob.inbox
-    refused_before = secure.broker.core.counters.subscriptions_refused
-    spy = Spy(bob.context, secure.endpoints.feed, topics, ring.eve, ring.server[0])
-    spies.append(spy)
-    # The broker refused what names bob ("" and "@" map to the rooms and eve's own inbox).
-    assert secure.broker.core.counters.subscriptions_refused > refused_before
+#: Whatever eve subscribes to on the feed: everything, every prefix of an inbox name, bob's
+#: inbox itself, probes. v1 sent private messages on inbox topics; v2 sends none on the feed.
+EVERY_TOPIC = [b"", b"@", b"@b", b"@bob", b"@bob~", b"#", b"~", b"!"]
 
+
+def test_eve_cannot_read_bobs_private_messages_by_any_subscription(
+    secure: ThreadBroker, sconnect: SecureConnect, ring: Ring, spies: list[Spy]
+) -> None:
+    """In secure mode ``@bob`` belongs to bob's key, and nothing of it is on the feed: eve, with
+    her own allowed key, subscribed to everything and to bob's inbox name, gets nothing of his."""
+    bob, carol = sconnect("bob"), sconnect("carol")
+    assert bob.inbox == "@bob"
+    spy = Spy(bob.context, secure.endpoints.feed, EVERY_TOPIC, ring.eve, ring.server[0])
+    spies.append(spy)
     private, marker = send_private_then_marker(carol, bob)
     spy.until_text(marker)
     assert private not in spy.texts()
-    assert [ev for topic, ev in spy.seen if topic.startswith(b"@bob") or ev.get("kind") == "private"] == []
+    assert [ev for topic, ev in spy.seen if topic.startswith(b"@") or ev.get("kind") == "private"] == []
 
 
 def test_eve_cannot_take_bobs_nick(sconnect: SecureConnect, ring: Ring) -> None:
@@ -423,7 +394,7 @@ def test_open_registration_first_key_owns_the_nick_across_a_restart(ctx: Context
     clients: list[Client] = []
 
     def serve() -> ServedBroker:
-        store = Store(db)
+        store = SQLiteStore(db)
         b = ServedBroker.start(ctx, store, curve=ring.server, open_registration=True)
         served.append(b)
         return b
@@ -436,7 +407,7 @@ def test_open_registration_first_key_owns_the_nick_across_a_restart(ctx: Context
     try:
         b = serve()
         dave = join(b, "dave", first)
-        # A first-time registrant's inbox works (its subscription came before the claim).
+        # A first-time registrant's inbox works (it is claimed with the nick, at the first hello).
         other = join(b, "other", second)
         other.msg("dave", "welcome")
         assert wait_for(dave, lambda e: e.kind == "private").text == "welcome"
@@ -464,51 +435,25 @@ def test_open_registration_first_key_owns_the_nick_across_a_restart(ctx: Context
                 b.broker.store.close()
 
 
-# --- 2. open mode: privacy is the secrecy of the inbox topic --------------------------------------------
+# --- 2. open mode: private from every other peer ------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "which",
-    [
-        "everything-and-short-prefixes",
-        "long-prefixes",
-    ],
-)
-def test_open_mode_no_prefix_of_the_inbox_reads_private_messages(
-    which: str, open_broker: ThreadBroker, ctx: Context, spies: list[Spy]
+def test_open_mode_no_subscription_reads_private_messages(
+    open_broker: ThreadBroker, ctx: Context, spies: list[Spy]
 ) -> None:
-    """Open mode has no identities, so privacy = secrecy of the inbox topic: ``@bob:<secret>``,
-    a secret the client draws at random. Without all of it a subscriber gets nothing of bob's:
-    not with ``""`` (everything), nor with ``@``, ``@b``, … ``@bob:`` or any part of the secret."""
+    """Open mode has no identities, and still no subscriber gets a private message: not with
+    ``""`` (everything), nor with bob's inbox name itself (``@bob~<session>``), which v1 granted
+    to whoever knew it. A private message travels only on bob's own rpc connection."""
     clients = [Client(n, endpoints=open_broker.endpoints, context=ctx, timeout=WAIT) for n in ("bob", "carol")]
     try:
         bob, carol = (c.connect() for c in clients)
-        full = len(secret_of(bob.inbox))
-        short, long = range(PREFIX_SPLIT), range(PREFIX_SPLIT, full)
-        secret_chars = short if which.startswith("everything") else long
-        spy = Spy(ctx, open_broker.endpoints.feed, [b"", *inbox_prefixes(bob.inbox, secret_chars)])
+        assert bob.inbox.startswith("@bob~")
+        spy = Spy(ctx, open_broker.endpoints.feed, [*EVERY_TOPIC, bob.inbox.encode()])
         spies.append(spy)
         private, marker = send_private_then_marker(carol, bob)
         spy.until_text(marker)
         assert private not in spy.texts()
         assert [ev for _, ev in spy.seen if ev.get("kind") == "private"] == []
-    finally:
-        for c in clients:
-            c.close()
-
-
-def test_open_mode_the_full_inbox_topic_does_read_them(
-    open_broker: ThreadBroker, ctx: Context, spies: list[Spy]
-) -> None:
-    """The other half of "privacy = secrecy of the inbox topic": whoever has it reads along."""
-    clients = [Client(n, endpoints=open_broker.endpoints, context=ctx, timeout=WAIT) for n in ("bob", "carol")]
-    try:
-        bob, carol = (c.connect() for c in clients)
-        spy = Spy(ctx, open_broker.endpoints.feed, [b"#general:", bob.inbox])
-        spies.append(spy)
-        private, marker = send_private_then_marker(carol, bob)
-        spy.until_text(marker)
-        assert (bob.inbox, private) in [(topic, ev.get("text")) for topic, ev in spy.seen]
     finally:
         for c in clients:
             c.close()
