@@ -306,6 +306,9 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     epoch: str | None = None
     dup_of: int | None = None
     to: str | None = None
+    #: Made up by the client itself (a lost connection, a gap marker, a message not sent); never
+    #: sent by a broker. Left out of the JSON when false.
+    local: bool = False
 
 
 # --- encoding -----------------------------------------------------------------------------

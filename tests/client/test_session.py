@@ -142,6 +142,9 @@ def test_an_unanswered_heartbeat_loses_the_broker_and_backoff_doubles_to_its_cap
     assert state(s) == "reconnecting"
     (lost,) = s.take_events()
     assert lost.code == "disconnected" and "reconnecting" in lost.text
+    # Made up by the client, and marked so for JSON readers (the broker's events say nothing).
+    assert lost.local and b'"local":true' in p.encode(lost)
+    assert b"local" not in p.encode(p.Event(1, "", "general", "message", "alice", "hi"))
     out = s.take_outgoing()
     assert out[0] is REOPEN and isinstance(out[1], p.Hello)  # the first retry at once, on a new socket
     retries = [4.1]
@@ -169,7 +172,7 @@ def test_a_new_epoch_on_the_feed_is_a_restart_and_the_rejoin_resends_the_outbox(
     hello = requests(s.take_outgoing())[0]
     s.rpc_message(hello_reply(hello, token="t2", epoch="e2", seq=2), 0.3)
     assert state(s) == "connected" and s.token == "t2"
-    assert [e.code for e in s.take_events()] == ["disconnected", "reconnected"]
+    assert [(e.code, e.local) for e in s.take_events()] == [("disconnected", True), ("reconnected", True)]
     again = s.next_post()
     assert again is not None and p.decode_post(again).id == msg_id and p.decode_post(again).token == "t2"
 
@@ -257,6 +260,7 @@ def test_an_unconfirmed_message_expires_after_send_timeout_but_not_while_behind(
     assert msg_id in s.failed and not s.pending
     expired = [e for e in s.take_events() if e.code == "not_sent"]
     assert len(expired) == 1 and expired[0].id == msg_id and expired[0].ts == p.format_ts(WALL)
+    assert expired[0].local
 
 
 def test_posts_are_handed_out_in_order_and_wait_while_reconnecting() -> None:

@@ -503,7 +503,9 @@ class ClientSession:
         return room
 
     def _local(self, kind: str, code: str, text: str, room: str = "", msg_id: str | None = None) -> p.Event:
-        return p.Event(0, p.format_ts(self._wallclock()), room, kind, p.SYSTEM_NICK, text, id=msg_id, code=code)
+        return p.Event(
+            0, p.format_ts(self._wallclock()), room, kind, p.SYSTEM_NICK, text, id=msg_id, code=code, local=True
+        )
 
 
 def check_history_limit(limit: int) -> int:
