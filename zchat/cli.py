@@ -334,6 +334,13 @@ def broker_cmd(
     type=click.Path(file_okay=False, writable=True, path_type=Path),
     help="Append each room's conversation to DIR/<room>.log (private messages: DIR/@<nick>.log).",
 )
+@click.option(
+    "--timestamp-format",
+    default=render.DEFAULT_TIME_FORMAT,
+    show_default=True,
+    metavar="STRFTIME",
+    help="How times read, in local time: a strftime format ('%H:%M:%S' for seconds).",
+)
 @client_options
 def join_cmd(
     *,
@@ -344,6 +351,7 @@ def join_cmd(
     no_color: bool,
     no_bell: bool,
     log_dir: Path | None,
+    timestamp_format: str,
     **kw: Any,
 ) -> None:
     """Chat interactively. Type a line to send it; /help lists the commands."""
@@ -360,6 +368,7 @@ def join_cmd(
             color=not (no_color or os.environ.get("NO_COLOR")),
             bell=not no_bell,
             log_dir=log_dir,
+            time_format=timestamp_format,
         )
 
 
