@@ -2,7 +2,7 @@
 pseudo-terminal against a real broker: numbered windows and Alt-digit keys, a status line that
 fits 40 columns, words wrapped under the text, the unread marker, folded joins, your message
 shown at once and then as sent (or not sent, and sent again with one key), day-change lines with
-an injected broker clock.
+an injected broker clock, and Ctrl-C at start-up.
 
 Every wait is bounded and ends on a condition (the screen, an event, a process exit); nothing
 sleeps.
@@ -10,21 +10,23 @@ sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
-from conftest import ZCHAT, BrokerProcess, ClientFactory, ThreadBroker, child_env, wait_for
-from pty_screen import ROOT, TIMEOUT, Term, terminals
+from conftest import ZCHAT, BrokerProcess, ClientFactory, Lines, ThreadBroker, child_env, wait_for
+from pty_screen import ROOT, TIMEOUT, Term, spawn_join, terminals
 
 from zchat.client.shell import Client
-from zchat.protocol import Event
+from zchat.protocol import Endpoints, Event
 from zchat.term import render
 
 #: A 12 s lease: alice's session outlives a test that waits on the pty without polling her.
@@ -344,3 +346,117 @@ def test_plain_mode_has_the_day_change_line_and_the_timestamp_format_from_the_en
         "00:01:00 alice: early",
         "00:01:00 bob: seen",
     ]
+
+
+# --- Ctrl-C from the first moment -------------------------------------------------------------
+
+
+def loaded(pid: int, library: str) -> bool:
+    """Whether process ``pid`` has ``library`` mapped (it is importing, or has imported, it)."""
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def wait_until_loaded(pid: int, ended: Callable[[], bool]) -> None:
+    """Wait (bounded) until process ``pid`` has loaded libzmq: its heavy imports are under way."""
+    deadline = time.monotonic() + TIMEOUT
+    while not loaded(pid, "libzmq"):
+        assert not ended(), "the process ended first"
+        assert time.monotonic() < deadline, "never loaded libzmq"
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps")
+@pytest.mark.parametrize("command", ["join", "tail"])
+def test_ctrl_c_while_loading_or_connecting_ends_quietly_with_130(
+    command: str, ctx: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
+) -> None:
+    # A broker that never answers: the client stays in connect() until the interrupt.
+    feed = ctx.socket(zmq.XPUB)
+    rpc = ctx.socket(zmq.ROUTER)
+    for sock in (feed, rpc):
+        sock.setsockopt(zmq.LINGER, 0)
+    try:
+        e = Endpoints(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/feed", f"ipc://{tmp_path}/rpc")
+        feed.bind(e.feed)
+        rpc.bind(e.rpc)
+        args = ["--nick", "bob"] if command == "join" else []
+        args += ["--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc, "--timeout", "60"]
+
+        # While the heavy imports run (libzmq has been mapped, prompt_toolkit is yet to come)...
+        early = start(command, args)
+        wait_until_loaded(early.pid, lambda: early.poll() is not None)
+        early.send_signal(signal.SIGINT)
+        assert_quiet_interrupt(early)
+
+        # ...and while connecting: the client has subscribed to the feed and waits for it.
+        connecting = start(command, args)
+        assert feed.poll(int(TIMEOUT * 1000)), "the client never subscribed"
+        connecting.send_signal(signal.SIGINT)
+        assert_quiet_interrupt(connecting)
+    finally:
+        feed.close()
+        rpc.close()
+
+
+def start(command: str, args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*ZCHAT, command, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+    )
+
+
+def assert_quiet_interrupt(proc: subprocess.Popen[str]) -> None:
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in out + err
+    assert len((out + err).strip().splitlines()) <= 1, out + err
+
+
+def test_ctrl_c_while_loading_on_a_terminal_leaves_no_traceback(broker: ThreadBroker) -> None:
+    """`zchat join` on a terminal, interrupted while it loads: what a person at a slow first start
+    sees. (Before zchat's first line runs, the interpreter starts up for some milliseconds: no
+    program can guard that moment.)"""
+    term = spawn_join(broker.endpoints)
+    try:
+        wait_until_loaded(term.child.pid, lambda: not term.child.isalive())
+        term.child.kill(signal.SIGINT)
+        term.wait(lambda t: t.ended)
+        term.child.close()
+        assert "Traceback" not in term.raw
+        assert (term.child.exitstatus, term.child.signalstatus) == (130, None)
+        assert len(term.raw.strip().splitlines()) <= 1
+    finally:
+        if term.child.isalive():
+            term.child.kill(signal.SIGKILL)
+        term.child.close(force=True)
+
+
+def test_ctrl_c_in_tail_ends_it_with_130(broker: ThreadBroker, connect: ClientFactory) -> None:
+    alice = connect("alice")
+    e = broker.endpoints
+    proc = start("tail", ["--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc])
+    try:
+        lines = Lines(proc)
+        # tail prints what it hears: once it has printed something, it is in its loop.
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            assert time.monotonic() < deadline, "tail never printed"
+            alice.say("are you there?")
+            with contextlib.suppress(AssertionError):
+                lines.get(timeout=0.3)
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(TIMEOUT) == 130
+        assert proc.stderr is not None
+        assert proc.stderr.read().strip() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
