@@ -104,9 +104,12 @@ def test_any_line_parses_to_a_command_a_usage_or_nothing_in_one_line(line: str) 
         assert result is None or isinstance(result, c.Command)
 
 
-def test_help_names_every_command() -> None:
-    for name in c.NAMES:
+def test_help_names_every_command_and_key() -> None:
+    for name in [*c.NAMES, *c.ALIASES]:
         assert f"/{name}" in c.HELP
+    for key in ("Alt-Enter", "Tab", "Alt-1", "Alt-0", "Ctrl-N", "Alt-R", "PageUp", "Ctrl-L", "Ctrl-D", "Ctrl-C"):
+        assert key in c.HELP
+    assert max(map(len, c.HELP.splitlines())) <= 78  # no row wraps in an 80-column terminal
 
 
 NICKS = ["alice", "Albert", "bob"]

@@ -161,11 +161,14 @@ commands:
   /help                   this text
   //TEXT                  send a line that starts with /
 keys:
-  Enter send, Alt-Enter (or Esc Enter) new line, Tab complete a nick, room or command
-  Alt-1...Alt-9, Alt-0 window 1-10; Ctrl-N/Ctrl-P (or Alt-Right/Alt-Left) next/previous
-  Alt-R send this window's newest unsent message again
-  Up/Down input history, PageUp/PageDown scroll, Ctrl-L clear
-  Ctrl-D (on an empty line) or Ctrl-C quit"""
+  Enter                   send (Alt-Enter or Esc Enter: a new line)
+  Tab                     complete a nick, #room or /command (again: the next)
+  Alt-1...Alt-9, Alt-0    window 1 to 10
+  Ctrl-N, Ctrl-P          next, previous window (also Alt-Right, Alt-Left)
+  Alt-R                   send this window's newest unsent message again
+  Up, Down                input history
+  PageUp, PageDown        scroll the messages (Ctrl-L clears them)
+  Ctrl-D, Ctrl-C          quit (Ctrl-D on an empty line)"""
 
 _COMMAND = re.compile(r"/(\S*)\s*(.*)", re.DOTALL)
 #: Commands whose first argument is a room, and those whose first argument is a nick.

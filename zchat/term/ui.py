@@ -329,7 +329,7 @@ def status_fragments(
     if len(head) > room_for:
         head = head[: max(1, room_for - 2)] + "…" + head[-1]
     shown = [(here.number if here is not None else 0, ("class:status.current", head))]
-    used = 1 + width(shown[0][1:])
+    used = 1 + len(head)
     for n, (place, fragment) in enumerate(wanted):
         left_out = sum(1 for p, _ in wanted[n + 1 :] if p != -1)
         if used + 1 + width([fragment]) + len(_more(left_out)) > budget:
