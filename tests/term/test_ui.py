@@ -216,11 +216,6 @@ def test_wrap_keeps_styles() -> None:
     ]
 
 
-def test_lines() -> None:
-    assert ui.lines([("a", "x\ny"), ("b", "z\n"), ("c", "w")]) == [[("a", "x")], [("a", "y"), ("b", "z")], [("c", "w")]]
-    assert ui.lines([]) == [[]]
-
-
 W = ui.WindowStatus
 
 

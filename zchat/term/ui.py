@@ -32,7 +32,6 @@ __all__ = [
     "event_fragments",
     "fold_fragments",
     "is_mention",
-    "lines",
     "mentions",
     "nick_color",
     "paste_lines",
@@ -180,20 +179,6 @@ def rule(label: str, columns: int, style: str) -> Fragments:
     label = f" {label} "[:columns]
     left = (columns - len(label)) // 2
     return [(style, "─" * left + label + "─" * (columns - left - len(label)))]
-
-
-def lines(text: Fragments) -> list[Fragments]:
-    """``text`` cut at its newlines (which go), each line in its styles."""
-    out: Fragments = []
-    found = [out]
-    for style, chunk in text:
-        first, *rest = chunk.split("\n")
-        if first:
-            out.append((style, first))
-        for line in rest:
-            out = [(style, line)] if line else []
-            found.append(out)
-    return found
 
 
 #: One cell of a line being wrapped: its style, its character and the cells it takes.

@@ -20,6 +20,8 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from prompt_toolkit.formatted_text.utils import split_lines
+
 from zchat.protocol import Event
 from zchat.term import ui
 
@@ -57,7 +59,8 @@ class Entry:
                 style, text = self.fragments[0]
                 rows = [ui.rule(text, columns, style)]
             else:
-                rows = [row for line in ui.lines(self.fragments) for row in ui.wrap(line, columns, self.indent)]
+                lines = ([(style, text) for style, text, *_ in line] for line in split_lines(self.fragments))
+                rows = [row for line in lines for row in ui.wrap(line, columns, self.indent)]
             self._rows = (columns, rows)
         return self._rows[1]
 
