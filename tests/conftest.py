@@ -42,7 +42,8 @@ class ThreadBroker:
     """A Broker serving from a background thread of the test process. Keywords are
     :class:`BrokerConfig` fields (defaults: loopback, any port, :data:`TEST_HEARTBEAT`, an
     in-memory store); ``store`` hands it a store of the test's own instead, ``wallclock`` the
-    time its events are stamped with."""
+    time its events are stamped with, ``clock`` the monotonic time its leases and rate limits
+    go by."""
 
     def __init__(
         self,
@@ -50,11 +51,12 @@ class ThreadBroker:
         *,
         store: Store | None = None,
         wallclock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
         **config: Any,
     ) -> None:
         options: dict[str, Any] = {"endpoints": LOOPBACK_ANY, "heartbeat": TEST_HEARTBEAT, "db": ":memory:", **config}
         self.config = BrokerConfig(**options)
-        self.broker = Broker(self.config, context=ctx, store=store, wallclock=wallclock)
+        self.broker = Broker(self.config, context=ctx, store=store, clock=clock, wallclock=wallclock)
         assert self.broker.store is not None
         self.store = self.broker.store
         self.endpoints = self.broker.bind()

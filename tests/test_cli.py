@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from conftest import ZCHAT, ClientFactory, Lines, ThreadBroker, child_env, collect, start_broker_process, wait_for
+from conftest import (
+    ZCHAT,
+    BrokerProcess,
+    ClientFactory,
+    Lines,
+    ThreadBroker,
+    child_env,
+    collect,
+    start_broker_process,
+    wait_for,
+)
 
+from zchat import keys
 from zchat.client.shell import Client
 
 
@@ -198,3 +212,68 @@ def test_python_dash_m_and_help() -> None:
     for command in ([], ["broker"], ["join"], ["tail"], ["say"]):
         done = subprocess.run([*ZCHAT, *command, "--help"], capture_output=True, text=True, timeout=30, env=child_env())
         assert done.returncode == 0 and "Usage: zchat" in done.stdout
+
+
+# --- keys a client finds by default ---------------------------------------------------------------
+
+
+def test_the_brokers_own_key_pair_is_no_clients_default_server_key(
+    broker: ThreadBroker, connect: ClientFactory, tmp_path: Path
+) -> None:
+    """The README's first secure-mode step, then an open broker: clients must not use that key."""
+    observer = connect("observer")
+    env = {**child_env(), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    made = subprocess.run([*ZCHAT, "keygen", "--name", "server"], capture_output=True, text=True, env=env, timeout=30)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.splitlines()[0].removeprefix("public key: ")
+    assert f"clients pass it as: --server-key '{key}'" in made.stdout  # quoted: z85 has ! and $
+    e = broker.endpoints
+    cmd = [*ZCHAT, "say", "--nick", "bob", "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc, "hi"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 0, done.stderr
+    assert wait_for(observer, lambda ev: ev.kind == "message").text == "hi"
+
+
+@pytest.mark.parametrize("with_client_key", [False, True])
+def test_a_default_server_key_that_fails_names_its_file(
+    broker: ThreadBroker, tmp_path: Path, with_client_key: bool
+) -> None:
+    """A broker's public key copied to ~/.config/zchat/server.key, used against an open broker."""
+    config = tmp_path / "config"
+    env = {**child_env(), "XDG_CONFIG_HOME": str(config)}
+    keys.keygen("elsewhere", tmp_path)  # some broker's pair...
+    (config / "zchat").mkdir(parents=True)
+    default = config / "zchat" / "server.key"
+    shutil.copy(tmp_path / "elsewhere.key", default)  # ...whose public key this user was given
+    if with_client_key:
+        keys.keygen("id", config / "zchat")
+    e = broker.endpoints
+    cmd = [*ZCHAT, "say", "--nick", "bob", "--timeout", "1", "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
+    done = subprocess.run([*cmd, "hi"], capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.endswith(f"(the broker's key was read from {default}: no --server-key was given)"), line
+
+
+# --- what tail --json prints ----------------------------------------------------------------------
+
+
+def test_tail_json_marks_the_events_the_client_makes_up(broker_proc: BrokerProcess) -> None:
+    cmd = [*ZCHAT, "tail", "--json", *broker_proc.args]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env()) as tail:
+        try:
+            lines = Lines(tail)
+            with Client("alice", ["general"], endpoints=broker_proc.endpoints) as alice:
+                published: dict[str, object] = {}
+                while published.get("nick") != "alice":  # until tail is surely subscribed
+                    alice.say("hi")
+                    with contextlib.suppress(AssertionError):
+                        published = json.loads(lines.get(timeout=0.3))
+            broker_proc.proc.terminate()  # tail notices the broker is gone, and says so
+            events = [json.loads(line) for line in lines.until("reconnecting", timeout=10)]
+        finally:
+            tail.kill()
+    assert "local" not in published
+    assert [e["text"] for e in events if "local" in e] == ["connection lost — reconnecting…"]
+    assert all(e["local"] is True for e in events if "local" in e)
+    assert any(e["text"] == "the broker is shutting down" and "local" not in e for e in events)

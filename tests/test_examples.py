@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import zmq
 import zmq.auth
@@ -931,6 +932,9 @@ def check_the_doc(sessions: list[RawSession]) -> None:
             ex = ex["event"]
         if "ok" in ex:  # a reply: exactly the fields, in the order, the broker sends
             assert list(ex) in reply_keys.get((ex["type"], ex.get("code")), []), ex
+        elif ex.get("local"):  # made up by the client, never sent by a broker: as it encodes them
+            as_sent = json.dumps(ex, separators=(",", ":"), ensure_ascii=False).encode()
+            assert p.encode(msgspec.convert(ex, p.Event)) == as_sent, ex
         elif "seq" in ex:  # an event
             assert list(ex) in event_keys.get((ex["kind"], ex.get("reason"), ex.get("code")), []), ex
         elif "type" in ex:  # a request: valid, or answered by the very refusal that follows it

@@ -2,8 +2,9 @@
 
 This module owns option parsing, environment variables (``ZCHAT_*``), logging setup and turning
 every expected failure into one clear line and a non-zero exit (click's ClickException, exit 1;
-UsageError, exit 2). It wires the broker, the client and the terminal together and holds no chat
-logic of its own.
+UsageError, exit 2; an interrupt, 130). It wires the broker, the client and the terminal
+together and holds no chat logic of its own. Loading it takes a while (pyzmq, prompt_toolkit):
+:mod:`zchat.__main__`, the entry point, keeps Ctrl-C quiet until it is loaded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import zmq
 
 from zchat import keys
 from zchat import protocol as p
+from zchat.__main__ import INTERRUPTED
 from zchat.broker.config import DEFAULT_DB, FEED_HWM, BrokerConfig
 from zchat.broker.identity import load_allowlist
 from zchat.broker.ratelimit import DEFAULT_BURST, DEFAULT_RATE
@@ -30,7 +32,7 @@ from zchat.broker.relay import Relay
 from zchat.broker.shell import Broker
 from zchat.broker.store import DEFAULT_HISTORY_LIMIT
 from zchat.client.shell import Client
-from zchat.errors import LocalProtocolError, ZChatError
+from zchat.errors import LocalProtocolError, Refused, Unreachable, ZChatError
 from zchat.keys import CONFIG_DIR
 from zchat.term import render
 from zchat.term.plain import run
@@ -40,8 +42,11 @@ __all__ = ["cli", "main"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
-#: A broker's public key placed here is used when no --server-key is given.
+#: A broker's public key placed here is used when no --server-key is given, unless its secret
+#: key lies beside it (see :func:`_default_server_key`).
 DEFAULT_SERVER_PUBLIC = CONFIG_DIR / "server.key"
+#: A client's secret key file when no --key is given.
+DEFAULT_CLIENT_KEY = CONFIG_DIR / "id.key_secret"
 
 log = logging.getLogger("zchat.broker")
 
@@ -100,14 +105,14 @@ def client_options(f: F) -> F:
         envvar="ZCHAT_SERVER_KEY",
         metavar="KEY|FILE",
         help=f"The broker's public key (z85, or a key file) for a secure broker; default: {DEFAULT_SERVER_PUBLIC}"
-        " if it exists.",
+        " if it exists (and is not a broker's own pair: no server.key_secret beside it).",
     )(f)
     f = click.option(
         "--key",
         "key_file",
         envvar="ZCHAT_KEY",
         type=click.Path(dir_okay=False, path_type=Path),
-        default=CONFIG_DIR / "id.key_secret",
+        default=DEFAULT_CLIENT_KEY,
         show_default=True,
         help="Your secret key file (from 'zchat keygen'), used with a secure broker.",
     )(f)
@@ -122,13 +127,42 @@ def client_options(f: F) -> F:
     return endpoint_options(f)
 
 
-def _client(nick: str | None, rooms: Iterable[str], kw: dict[str, Any], **options: Any) -> Client:
-    """A client as the shared options describe it (endpoints, timeout, CURVE keys)."""
-    server_key = kw.pop("server_key")
-    if server_key is None and DEFAULT_SERVER_PUBLIC.exists():
-        server_key = str(DEFAULT_SERVER_PUBLIC)
-    curve = keys.client_curve(server_key, kw.pop("key_file"))
-    return Client(nick, rooms, endpoints=_endpoints(kw), timeout=kw.pop("timeout"), curve=curve, **options)
+def _default_server_key() -> Path | None:
+    """The broker's public key file a client uses when no --server-key is given, if any.
+
+    ``zchat keygen --name server`` writes the broker's own pair to the same place: with its
+    secret beside it, the file is this account's broker key, not a key a client was handed,
+    and taking it would make every client fail against an open broker.
+    """
+    secret = DEFAULT_SERVER_PUBLIC.with_name(DEFAULT_SERVER_PUBLIC.name + "_secret")
+    return DEFAULT_SERVER_PUBLIC if DEFAULT_SERVER_PUBLIC.exists() and not secret.exists() else None
+
+
+def _connected(nick: str | None, rooms: Iterable[str], kw: dict[str, Any], **options: Any) -> Client:
+    """A client as the shared options describe it (endpoints, timeout, CURVE keys), connected.
+
+    A failure to connect names the key files that no option asked for, if it used any.
+    """
+    server_key, key_file = kw.pop("server_key"), kw.pop("key_file")
+    default_server = _default_server_key() if server_key is None else None
+    note = f"the broker's key was read from {default_server}: no --server-key was given"
+    try:
+        curve = keys.client_curve(str(default_server) if default_server else server_key, key_file)
+    except ZChatError as exc:
+        if default_server is not None:
+            raise ZChatError(f"{exc} ({note})") from None
+        raise
+    client = Client(nick, rooms, endpoints=_endpoints(kw), timeout=kw.pop("timeout"), curve=curve, **options)
+    try:
+        return client.connect()
+    except Refused as exc:
+        if exc.code == "key_refused" and key_file == DEFAULT_CLIENT_KEY:
+            raise Refused(exc.code, f"{exc} (the key is from {key_file}: no --key was given)") from None
+        raise
+    except Unreachable as exc:
+        if default_server is not None:
+            raise Unreachable(f"{exc} ({note})") from None
+        raise
 
 
 def _endpoints(kw: dict[str, Any]) -> p.Endpoints:
@@ -360,6 +394,13 @@ def broker_cmd(
     type=click.Path(file_okay=False, writable=True, path_type=Path),
     help="Append each room's conversation to DIR/<room>.log (private messages: DIR/@<nick>.log).",
 )
+@click.option(
+    "--timestamp-format",
+    default=render.DEFAULT_TIME_FORMAT,
+    show_default=True,
+    metavar="STRFTIME",
+    help="How times read, in local time: a strftime format ('%H:%M:%S' for seconds).",
+)
 @client_options
 def join_cmd(
     *,
@@ -370,6 +411,7 @@ def join_cmd(
     no_color: bool,
     no_bell: bool,
     log_dir: Path | None,
+    timestamp_format: str,
     **kw: Any,
 ) -> None:
     """Chat interactively. Type a line to send it; /help lists the commands."""
@@ -379,13 +421,14 @@ def join_cmd(
                 log_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ZChatError(f"cannot use --log-dir {log_dir}: {exc.strerror or exc}") from None
-        client = _client(nick, rooms, kw, backlog=backlog).connect()
+        client = _connected(nick, rooms, kw, backlog=backlog)
         run(
             client,
             plain=plain or not (sys.stdin.isatty() and sys.stdout.isatty()) or os.environ.get("TERM") == "dumb",
             color=not (no_color or os.environ.get("NO_COLOR")),
             bell=not no_bell,
             log_dir=log_dir,
+            time_format=timestamp_format,
         )
 
 
@@ -398,7 +441,12 @@ def join_cmd(
     show_default=True,
     help="Room to follow (repeat for several).",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON event per line (JSON Lines), exactly as published.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='One JSON event per line (JSON Lines), as published; events the client makes up itself carry "local": true.',
+)
 @click.option(
     "--backlog",
     type=click.IntRange(0, p.MAX_HISTORY),
@@ -411,14 +459,12 @@ def join_cmd(
 def tail_cmd(rooms: tuple[str, ...], as_json: bool, backlog: int, since: int | None, **kw: Any) -> None:
     """Print rooms' events as they happen, in order and without gaps, until interrupted."""
     with _clear_errors():
-        reader = _client(None, rooms, kw, backlog=backlog, since=since).connect()
+        reader = _connected(None, rooms, kw, backlog=backlog, since=since)
         show_room = len(reader.rooms) > 1
         try:
             while True:
                 for event in reader.poll(1.0):
                     _echo(p.encode(event).decode() if as_json else render.format_event(event, show_room=show_room))
-        except KeyboardInterrupt:
-            pass
         finally:
             reader.close()
 
@@ -452,8 +498,12 @@ def _setup_logging(level: str, fmt: str) -> None:
 @client_options
 def stats_cmd(as_json: bool, **kw: Any) -> None:
     """Ask the broker for its counters: uptime, messages in and out, drops, sessions, rooms, store size."""
-    with _clear_errors(), _client(None, [], kw) as reader:
-        reply = reader.stats()
+    with _clear_errors():
+        reader = _connected(None, [], kw)
+        try:
+            reply = reader.stats()
+        finally:
+            reader.close()
     reply = {k: v for k, v in reply.items() if k not in ("type", "ok", "req")}
     if as_json:
         click.echo(p.encode(reply).decode())
@@ -566,6 +616,11 @@ def keygen_cmd(name: str, directory: Path, force: bool) -> None:
         public, secret, key = keys.keygen(name, directory, force=force)
     click.echo(f"public key: {key}")
     click.echo(f"wrote {public} and {secret} (mode 0600); keep {secret.name} to yourself")
+    # Quoted for a shell: z85 keys may hold '!' and '$'.
+    if name == "server":
+        click.echo(f"clients pass it as: --server-key '{key}'")
+    else:
+        click.echo(f"the broker's --allow file gets the line: {key} NICK")
 
 
 @cli.command("say")
@@ -589,7 +644,7 @@ def say_cmd(nick: str, room: str, to: str | None, text: str | None, send_timeout
     were not sent.
     """
     with _clear_errors():
-        client = _client(nick, [room], kw, send_timeout=send_timeout).connect()
+        client = _connected(nick, [room], kw, send_timeout=send_timeout)
         progress = _Progress(client)
         try:
             lines = [text] if text is not None else _stdin_lines(client, progress)
@@ -669,5 +724,17 @@ def _stdin_lines(client: Client, progress: _Progress) -> Iterator[str]:
         yield buffer.decode("utf-8", "replace").removesuffix("\r")
 
 
-def main() -> None:
-    cli(prog_name="zchat")
+def main() -> int:
+    """Run the command line; returns the exit status (an interrupt: :data:`INTERRUPTED`)."""
+    try:
+        result = cli.main(prog_name="zchat", standalone_mode=False)
+    except click.exceptions.Abort as exc:  # what click makes of KeyboardInterrupt (and EOF)
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return INTERRUPTED
+        click.echo("Aborted!", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    # A command returns None; --help and --version end with click's exit status.
+    return result if isinstance(result, int) else 0

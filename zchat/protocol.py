@@ -393,6 +393,9 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     expected: int | None = None
     #: With a ``nick`` event: the new nick (``nick`` is the old one).
     new_nick: str | None = None
+    #: Made up by the client itself (a lost connection, a gap marker, a message not sent); never
+    #: sent by a broker. Left out of the JSON when false.
+    local: bool = False
 
 
 # --- encoding -----------------------------------------------------------------------------

@@ -28,7 +28,9 @@ def seqs(events: Iterable[p.Event]) -> list[int]:
 
 
 def is_gap_marker(event: p.Event, room: str = ROOM) -> bool:
-    return (event.seq, event.kind, event.code, event.nick, event.room) == (0, "system", "gap", p.SYSTEM_NICK, room)
+    """A marker: made up by the client (``local``), never published by a broker."""
+    fields = (event.seq, event.kind, event.code, event.nick, event.room, event.local)
+    return fields == (0, "system", "gap", p.SYSTEM_NICK, room, True)
 
 
 def missing_count(marker: p.Event) -> int:

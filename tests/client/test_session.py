@@ -183,6 +183,9 @@ def test_an_unanswered_heartbeat_loses_the_broker_and_backoff_doubles_to_its_cap
     assert state(s) == "reconnecting"
     (lost,) = s.take_events()
     assert lost.code == "disconnected" and "reconnecting" in lost.text
+    # Made up by the client, and marked so for JSON readers (the broker's events say nothing).
+    assert lost.local and b'"local":true' in p.encode(lost)
+    assert b"local" not in p.encode(p.Event(1, "", "general", "message", "alice", "hi"))
     out = s.take_outgoing()
     assert out[0] is REOPEN and isinstance(out[1], p.Hello) and out[1].resume == "t1"
     retries = [4.1]
@@ -208,7 +211,7 @@ def test_a_new_epoch_is_a_restart_the_session_resumes_and_the_feed_is_proved_aga
     s.rpc_message(hello_reply(hello, epoch="e2", seq=2, resumed=True, acked=0), 0.3)
     assert state(s) == "connected" and s.token == "t1"
     assert s.take_outgoing() == [PROBE]
-    assert [e.code for e in s.take_events()] == ["disconnected", "reconnected"]
+    assert [(e.code, e.local) for e in s.take_events()] == [("disconnected", True), ("reconnected", True)]
     again = pushed(s, 0.3)
     assert [(post.id, post.n, post.token) for post in again] == [(msg_id, 1, "t1")]
 
@@ -376,6 +379,7 @@ def test_unconfirmed_messages_expire_when_nothing_moves_but_not_while_behind() -
     assert msg_id in s.failed and not s.pending
     expired = [e for e in s.take_events() if e.code == "not_sent"]
     assert len(expired) == 1 and expired[0].id == msg_id and expired[0].ts == p.format_ts(WALL)
+    assert expired[0].local
 
 
 def test_after_messages_expired_the_next_ones_are_renumbered_to_what_the_broker_wants() -> None:

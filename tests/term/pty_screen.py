@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,17 @@ class Term:
             if len(self.raw) == before:
                 return
 
+    def cell(self, needle: str) -> Any:
+        """The screen cell (a pyte Char: its colour, bold, strikethrough…) where the last row that
+        shows ``needle`` shows its first character."""
+        for y in range(len(self.lines) - 1, -1, -1):
+            x = self.lines[y].find(needle)
+            if x >= 0:
+                # Columns are cells: a wide character before ``needle`` takes two of them.
+                column = sum(2 if _wide(ch) else 1 for ch in self.lines[y][:x])
+                return self.screen.buffer[y][column]
+        raise AssertionError(f"{needle!r} is not on the screen:\n{self.text}")
+
     @property
     def input_line(self) -> str:
         """The bottom row: the input line."""
@@ -100,6 +112,10 @@ class Term:
         assert "Traceback" not in self.raw
         status: tuple[int | None, int | None] = (self.child.exitstatus, self.child.signalstatus)
         return status
+
+
+def _wide(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F")
 
 
 #: SGR parameters that set a colour: 16 colours, bright ones, 256 and true colour (38/48).

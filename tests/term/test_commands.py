@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zchat.protocol import MAX_HISTORY
+from zchat.protocol import MAX_HISTORY, ROOM_RULE
 from zchat.term import commands as c
 
 
@@ -32,6 +32,12 @@ from zchat.term import commands as c
         ("/join Dev", c.Join("dev")),
         ("/part", c.Part()),
         ("/part #dev", c.Part("dev")),
+        ("/part #Dev gone for lunch", c.Part("dev", "gone for lunch")),
+        ("/part gone for lunch", c.Part(None, "gone for lunch")),
+        ("/part dev", c.Part(None, "dev")),  # not one of your rooms: a reason (see below)
+        ("/j #dev", c.Join("dev")),
+        ("/names", c.Who()),
+        ("/NAMES #dev", c.Who("dev")),
         ("/rooms", c.Rooms()),
         ("/switch dev", c.Switch("dev")),
         ("/help", c.Help()),
@@ -61,7 +67,6 @@ def test_blank_lines_are_nothing(line: str) -> None:
         ("/join a b", "usage: /join #ROOM"),
         ("/switch", "usage: /switch #ROOM"),
         ("/who a b", "usage: /who [#ROOM]"),
-        ("/part a b", "usage: /part [#ROOM]"),
         ("/history 0", f"usage: /history [N]  (N: 1-{MAX_HISTORY})"),
         (f"/history {MAX_HISTORY + 1}", f"usage: /history [N]  (N: 1-{MAX_HISTORY})"),
         ("/history -3", f"usage: /history [N]  (N: 1-{MAX_HISTORY})"),
@@ -73,6 +78,13 @@ def test_blank_lines_are_nothing(line: str) -> None:
 )
 def test_mistakes_give_one_helpful_line(line: str, message: str) -> None:
     assert c.parse(line) == c.Usage(message)
+
+
+def test_part_takes_a_room_of_yours_without_its_hash() -> None:
+    assert c.parse("/part dev", ["general", "dev"]) == c.Part("dev")
+    assert c.parse("/part dev later", ["dev"]) == c.Part("dev", "later")
+    assert c.parse("/part later", ["dev"]) == c.Part(None, "later")
+    assert c.parse("/part #no!") == c.Usage(f"/part: invalid room 'no!': {ROOM_RULE}")
 
 
 def test_bad_room_and_nick_arguments_say_the_rule() -> None:
@@ -92,9 +104,12 @@ def test_any_line_parses_to_a_command_a_usage_or_nothing_in_one_line(line: str) 
         assert result is None or isinstance(result, c.Command)
 
 
-def test_help_names_every_command() -> None:
-    for name in c.NAMES:
+def test_help_names_every_command_and_key() -> None:
+    for name in [*c.NAMES, *c.ALIASES]:
         assert f"/{name}" in c.HELP
+    for key in ("Alt-Enter", "Tab", "Alt-1", "Alt-0", "Ctrl-N", "Alt-R", "PageUp", "Ctrl-L", "Ctrl-D", "Ctrl-C"):
+        assert key in c.HELP
+    assert max(map(len, c.HELP.splitlines())) <= 78  # no row wraps in an 80-column terminal
 
 
 NICKS = ["alice", "Albert", "bob"]
@@ -112,6 +127,8 @@ ROOMS = ["general", "dev", "devops"]
         ("", 0, []),
         ("hi ", 3, []),
         ("/j", 0, ["/join "]),
+        ("/j de", 3, ["#dev", "#devops"]),
+        ("/names #g", 7, ["#general"]),
         ("/", 0, [f"/{n} " for n in c.NAMES]),
         ("/h", 0, ["/history ", "/help "]),
         ("//x", 0, []),
@@ -139,6 +156,9 @@ def test_complete(before: str, start: int, candidates: list[str]) -> None:
         c.Join("dev"),
         c.Part("dev"),
         c.Part(),
+        c.Part("dev", "lunch"),
+        c.Say("hi", "general", ref=7),
+        c.Msg("alice", "psst", ref=8),
     ],
 )
 def test_network_commands_survive_the_hand_over(command: c.NetworkCommand) -> None:

@@ -72,7 +72,8 @@ def test_typed_line_reaches_the_room_and_incoming_shows_as_time_nick_text(
     bob.send("hello from the pty\r")
     said = wait_for(alice, from_bob())
     assert (said.kind, said.text, said.room) == ("message", "hello from the pty", "general")
-    bob.wait(re.escape(f"{render.clock(said.ts)} bob: hello from the pty"))
+    line = f"{render.clock(said.ts)} bob: hello from the pty"
+    bob.wait(lambda t: line in t.text and t.cell("hello from").fg == "default")
 
     alice.say("hi bob")
     mine = wait_for(alice, lambda e: e.kind == "message" and e.nick == "alice")

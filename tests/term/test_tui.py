@@ -56,13 +56,15 @@ def test_send_receive_own_lines_status_and_input_history(
     alice = connect("alice")
     bob = tui(broker.endpoints)
     wait_for(alice, joined("bob"))
-    assert re.fullmatch(r" bob\s+#general\s+connected", bob.status_line())
+    assert re.fullmatch(r" bob \[1:#general\]\s+connected", bob.status_line())
     assert bob.input_line == "#general>"
 
     bob.send("hello from the pty\r")
     said = wait_for(alice, from_bob())
     assert (said.kind, said.text, said.room) == ("message", "hello from the pty", "general")
-    bob.wait(re.escape(f"{render.clock(said.ts)} bob: hello from the pty"))  # his own line, from the feed
+    # His own line: at once, and as sent once the feed has shown it.
+    line = f"{render.clock(said.ts)} bob: hello from the pty"
+    bob.wait(lambda t: line in t.text and t.cell("hello from").fg == "default")
     assert bob.input_line == "#general>"
 
     alice.say("hi there")
@@ -85,7 +87,7 @@ def test_room_commands_join_switch_rooms_part_and_unread_counts(
     bob.send("/join #dev\r")
     wait_for(alice, joined("bob", "dev"))
     bob.wait(lambda t: t.input_line == "#dev>")
-    assert re.fullmatch(r" bob\s+#dev\s+#general\s+connected", bob.status_line())
+    assert re.fullmatch(r" bob 1:#general \[2:#dev\]\s+connected", bob.status_line())
     bob.send("in dev\r")
     said = wait_for(alice, from_bob())
     assert (said.room, said.text) == ("dev", "in dev")
@@ -94,9 +96,9 @@ def test_room_commands_join_switch_rooms_part_and_unread_counts(
     bob.wait(lambda t: t.input_line == "#general>")
     alice.say("one", room="dev")
     alice.say("two", room="dev")
-    bob.wait(lambda t: "#dev(2)" in t.status_line())
+    bob.wait(lambda t: "2:#dev(2)" in t.status_line())
     bob.send("/rooms\r")
-    bob.wait(re.escape("-- rooms: #general (current), #dev (2 unread)"))
+    bob.wait(re.escape("-- rooms: 1:#general (current), 2:#dev (2 unread)"))
 
     bob.send(CTRL_N)  # the next room: read, so no longer unread
     bob.wait(lambda t: t.input_line == "#dev>" and "alice: two" in t.text)
@@ -166,8 +168,8 @@ def test_talk_commands_me_msg_who_history_help_clear_mistakes_and_the_transcript
     still = wait_for(alice, from_bob())
     assert still.text == "still here"
 
-    # The transcripts have it all, written before it is shown.
-    bob.wait("bob: still here")
+    # The transcripts have it all, written before it is shown as sent (no longer dim).
+    bob.wait(lambda t: "bob: still here" in t.text and t.cell("still here").fg == "default")
     assert (tmp_path / "logs" / "general.log").read_text().splitlines()[-3:] == [
         f"{bob_joined.ts} -- bob joined",
         f"{action.ts} * bob waves",

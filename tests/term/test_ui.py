@@ -3,6 +3,8 @@ driven in-process without a terminal (zchat.term.tui.Screen), and of Client.hist
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import string
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from zchat.term import commands as c
 from zchat.term import render, ui
 from zchat.term.transcript import Transcript, transcript_line
 from zchat.term.tui import Screen
+from zchat.term.windows import Window
 
 TS = "2026-11-21T10:00:00.123Z"
 
@@ -120,22 +123,153 @@ def test_styles_of_an_event() -> None:
     assert styles(ev("message", "alice", "hey bob"))["hey bob"] == "class:mention"
     assert styles(ev("message", "bob", "it's bob"))["bob"].endswith("class:own")
     assert styles(ev("message", "bob", "it's bob"))["it's bob"] == ""  # you do not mention yourself
-    assert styles(ev("join", "carol", "carol joined"))["-- carol joined"] == "class:system"
-    assert styles(ev("error", "*", "no"))["!! no"] == "class:error"
+    assert ui.event_fragments(ev("join", "carol", "carol joined"), me="bob")[1:] == [
+        ("class:system", "-- "),
+        ("class:system", "carol joined"),
+    ]
+    assert styles(ev("error", "*", "no"))["no"] == "class:error"
     assert ui.event_fragments(ev("join", "carol", "carol joined"), me="bob")[0][0] == "class:time"
 
 
-def test_status_line() -> None:
-    rooms = [ui.RoomStatus("general"), ui.RoomStatus("dev", 3), ui.RoomStatus("ops", 1, True), ui.RoomStatus("x")]
-    left, right = ui.status_fragments("bob", "general", rooms, "connected")
-    assert ui.plain(left) == " bob  #general  #dev(3)  #ops(1)  #x"
-    assert ("class:status.mention", "#ops(1)") in left
-    assert ("class:status.unread", "#dev(3)") in left
-    assert ui.plain(right) == "connected "
-    _, right = ui.status_fragments("bob", None, [], "reconnecting", scrolled=True)
-    assert ui.plain(right) == "more below  reconnecting "
+@pytest.mark.parametrize("event", EVENTS)
+def test_the_text_column_is_where_the_text_starts(event: Event) -> None:
+    line = ui.event_fragments(event, me="bob")
+    text = render.event_parts(event).text.split("\n")[0]
+    assert ui.plain(line)[ui.text_column(line) :].startswith(text)
+
+
+def test_time_format() -> None:
+    event = ev("message", "alice", "hi")
+    seconds = ui.event_fragments(event, me="bob", time_format="%H:%M:%S")
+    assert ui.plain(seconds) == render.format_event(event, time_format="%H:%M:%S")
+    assert ui.plain(seconds).startswith(render.clock(TS, "%H:%M:%S") + " alice: ")
+    assert len(render.clock(TS, "%H:%M:%S")) == len("10:00:00")
+
+
+def test_a_room_name_from_the_network_is_inert() -> None:
+    event = ev("message", "alice", "hi", room="x\x1b[2J\x07")
+    assert "\x1b" not in render.format_event(event, show_room=True)
+    assert "\x1b" not in ui.plain(ui.event_fragments(event, me="bob", show_room=True))
+    assert "#x␛[2J␇ alice: hi" in render.format_event(event, show_room=True)
+
+
+def test_folded_joins_and_leaves() -> None:
+    burst = [
+        ev("join", "alice", "alice joined"),
+        ev("join", "bob", "bob joined", ts="2026-11-21T10:05:00.000Z"),
+        ev("leave", "dave", "dave left (quit)"),
+        ev("join", "alice", "alice joined"),
+        ev("join", "\x1b[31mcarol", "carol joined"),
+    ]
+    assert render.fold_text(burst) == "joined: alice, bob, ␛[31mcarol; left: dave"
+    assert render.fold_text(burst[2:3]) == "left: dave"
+    line = ui.fold_fragments(burst)
+    assert ui.plain(line) == f"{render.clock(TS)} -- joined: alice, bob, ␛[31mcarol; left: dave"
+    assert ui.plain(ui.fold_fragments(burst[:1])) == render.format_event(burst[0])  # one reads as itself
+
+
+def test_day_line() -> None:
+    assert render.day_line(dt.date(2026, 12, 1)) == "-- Tuesday 1 December 2026 --"
+    local = dt.datetime(2026, 12, 1, 23, 59).astimezone()
+    assert render.local_day(local.isoformat()) == dt.date(2026, 12, 1)
+    assert render.local_day("not a time") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "columns", "indent", "rows"),
+    [
+        ("short", 20, 4, ["short"]),
+        ("", 20, 4, [""]),
+        ("the quick brown fox jumps", 10, 2, ["the quick", "  brown", "  fox", "  jumps"]),
+        ("a  b   c", 20, 0, ["a  b   c"]),  # spaces inside a row stay
+        ("word    next", 6, 0, ["word", "next"]),  # spaces at a break go
+        ("  indented line", 9, 0, ["  indente", "d line"]),  # leading spaces are no row of their own
+        ("abcdefghijkl", 5, 2, ["abcde", "  fgh", "  ijk", "  l"]),  # longer than a row: broken
+        ("ab verylongword", 6, 1, ["ab ver", " ylong", " word"]),  # it would not fit a row either
+        ("x " * 3, 20, 2, ["x x x"]),
+        ("日本語の文字 and", 8, 2, ["日本語の", "  文字", "  and"]),  # wide characters are two cells
+        ("hi 🎉🎉🎉", 5, 0, ["hi 🎉", "🎉🎉"]),
+        ("a日", 2, 1, ["a", "日"]),  # too wide for the indented row: the indent gives way
+        ("much too deep", 6, 40, ["much", "   too", "   dee", "   p"]),  # the indent: at most half
+    ],
+)
+def test_wrap(text: str, columns: int, indent: int, rows: list[str]) -> None:
+    wrapped = ui.wrap([("s", text)], columns, indent)
+    assert [ui.plain(row) for row in wrapped] == rows
+    assert all(ui.width(row) <= columns for row in wrapped)
+
+
+@given(st.text(alphabet=st.sampled_from("ab c日🎉́"), max_size=60), st.integers(2, 30), st.integers(0, 40))
+def test_wrap_keeps_every_character_but_the_spaces_at_breaks(text: str, columns: int, indent: int) -> None:
+    wrapped = ui.wrap([("x", text[:20]), ("y", text[20:])], columns, indent)
+    assert all(ui.width(row) <= columns for row in wrapped)
+    assert "".join(ui.plain(row) for row in wrapped).replace(" ", "") == text.replace(" ", "")
+    assert all(style in ("x", "y", "") for row in wrapped for style, _ in row)
+
+
+def test_wrap_keeps_styles() -> None:
+    rows = ui.wrap([("class:time", "10:00 "), ("n", "alice"), ("", ": one two three")], 16, 13)
+    assert rows == [
+        [("class:time", "10:00 "), ("n", "alice"), ("", ": one")],
+        [("", "        two")],  # half of 16: the indent is cut to 8
+        [("", "        three")],
+    ]
+
+
+W = ui.WindowStatus
+
+
+def status(windows: list[ui.WindowStatus], current: int | None, columns: int, **kw: object) -> str:
+    line = ui.status_fragments("bob", windows, current, str(kw.pop("state", "connected")), columns=columns, **kw)  # type: ignore[arg-type]
+    text = ui.plain(line)
+    assert ui.width(line) == columns, text
+    return text
+
+
+BUSY = [W(1, "#general"), W(2, "#dev", 3), W(3, "#ops", 1, True), W(4, "#random"), W(5, "#x")]
+
+
+def test_status_line_numbers_the_windows_and_marks_the_current_one() -> None:
+    assert (
+        status(BUSY, 1, 100).rstrip() == " bob [1:#general] 2:#dev(3) 3:#ops(1) 4:#random 5:#x" + " " * 38 + "connected"
+    )
+    line = ui.status_fragments("bob", BUSY, 4, "connected", columns=100)
+    assert ("class:status.mention", "3:#ops(1)") in line
+    assert ("class:status.unread", "2:#dev(3)") in line
+    assert ("class:status.current", "[4:#random]") in line
+    assert line[-1] == ("class:status.connected", "connected ")
+    scrolled = status(BUSY, 2, 100, state="reconnecting", scrolled=True)
+    assert scrolled.startswith(" bob 1:#general [2:#dev] 3:#ops(1) 4:#random 5:#x ")
+    assert scrolled.endswith(" more below  reconnecting ")
+    assert status([], None, 40, state="closed") == " bob (no room)" + " " * 18 + "offline "
     for state in ("new", "connecting", "closed"):
         assert ui.connection_label(state) == "offline"
+
+
+@pytest.mark.parametrize(
+    ("columns", "line"),
+    [
+        (60, " bob [1:#general] 2:#dev(3) 3:#ops(1) +2          connected "),
+        # Short of room: the windows with news stay (mentions first), the quiet ones are counted.
+        (40, " [1:#general] 3:#ops(1) +3    connected "),
+        (30, " [1:#general] +4    connected "),
+        (20, " [1…] +4  connected "),
+    ],
+)
+def test_status_line_fits_its_width(columns: int, line: str) -> None:
+    assert status(BUSY, 1, columns) == line
+
+
+def test_status_line_keeps_the_connection_apart_from_the_windows() -> None:
+    rooms = [W(1, "#general", 5), W(2, "#op"), W(3, "#dev")]
+    for columns in range(20, 61):
+        text = status(rooms, 3, columns, state="reconnecting")
+        assert text.endswith(" reconnecting ")
+        assert re.search(r"\S reconnecting", text) is None
+    hidden = ui.status_fragments("bob", [W(1, "#a"), W(2, "#b", 2), W(3, "#c")], 1, "connected", columns=20)
+    assert hidden[-3] == ("class:status.unread", "+2")  # a window with news is hidden: the count says so
+    long = status([W(1, "#a-room-name-of-thirty-two-chars")], 1, 40)
+    assert long == " [1:#a-room-name-of-thirty…]  connected "
 
 
 # --- transcripts ------------------------------------------------------------------------------
@@ -204,7 +338,21 @@ def screen() -> Iterator[Screen]:
 
 
 def shown(screen: Screen) -> str:
-    return "".join(text for _, text, *_ in screen._message_text())
+    """The current window's lines, as text."""
+    return "\n".join(ui.plain(entry.fragments) for entry in screen._view().entries)
+
+
+def room(screen: Screen, name: str) -> Window:
+    window = screen.windows.room(name)
+    assert window is not None
+    return window
+
+
+def sent_commands(screen: Screen) -> list[c.NetworkCommand]:
+    """What the screen hands the network thread from now on."""
+    sent: list[c.NetworkCommand] = []
+    screen._send = lambda command: not sent.append(command)  # type: ignore[func-returns-value]
+    return sent
 
 
 def test_backlog_counts_no_unread_and_rings_no_bell_but_live_mentions_do(
@@ -218,16 +366,17 @@ def test_backlog_counts_no_unread_and_rings_no_bell_but_live_mentions_do(
         ev("leave", "bob", "bob left (quit)", room="dev", seq=3),  # ...which ended
         ev("message", "alice", "still there, bob?", room="dev", seq=4),
     ]
+    dev = room(screen, "dev")
     screen.add_events([*backlog, ev("join", "bob", "bob joined", room="dev", seq=5)])
-    assert (screen.rooms["dev"].unread, bells) == (0, [])
+    assert (dev.unread, bells) == (0, [])
     screen.add_events([ev("message", "alice", "plain", room="dev", seq=6)])
-    assert (screen.rooms["dev"].unread, screen.rooms["dev"].mentioned, bells) == (1, False, [])
+    assert (dev.unread, dev.mentioned, bells) == (1, False, [])
     screen.add_events([ev("message", "alice", "bob: now", room="dev", seq=7)])
-    assert (screen.rooms["dev"].unread, screen.rooms["dev"].mentioned, len(bells)) == (2, True, 1)
-    assert "#dev(2)" in ui.plain(screen._status()[0])
+    assert (dev.unread, dev.mentioned, len(bells)) == (2, True, 1)
+    assert "2:#dev(2)" in ui.plain(screen.status_line(80))
     assert "still there" not in shown(screen)  # #general is shown, #dev only counted
     screen.switch("dev")
-    assert (screen.rooms["dev"].unread, screen.rooms["dev"].mentioned) == (0, False)
+    assert (dev.unread, dev.mentioned) == (0, False)
     assert "bob: now" in shown(screen)
 
 
@@ -238,7 +387,7 @@ def test_no_bell_option(monkeypatch: pytest.MonkeyPatch) -> None:
         quiet.add_events([ev("join", "bob", "bob joined"), ev("message", "alice", "bob!", seq=2)])
 
 
-def test_private_messages_and_local_notices_show_in_the_current_room(screen: Screen) -> None:
+def test_private_messages_and_local_notices_show_in_the_current_window(screen: Screen) -> None:
     screen.switch("dev")
     screen.add_events([ev("private", "alice", "psst", room="", seq=0, to="bob")])
     screen.add_events([ev("system", "*", "connection lost — reconnecting…", room="", seq=0)])
@@ -246,11 +395,28 @@ def test_private_messages_and_local_notices_show_in_the_current_room(screen: Scr
     assert "-- connection lost" in shown(screen)
 
 
+def test_windows_keep_their_numbers(screen: Screen) -> None:
+    screen.set_status("connected", ["general", "dev", "ops"])
+    assert [(screen.windows.number(w), w.name) for w in screen.windows] == [(1, "#general"), (2, "#dev"), (3, "#ops")]
+    screen.go_to(3)
+    screen.go_to(1)
+    screen.cycle_room(-1)
+    assert screen.current == "ops"
+    screen.go_to(9)  # no window 9: nothing happens
+    assert screen.current == "ops"
+    assert [w.name for w in screen.windows] == ["#general", "#dev", "#ops"]  # switching never reorders
+    assert ui.plain(screen.status_line(60)).startswith(" bob 1:#general 2:#dev [3:#ops] ")
+
+
 def test_status_changes_drop_parted_rooms_and_move_off_them(screen: Screen) -> None:
+    screen.set_status("connected", ["general", "dev", "ops"])
     screen.switch("dev")
-    screen.set_status("reconnecting", ["general"])
+    screen.set_status("reconnecting", ["general", "ops"])  # dev parted: the window before it
     assert screen.current == "general"
-    assert ui.plain(screen._status()[1]) == "reconnecting "
+    assert [screen.windows.number(w) for w in screen.windows] == [1, 2]
+    assert ui.plain(screen.status_line(40)).endswith(" reconnecting ")
+    screen.set_status("connected", ["general", "ops", "dev"])  # joined again: at the end
+    assert [w.name for w in screen.windows] == ["#general", "#ops", "#dev"]
     screen.set_status("closed", [])
     assert screen.current is None
     assert ui.plain(screen._prompt()) == "> "
@@ -259,38 +425,41 @@ def test_status_changes_drop_parted_rooms_and_move_off_them(screen: Screen) -> N
 
 
 def test_local_commands(screen: Screen) -> None:
-    sent: list[c.NetworkCommand] = []
-    screen._send = lambda command: not sent.append(command)  # type: ignore[func-returns-value]
+    sent = sent_commands(screen)
     screen.run_line("/help")
     assert "/join #ROOM" in shown(screen)
     screen.run_line("/clear")
     assert shown(screen) == ""
     screen.run_line("/rooms")
-    assert shown(screen) == "-- rooms: #general (current), #dev"
+    assert shown(screen) == "-- rooms: 1:#general (current), 2:#dev"
     screen.run_line("/switch dev")
     assert screen.current == "dev"
-    screen.run_line("/join #general")  # already in: a switch, nothing for the network
+    screen.run_line("/j #general")  # already in: a switch, and a word saying so
     assert (screen.current, sent) == ("general", [])
-    screen.run_line("/part")
+    assert shown(screen).endswith("-- you are already in #general (window 1)")
+    screen.run_line("/part see you")
+    screen.run_line("/part dev bye")
     screen.run_line("hello")
     screen.run_line("/who")
+    screen.run_line("/names #elsewhere")
     screen.run_line("/history 3")
     screen.run_line("/join ops")
     assert sent == [
-        c.Part("general"),
-        c.Say("hello", "general"),
+        c.Part("general", "see you"),
+        c.Part("dev", "bye"),
+        c.Say("hello", "general", ref=1),
         c.Who("general"),
+        c.Who("elsewhere"),
         c.History(3, "general"),
         c.Join("ops"),
     ]
 
 
 def test_long_paste_waits_for_yes(screen: Screen) -> None:
-    sent: list[c.NetworkCommand] = []
-    screen._send = lambda command: not sent.append(command)  # type: ignore[func-returns-value]
+    sent = sent_commands(screen)
     screen.input.insert_text("before: ")
     screen.paste_text("one\ntwo\n")
-    assert sent == [c.Say("before: one", "general"), c.Say("two", "general")]
+    assert [(s.text, s.room) for s in sent if isinstance(s, c.Say)] == [("before: one", "general"), ("two", "general")]
     assert screen.input.text == ""
     sent.clear()
     screen.paste_text("\n".join(string.ascii_lowercase[:6]))
@@ -323,14 +492,142 @@ def test_paging_and_new_lines_while_scrolled_up(screen: Screen) -> None:
     screen.clear()
     for n in range(100):
         screen.notice(f"line {n}")
-    screen.page(up=True)  # no render yet: a page of 23 from the bottom
-    assert screen.rooms["general"].scroll > 0
-    kept = screen.rooms["general"].scroll
+    assert screen._message_rows(40, 10)[-1] == [("class:notice", "line 99")]
+    screen.page(up=True)  # a page: the top row (line 90) goes to the bottom
+    assert ui.plain(screen._message_rows(40, 10)[-1]) == "line 90"
+    assert "more below" in ui.plain(screen.status_line(40))
     screen.notice("new")
-    assert screen.rooms["general"].scroll == kept + 1  # the same line stays in view
-    for _ in range(10):
+    assert ui.plain(screen._message_rows(40, 10)[-1]) == "line 90"  # the same line stays in view
+    for _ in range(3):
         screen.page(up=False)
-    assert screen.rooms["general"].scroll == 0
+    assert ui.plain(screen._message_rows(40, 10)[-1]) == "new"
+    assert "more below" not in ui.plain(screen.status_line(40))
+
+
+def test_the_unread_marker_is_where_you_left(screen: Screen) -> None:
+    general = room(screen, "general")
+    screen.add_events([ev("join", "bob", "bob joined", seq=1), ev("message", "alice", "read", seq=2)])
+    screen.switch("dev")
+    assert general.marker is None  # nothing new yet
+    screen.add_events([ev("message", "alice", "new one", seq=3), ev("message", "alice", "new two", seq=4)])
+    screen.switch("general")
+    marker = general.marker
+    assert marker is not None and list(general.entries)[-3] is marker
+    assert shown(screen).splitlines()[-2:] == [
+        f"{render.clock(TS)} alice: new one",
+        f"{render.clock(TS)} alice: new two",
+    ]
+    assert marker.rows(20) == [[("class:marker", "─" * 7 + " new " + "─" * 8)]]  # a rule across the width
+    screen.add_events([ev("message", "alice", "while you read", seq=5)])  # no second marker
+    assert sum(e.rule for e in general.entries) == 1
+    screen.switch("dev")  # read: the marker goes
+    assert general.marker is None and not any(e.rule for e in general.entries)
+    screen.switch("general")  # nothing came meanwhile: no marker
+    assert not any(e.rule for e in general.entries)
+
+
+def test_a_window_opened_in_the_background_marks_what_came_after_your_join(screen: Screen) -> None:
+    dev = room(screen, "dev")
+    screen.add_events(
+        [
+            ev("message", "alice", "old", room="dev", seq=1),  # backlog
+            ev("join", "bob", "bob joined", room="dev", seq=2),
+            ev("message", "alice", "new", room="dev", seq=3),
+        ]
+    )
+    assert [ui.plain(e.fragments)[6:] if not e.rule else "rule" for e in dev.entries] == [
+        "alice: old",
+        "-- bob joined",
+        "rule",
+        "alice: new",
+    ]
+
+
+def test_joins_and_leaves_fold_into_one_line_until_something_else_comes(screen: Screen) -> None:
+    general = room(screen, "general")
+    screen.add_events([ev("join", "bob", "bob joined", seq=1)])  # your own: not folded
+    screen.add_events([ev("join", "alice", "alice joined", seq=2)])
+    assert shown(screen).splitlines()[-1].endswith("-- alice joined")
+    screen.add_events([ev("join", "carol", "carol joined", seq=3), ev("leave", "dave", "dave left (quit)", seq=4)])
+    screen.add_events([ev("join", "erin", "erin joined", seq=5)])
+    assert shown(screen).splitlines()[-2:] == [
+        f"{render.clock(TS)} -- bob joined",
+        f"{render.clock(TS)} -- joined: alice, carol, erin; left: dave",
+    ]
+    screen.add_events([ev("message", "alice", "hi", seq=6), ev("leave", "carol", "carol left (quit)", seq=7)])
+    assert shown(screen).splitlines()[-2:] == [
+        f"{render.clock(TS)} alice: hi",
+        f"{render.clock(TS)} -- carol left (quit)",
+    ]
+    assert set(general.nicks) == {"bob", "alice", "erin"}
+
+
+def test_a_day_change_line_comes_between_events_of_different_days(screen: Screen) -> None:
+    def at(month: int, day: int, hour: int, minute: int) -> str:
+        """A feed timestamp of that local time."""
+        return dt.datetime(2026, month, day, hour, minute).astimezone().isoformat()
+
+    screen.add_events(
+        [
+            ev("message", "alice", "late", ts=at(11, 30, 23, 59), seq=1),
+            ev("message", "alice", "later", ts=at(11, 30, 23, 59), seq=2),
+            ev("message", "alice", "early", ts=at(12, 1, 0, 1), seq=3),
+        ]
+    )
+    assert shown(screen).splitlines()[-4:] == [
+        "23:59 alice: late",
+        "23:59 alice: later",
+        "-- Tuesday 1 December 2026 --",
+        "00:01 alice: early",
+    ]
+
+
+def test_your_message_shows_at_once_then_as_sent(screen: Screen) -> None:
+    sent = sent_commands(screen)
+    screen.run_line("hello")
+    pending = screen._view().entries[-1]
+    assert ui.plain(pending.fragments).endswith(" bob: hello")
+    assert all(style.endswith("class:pending") for style, _ in pending.fragments)
+    assert sent == [c.Say("hello", "general", ref=1)]
+    screen.sent(1, "id-1")
+    confirmed = ev("message", "bob", "hello", seq=2, id="id-1")
+    screen.add_events([confirmed])
+    assert screen._view().entries[-1] is pending  # changed in place, not added
+    assert pending.fragments == ui.event_fragments(confirmed, me="bob")
+
+
+def test_someone_else_cannot_confirm_your_message(screen: Screen) -> None:
+    sent_commands(screen)
+    screen.run_line("hello")
+    screen.sent(1, "id-1")
+    screen.add_events([ev("message", "mallory", "fake", seq=2, id="id-1")])  # ids are on the feed
+    assert "class:pending" in screen._view().entries[-2].fragments[0][0]
+    assert shown(screen).endswith("mallory: fake")
+
+
+def test_a_message_not_sent_says_so_and_alt_r_sends_it_again(screen: Screen) -> None:
+    sent = sent_commands(screen)
+    screen.run_line("first")
+    screen.run_line("/me waves")
+    screen.sent(1, "id-1")
+    screen.sent(2, "id-2")
+    refusal = "slow down: at most 10 messages a second (bursts of 60); this one was not sent"
+    screen.add_events([ev("error", "*", refusal, seq=0, id="id-2", code="rate_limited")])
+    *_, failed, error = screen._view().entries
+    assert all("class:failed" in style for style, _ in failed.fragments)
+    assert ui.plain(error.fragments).endswith(f"!! {refusal} — Alt-R sends it again")
+    screen.resend()
+    assert sent[-1] == c.Me("waves", "general", ref=3)
+    assert failed not in screen._view().entries and error not in screen._view().entries
+    assert ui.plain(screen._view().entries[-1].fragments).endswith("* bob waves")  # pending again
+    screen.resend()  # nothing else failed here
+    assert shown(screen).endswith("-- no unsent message in this window")
+    # The client refusing it: a text too long for the protocol stays refused.
+    screen.run_line("x" * 5000)
+    screen.refused(4, "text too long", False)
+    assert shown(screen).endswith("!! not sent: text too long")
+    screen.resend()
+    assert shown(screen).endswith("-- no unsent message in this window")
 
 
 # --- Client.history -------------------------------------------------------------------------------

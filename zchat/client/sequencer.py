@@ -150,4 +150,4 @@ class RoomSequencer:
 
 
 def _marker(room: str, text: str) -> Event:
-    return Event(0, "", room, "system", SYSTEM_NICK, text, code="gap")
+    return Event(0, "", room, "system", SYSTEM_NICK, text, code="gap", local=True)

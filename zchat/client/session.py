@@ -53,6 +53,7 @@ __all__ = [
     "Outgoing",
     "Pending",
     "State",
+    "broker_events",
 ]
 
 State = Literal["new", "connecting", "connected", "reconnecting", "closed"]
@@ -459,7 +460,7 @@ class ClientSession:
     def feed_message(self, payload: bytes, now: float) -> None:
         """One event frame from the feed (the topic frame has been read by the shell)."""
         try:
-            event = p.decode_event(payload)
+            event = _from_broker(p.decode_event(payload))
         except RemoteProtocolError:
             return  # not from a zchat broker: nothing to show
         if event.kind == "heartbeat":
@@ -501,7 +502,7 @@ class ClientSession:
         except RemoteProtocolError:
             return
         if event is not None:
-            self._delivered(event, now)
+            self._delivered(_from_broker(event), now)
             return
         req = message.get("req")
         if not isinstance(req, str) or req not in self._asked:
@@ -567,8 +568,8 @@ class ClientSession:
             self.sequencer.retry(room)
             return
         try:
-            events = [msgspec.convert(e, p.Event) for e in raw]
-        except msgspec.ValidationError:
+            events = broker_events(raw)
+        except RemoteProtocolError:
             self.sequencer.retry(room)
             return
         upto = reply.get("upto")
@@ -687,7 +688,22 @@ class ClientSession:
         return room
 
     def _local(self, kind: str, code: str, text: str, room: str = "", msg_id: str | None = None) -> p.Event:
-        return p.Event(0, p.format_ts(self._wallclock()), room, kind, p.SYSTEM_NICK, text, id=msg_id, code=code)
+        return p.Event(
+            0, p.format_ts(self._wallclock()), room, kind, p.SYSTEM_NICK, text, id=msg_id, code=code, local=True
+        )
+
+
+def _from_broker(event: p.Event) -> p.Event:
+    """An event as a broker sent it: whatever it says, it is not one this client made up."""
+    return msgspec.structs.replace(event, local=False) if event.local else event
+
+
+def broker_events(raw: object) -> list[p.Event]:
+    """The events of a history or search reply (raises RemoteProtocolError if they are not)."""
+    try:
+        return [_from_broker(e) for e in msgspec.convert(raw, list[p.Event])]
+    except msgspec.ValidationError as exc:
+        raise RemoteProtocolError(f"bad events in a reply: {exc}") from None
 
 
 def check_history_limit(limit: int) -> int:

@@ -17,15 +17,14 @@ import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 
-import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from zchat import protocol as p
 from zchat import transport
 from zchat.client.feed import DRAIN_BATCH, Feed
-from zchat.client.session import PROBE, REOPEN, ClientSession, Pending, State, check_history_limit
-from zchat.errors import Refused, RemoteProtocolError, Unreachable, ZChatError
+from zchat.client.session import PROBE, REOPEN, ClientSession, Pending, State, broker_events, check_history_limit
+from zchat.errors import Refused, Unreachable, ZChatError
 
 __all__ = ["Client", "Feed"]
 
@@ -270,11 +269,7 @@ class Client:
         """The last ``limit`` (1 to ``MAX_HISTORY``) stored events of ``room`` (default: the
         first room joined), oldest first. They are not delivered as events."""
         request = p.History(room=self.session.room(room, member=False), limit=check_history_limit(limit))
-        raw = self._call(request).get("events")
-        try:
-            return msgspec.convert(raw, list[p.Event])
-        except msgspec.ValidationError as exc:
-            raise RemoteProtocolError(f"bad history reply: {exc}") from None
+        return broker_events(self._call(request).get("events"))
 
     def stats(self) -> dict[str, object]:
         return self._call(p.Stats())

@@ -11,7 +11,7 @@ calls a :class:`~zchat.client.shell.Client`; running the commands belongs to :mo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import msgspec
 
@@ -20,6 +20,7 @@ from zchat.errors import LocalProtocolError
 from zchat.term.render import inert
 
 __all__ = [
+    "ALIASES",
     "DEFAULT_HISTORY",
     "HELP",
     "NAMES",
@@ -29,6 +30,7 @@ __all__ = [
     "History",
     "Join",
     "Me",
+    "Message",
     "Msg",
     "NetworkCommand",
     "Part",
@@ -53,19 +55,24 @@ class _Command(msgspec.Struct, frozen=True, tag=str.lower):
 
 
 # Commands the network thread carries out (``room`` None: the UI's current room, filled in by it).
+# ``ref`` numbers the line the UI shows for a message until the broker has it (0: none), so the
+# network thread can tell which line the message id it gets belongs to.
 class Say(_Command, frozen=True):
     text: str
     room: str | None = None
+    ref: int = 0
 
 
 class Me(_Command, frozen=True):
     text: str
     room: str | None = None
+    ref: int = 0
 
 
 class Msg(_Command, frozen=True):
     nick: str
     text: str
+    ref: int = 0
 
 
 class Who(_Command, frozen=True):
@@ -83,6 +90,8 @@ class Join(_Command, frozen=True):
 
 class Part(_Command, frozen=True):
     room: str | None = None
+    #: Shown to the room: "alice left (part: REASON)".
+    reason: str | None = None
 
 
 # Commands the UI carries out by itself.
@@ -108,6 +117,8 @@ class Quit(_Command, frozen=True):
 
 NetworkCommand = Say | Me | Msg | Who | History | Join | Part
 Command = NetworkCommand | Rooms | Switch | Help | Clear | Quit
+#: The messages: what the UI shows as pending until the broker has them.
+Message = Say | Me | Msg
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -119,7 +130,7 @@ class Usage(msgspec.Struct, frozen=True):
 #: Each command's usage: the first word is what Tab completes.
 _USAGE = {
     "join": "/join #ROOM",
-    "part": "/part [#ROOM]",
+    "part": "/part [#ROOM] [REASON]",
     "switch": "/switch #ROOM",
     "rooms": "/rooms",
     "me": "/me TEXT",
@@ -132,37 +143,45 @@ _USAGE = {
 }
 #: The command names, for completion.
 NAMES = tuple(_USAGE)
+#: Other names irssi and WeeChat users type: alias -> command.
+ALIASES = {"j": "join", "names": "who"}
 
 HELP = f"""\
 commands:
-  /join #ROOM      join a room and make it the current one
-  /part [#ROOM]    leave a room (default: the current one)
-  /switch #ROOM    make ROOM the current room
-  /rooms           your rooms, with unread counts
-  /me TEXT         send an action (* alice waves)
-  /msg NICK TEXT   a private message: only NICK sees it
-  /who [#ROOM]     who is in the room
-  /history [N]     the room's last N events (default {DEFAULT_HISTORY})
-  /clear           clear the message area
-  /quit [REASON]   leave (also: exit, Ctrl-D on an empty line, Ctrl-C)
-  /help            this text
-  //TEXT           send a line that starts with /
+  /join #ROOM             join a room and make it the current one (also /j)
+  /part [#ROOM] [REASON]  leave a room (default: the current one)
+  /switch #ROOM           make ROOM the current window (also Alt-1...)
+  /rooms                  your windows, numbered, with unread counts
+  /me TEXT                send an action (* alice waves)
+  /msg NICK TEXT          a private message: only NICK sees it
+  /who [#ROOM]            who is in the room (also /names)
+  /history [N]            the room's last N events (default {DEFAULT_HISTORY})
+  /clear                  clear the message area
+  /quit [REASON]          leave (also: exit, Ctrl-D on an empty line, Ctrl-C)
+  /help                   this text
+  //TEXT                  send a line that starts with /
 keys:
-  Enter send, Alt-Enter (or Esc Enter) new line, Tab complete a nick, room or command
-  Up/Down input history, Ctrl-N/Ctrl-P (or Alt-Right/Alt-Left) next/previous room
-  PageUp/PageDown scroll, Ctrl-L clear, Ctrl-D (empty line) or Ctrl-C quit"""
+  Enter                   send (Alt-Enter or Esc Enter: a new line)
+  Tab                     complete a nick, #room or /command (again: the next)
+  Alt-1...Alt-9, Alt-0    window 1 to 10
+  Ctrl-N, Ctrl-P          next, previous window (also Alt-Right, Alt-Left)
+  Alt-R                   send this window's newest unsent message again
+  Up, Down                input history
+  PageUp, PageDown        scroll the messages (Ctrl-L clears them)
+  Ctrl-D, Ctrl-C          quit (Ctrl-D on an empty line)"""
 
 _COMMAND = re.compile(r"/(\S*)\s*(.*)", re.DOTALL)
 #: Commands whose first argument is a room, and those whose first argument is a nick.
-_ROOM_ARG = frozenset({"/join", "/part", "/switch", "/who"})
+_ROOM_ARG = frozenset({"/join", "/j", "/part", "/switch", "/who", "/names"})
 _MSG = re.compile(r"(\S+)\s+(.*)", re.DOTALL)
 
 
-def parse(line: str) -> Command | Usage | None:
+def parse(line: str, rooms: Collection[str] = ()) -> Command | Usage | None:
     """What ``line`` asks for; None for a blank line.
 
     A line not starting with ``/`` is a message (``//`` sends one starting with ``/``), and
-    ``exit`` alone quits. Room arguments may be written ``#Dev`` or ``dev``.
+    ``exit`` alone quits. Room arguments may be written ``#Dev`` or ``dev``; ``/part``'s first
+    word is a room only if it starts with ``#`` or is one of ``rooms`` (yours), else its reason.
     """
     if not line.strip():
         return None
@@ -173,14 +192,15 @@ def parse(line: str) -> Command | Usage | None:
     m = _COMMAND.fullmatch(line)
     assert m is not None  # any line starting with "/" matches
     name, arg = m.group(1).lower(), m.group(2).strip()
+    name = ALIASES.get(name, name)
     words = arg.split()
     try:
-        return _parse(name, arg, words)
+        return _parse(name, arg, words, rooms)
     except LocalProtocolError as exc:
         return Usage(f"/{name}: {exc}")
 
 
-def _parse(name: str, arg: str, words: list[str]) -> Command | Usage:
+def _parse(name: str, arg: str, words: list[str], rooms: Collection[str]) -> Command | Usage:
     if name not in _USAGE:
         return Usage(f"unknown command /{inert(name)[:40]}: /help lists the commands")
     usage = Usage(f"usage: {_USAGE[name]}")
@@ -199,14 +219,17 @@ def _parse(name: str, arg: str, words: list[str]) -> Command | Usage:
         if len(words) > 1 or (words and not (words[0].isdecimal() and 1 <= int(words[0]) <= p.MAX_HISTORY)):
             return usage
         return History(int(words[0]) if words else DEFAULT_HISTORY)
-    # join, part, switch, who: one room, required for join and switch
+    if name == "part":
+        if words and (words[0].startswith("#") or p.normalize_room(words[0]) in rooms):
+            reason = arg.removeprefix(words[0]).strip()
+            return Part(p.check_room(p.normalize_room(words[0])), reason or None)
+        return Part(None, arg or None)
+    # join, switch, who: one room, required for join and switch
     if len(words) > 1 or (not words and name in ("join", "switch")):
         return usage
     room = p.check_room(p.normalize_room(words[0])) if words else None
     if name == "who":
         return Who(room)
-    if name == "part":
-        return Part(room)
     assert room is not None
     return Join(room) if name == "join" else Switch(room)
 

@@ -15,6 +15,7 @@ rendering and the screen live elsewhere; this module owns the threads and the pl
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import secrets
 import sys
 import threading
@@ -62,11 +63,20 @@ class _Front(Protocol):
 class _Plain:
     """Plain lines on stdout; a hand-over is a line as typed."""
 
+    def __init__(self, time_format: str) -> None:
+        self.time_format = time_format
+        self.day: dt.date | None = None  # of the newest event printed
+
     def started(self, client: Client) -> None:
         pass
 
     def show(self, client: Client, events: list[Event]) -> None:
-        _show_events(events, client)
+        for event in events:
+            day = render.local_day(event.ts)
+            if day is not None and self.day is not None and day != self.day:
+                _show(render.day_line(day))
+            self.day = day or self.day
+            _show(render.format_event(event, show_room=len(client.rooms) > 1, time_format=self.time_format))
 
     def notice(self, text: str) -> None:
         _show(text)
@@ -98,20 +108,35 @@ class _Network(threading.Thread):
             self.front.died()
 
 
-def run(client: Client, *, plain: bool, color: bool = True, bell: bool = True, log_dir: Path | None = None) -> None:
+def run(
+    client: Client,
+    *,
+    plain: bool,
+    color: bool = True,
+    bell: bool = True,
+    log_dir: Path | None = None,
+    time_format: str = render.DEFAULT_TIME_FORMAT,
+) -> None:
     """Chat until the user quits; ``client`` must be connected and is closed on return.
 
     ``plain`` reads lines from stdin and prints plain lines; otherwise the full-screen client
-    runs on the terminal (``color`` and ``bell`` off for none). ``log_dir`` keeps transcripts.
+    runs on the terminal (``color`` and ``bell`` off for none). ``log_dir`` keeps transcripts;
+    ``time_format`` (strftime) is how times read. An interrupt (Ctrl-C outside the screen, which
+    reads Ctrl-C as a key) leaves as ``/quit`` does, then raises KeyboardInterrupt.
     """
     address = f"inproc://zchat-terminal-{secrets.token_hex(4)}"
     transcript = Transcript(log_dir, client.nick) if log_dir is not None else None
     try:
-        screen = None if plain else tui.Screen(client.nick or "", client.rooms, color=color, bell=bell)
+        screen = (
+            None
+            if plain
+            else tui.Screen(client.nick or "", client.rooms, color=color, bell=bell, time_format=time_format)
+        )
     except BaseException:
         client.close()
         raise
-    network = _Network(client, address, _Plain() if screen is None else tui.Front(screen), transcript)
+    front = _Plain(time_format) if screen is None else tui.Front(screen)
+    network = _Network(client, address, front, transcript)
     try:
         with client.context.socket(zmq.PAIR) as to_network:
             to_network.setsockopt(zmq.LINGER, 0)
@@ -137,10 +162,9 @@ def run(client: Client, *, plain: bool, color: bool = True, bell: bool = True, l
                         lambda reason: hand_over(_QUIT, reason.encode("utf-8", "surrogateescape")),
                         network,
                     )
-            except BaseException as exc:  # Ctrl-C outside the screen (or in plain mode), or a bug
+            except BaseException:  # Ctrl-C outside the screen (or in plain mode), or a bug
                 hand_over(_QUIT, b"quit")
-                if not isinstance(exc, KeyboardInterrupt):
-                    raise
+                raise
             finally:
                 _join(network)
     finally:
@@ -215,11 +239,6 @@ def _flush(network: _Network) -> None:
     except ZChatError as exc:
         network.front.notice(f"!! {render.inert(str(exc))}")
     _deliver(network, network.client.poll(0))
-
-
-def _show_events(events: list[Event], client: Client) -> None:
-    for event in events:
-        _show(render.format_event(event, show_room=len(client.rooms) > 1))
 
 
 def _command(client: Client, line: str) -> None:

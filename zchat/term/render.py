@@ -4,7 +4,9 @@ This module owns how each kind of event reads: :func:`event_parts` is the one pl
 which shape an event takes (``nick: text``, ``* nick waves``, ``[alice → bob] psst``, ``!! error``,
 ``-- alice joined``), its style and whether transcripts keep it. :func:`format_event` (terminal
 lines), :func:`zchat.term.ui.event_fragments` (styled text) and
-:func:`zchat.term.transcript.transcript_line` (log files) only lay those parts out. It also owns
+:func:`zchat.term.transcript.transcript_line` (log files) only lay those parts out. The lines a
+screen makes of several events or of the calendar read here too: a burst of joins and leaves
+folded into one (:func:`fold_text`) and the change of day (:func:`day_line`). It also owns
 the rule that text from the network can never drive the terminal: control characters, ANSI/OSC
 escape sequences and bidirectional overrides are shown as visible escapes. It produces strings
 only; printing, colour and prompts belong to the callers. JSON output never goes through here,
@@ -15,12 +17,28 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from zchat.protocol import Event
 
-__all__ = ["EventParts", "Shape", "Style", "clock", "event_parts", "format_event", "inert"]
+__all__ = [
+    "DEFAULT_TIME_FORMAT",
+    "EventParts",
+    "Shape",
+    "Style",
+    "clock",
+    "day_line",
+    "event_parts",
+    "fold_text",
+    "format_event",
+    "inert",
+    "local_day",
+]
+
+#: How a screen shows an event's time (``zchat join --timestamp-format``): strftime, local time.
+DEFAULT_TIME_FORMAT = "%H:%M"
 
 # C0 controls except newline, DEL, C1 controls, and the Unicode bidi/invisible direction marks.
 _UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -43,12 +61,30 @@ def inert(text: str, indent: str = "") -> str:
     return text.replace("\n", "\n" + indent) if indent else text
 
 
-def clock(ts: str) -> str:
-    """``HH:MM`` in local time for a feed timestamp (the raw value if it does not parse)."""
+def _local_time(ts: str) -> dt.datetime | None:
     try:
-        return dt.datetime.fromisoformat(ts).astimezone().strftime("%H:%M")
+        return dt.datetime.fromisoformat(ts).astimezone()
     except ValueError:
-        return inert(ts[:16])
+        return None
+
+
+def clock(ts: str, time_format: str = DEFAULT_TIME_FORMAT) -> str:
+    """A feed timestamp in local time as ``time_format`` (strftime) says, ``HH:MM`` by default
+    (the raw value if it does not parse)."""
+    local = _local_time(ts)
+    return inert(ts[:16] if local is None else local.strftime(time_format))
+
+
+def local_day(ts: str) -> dt.date | None:
+    """The local calendar day of a feed timestamp; None if it does not parse."""
+    local = _local_time(ts)
+    return None if local is None else local.date()
+
+
+def day_line(day: dt.date) -> str:
+    """The line between events of different days: ``-- Tuesday 1 December 2026 --``."""
+    # Built by hand: strftime has no portable day of the month without a leading zero.
+    return f"-- {day:%A} {day.day} {day:%B %Y} --"
 
 
 #: How an event reads: ``nick: text``, ``* nick text``, ``[nick → to] text``, ``!! text`` or
@@ -67,8 +103,10 @@ class EventParts:
 
     #: The feed timestamp, whole (transcripts keep it).
     ts: str
-    #: ``HH:MM`` in local time (screens show it).
+    #: The local time as the screen shows it (``HH:MM`` by default).
     clock: str
+    #: The room (without ``#``), ``""`` for none.
+    room: str
     shape: Shape
     #: Who the event is from; None for the shapes that do not show it (errors, notices).
     nick: str | None
@@ -104,12 +142,13 @@ _KINDS: dict[str, tuple[Shape, Style | None, bool]] = {
 _OTHER_KIND: tuple[Shape, Style | None, bool] = ("notice", "system", False)
 
 
-def event_parts(event: Event) -> EventParts:
+def event_parts(event: Event, *, time_format: str = DEFAULT_TIME_FORMAT) -> EventParts:
     """How ``event`` reads: the one place that decides it for every kind."""
     shape, style, logged = _KINDS.get(event.kind, _OTHER_KIND)
     return EventParts(
         ts=inert(event.ts),
-        clock=clock(event.ts),
+        clock=clock(event.ts, time_format),
+        room=inert(event.room),
         shape=shape,
         nick=inert(event.nick) if shape in ("message", "action", "private") else None,
         to=inert(event.to or "") if shape == "private" else None,
@@ -119,12 +158,23 @@ def event_parts(event: Event) -> EventParts:
     )
 
 
-def format_event(event: Event, *, show_room: bool = False) -> str:
+def fold_text(events: Iterable[Event]) -> str:
+    """A burst of joins and leaves as one notice: ``joined: alice, bob; left: dave`` (each nick
+    once per list, in the order they came)."""
+    joined: dict[str, None] = {}
+    left: dict[str, None] = {}
+    for event in events:
+        (joined if event.kind == "join" else left)[inert(event.nick)] = None
+    lists = [f"{what}: {', '.join(nicks)}" for what, nicks in (("joined", joined), ("left", left)) if nicks]
+    return "; ".join(lists)
+
+
+def format_event(event: Event, *, show_room: bool = False, time_format: str = DEFAULT_TIME_FORMAT) -> str:
     """One event as a terminal line (or lines, for a multi-line message)."""
-    parts = event_parts(event)
+    parts = event_parts(event, time_format=time_format)
     prefix = f"{parts.clock} "
-    if show_room and event.room:
-        prefix += f"#{event.room} "
+    if show_room and parts.room:
+        prefix += f"#{parts.room} "
     text = parts.indented(" " * len(prefix) + "  ")
     if parts.shape == "message":
         return f"{prefix}{parts.nick}: {text}"

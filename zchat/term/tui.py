@@ -1,14 +1,17 @@
 """The full-screen chat: a message area, a status line and an input line no message disturbs.
 
 Two halves, one per thread, talking only by messages. :class:`Screen` is the prompt_toolkit
-Application on the main thread's asyncio loop: the message area (one scrollback per room), the
-status line (nick, current room, other rooms with unread counts, the connection) and the input
-line, with its keys, commands, tab completion and paste handling. It never touches the
-:class:`~zchat.client.shell.Client`: what needs the broker it hands to the network thread as an encoded
-command. :class:`Front` is what the network thread (:mod:`zchat.term.plain`) drives: it carries out
-those commands on the client it owns and passes events, results and state to the screen, only
-ever through ``loop.call_soon_threadsafe``. Wording and styling live in :mod:`zchat.term.ui` and
-:mod:`zchat.term.commands`; this module owns the wiring and the behaviour of the screen.
+Application on the main thread's asyncio loop: the message area (the current window of the
+numbered :class:`~zchat.term.windows.Windows`), the status line (the windows by number, with
+unread counts, and the connection) and the input line, with its keys, commands, tab completion
+and paste handling. It shows what you send at once, as pending, until the broker has it (or
+refused it: then one key sends it again). It never touches the :class:`~zchat.client.shell.Client`:
+what needs the broker it hands to the network thread as an encoded command. :class:`Front` is
+what the network thread (:mod:`zchat.term.plain`) drives: it carries out those commands on the
+client it owns and passes events, results and state to the screen, only ever through
+``loop.call_soon_threadsafe``. Wording and styling live in :mod:`zchat.term.ui` and
+:mod:`zchat.term.commands`, what a window holds in :mod:`zchat.term.windows`; this module owns the
+wiring and the behaviour of the screen.
 """
 
 from __future__ import annotations
@@ -16,47 +19,52 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVarTuple, Unpack
 
 import msgspec
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.document import Document
-from prompt_toolkit.filters import Condition
-from prompt_toolkit.formatted_text import FormattedText, StyleAndTextTuples
-from prompt_toolkit.formatted_text.utils import split_lines
+from prompt_toolkit.filters import Always, Condition, Filter
+from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
-from prompt_toolkit.layout import HSplit, Layout, VSplit, Window
-from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl
+from prompt_toolkit.layout import HSplit, Layout, Window
+from prompt_toolkit.layout.controls import BufferControl, UIContent, UIControl
 from prompt_toolkit.layout.dimension import Dimension
 from prompt_toolkit.layout.processors import BeforeInput
 from prompt_toolkit.output import ColorDepth, Output, create_output
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.styles import Style
 
+from zchat import protocol as p
 from zchat.client.shell import Client
-from zchat.errors import ZChatError
+from zchat.errors import LocalProtocolError, ZChatError
 from zchat.protocol import Event
 from zchat.term import commands as c
-from zchat.term import render, ui
+from zchat.term import render, ui, windows
 
 __all__ = ["Front", "Screen"]
 
-#: Lines kept per room.
-SCROLLBACK = 2000
 #: Most rows the input line grows to for a multi-line message.
 MAX_INPUT_ROWS = 6
+#: Unsent messages that Alt-R can still send again (older ones are only shown).
+MAX_FAILED = 100
 
 _STYLE = {
     "time": "ansibrightblack",
     "room": "ansibrightblack",
     "system": "ansibrightblack",
+    "marker": "ansibrightblack",
+    "pending": "ansibrightblack",
+    "failed": "ansibrightblack strike",
     "error": "ansired bold",
     "notice": "",
     "private": "ansimagenta",
@@ -74,26 +82,15 @@ _STYLE = {
     "status.offline": "bold ansibrightred",
 }
 #: Without colour: the same emphasis with attributes only.
-_MONO = {"status": "reverse", "status.mention": "bold underline", "mention": "bold reverse"}
+_MONO = {
+    "status": "reverse",
+    "status.mention": "bold underline",
+    "mention": "bold reverse",
+    "pending": "italic",
+    "failed": "strike",
+}
 
 _Ts = TypeVarTuple("_Ts")
-
-
-@dataclass
-class _Room:
-    """One room's scrollback and what the status line and completion need to know of it."""
-
-    lines: collections.deque[StyleAndTextTuples] = field(default_factory=lambda: collections.deque(maxlen=SCROLLBACK))
-    unread: int = 0
-    mentioned: bool = False
-    #: Your own join has been seen, and not your leave after it: what comes now is live, not
-    #: backlog (which may hold earlier sessions of yours: see ``_earlier_sessions``).
-    live: bool = False
-    nicks: dict[str, str] = field(default_factory=dict)  # lower case -> as written
-    #: Lines between the newest and the one kept in view; 0 follows new messages.
-    scroll: int = 0
-    #: The line kept in view is at the top of it (after PageUp), not the bottom.
-    kept_at_top: bool = False
 
 
 @dataclass
@@ -108,6 +105,31 @@ class _Cycle:
     made: tuple[str, int] = ("", 0)
 
 
+@dataclass(eq=False)
+class _Outgoing:
+    """A message you sent, and the line that shows it until the broker has it."""
+
+    command: c.Message
+    window: windows.Window
+    entry: windows.Entry
+    #: The line as it will read once sent (the entry shows it dim until then).
+    line: ui.Fragments
+    #: The line saying that it was not sent.
+    error: windows.Entry | None = None
+
+
+class _Sized(UIControl):
+    """A control drawn for the size it is given (a FormattedTextControl never learns its width):
+    the message rows are wrapped for it, the status line fits it."""
+
+    def __init__(self, rows: Callable[[int, int], Sequence[ui.Fragments]]) -> None:
+        self._rows = rows
+
+    def create_content(self, width: int, height: int) -> UIContent:
+        rows = self._rows(width, height)
+        return UIContent(get_line=lambda i: [*rows[i]], line_count=len(rows), show_cursor=False)
+
+
 class Screen:
     """The full-screen UI. Its methods run on the UI thread only (the network thread reaches
     them through :class:`Front`)."""
@@ -119,37 +141,36 @@ class Screen:
         *,
         color: bool = True,
         bell: bool = True,
+        time_format: str = render.DEFAULT_TIME_FORMAT,
         input: Input | None = None,
         output: Output | None = None,
     ) -> None:
         self.nick = nick
         self.bell = bell
-        self.rooms: dict[str, _Room] = {r: _Room() for r in rooms}
-        self.current: str | None = rooms[0] if rooms else None
+        self.time_format = time_format
+        self.windows = windows.Windows()
+        for room in rooms:
+            self.windows.open(windows.Window(f"#{room}", room))
         self.state = "connected"
         #: A long paste waiting for its confirmation.
         self.paste: list[str] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._lobby = _Room()  # what is shown while you are in no room
+        self._lobby = windows.Window("(no room)")  # what is shown while you are in no window
         self._cycle: _Cycle | None = None
         self._send: Callable[[c.NetworkCommand], bool] = lambda _: False
         self._quit: Callable[[str], object] = lambda _: None
+        #: The message area's size when last drawn: what paging pages through.
+        self._size = (80, 22)
+        # The outbox as the screen shows it: messages handed over (by ref) until the network
+        # thread names their id, then (by id) until the broker confirms or refuses them.
+        self._refs = itertools.count(1)
+        self._handed: dict[int, _Outgoing] = {}
+        self._pending: dict[str, _Outgoing] = {}
+        self._failed: collections.deque[_Outgoing] = collections.deque(maxlen=MAX_FAILED)
 
         self.input = Buffer(multiline=True, history=InMemoryHistory(), accept_handler=self._accept)
-        self.messages = Window(
-            FormattedTextControl(self._message_text),
-            wrap_lines=True,
-            always_hide_cursor=True,
-            style="class:messages",
-        )
-        status = VSplit(
-            [
-                Window(FormattedTextControl(lambda: FormattedText(self._status()[0]))),
-                Window(FormattedTextControl(lambda: FormattedText(self._status()[1])), dont_extend_width=True),
-            ],
-            height=1,
-            style="class:status",
-        )
+        self.messages = Window(_Sized(self._message_rows), style="class:messages")
+        status = Window(_Sized(self._status_rows), height=1, style="class:status")
         input_window = Window(
             BufferControl(self.input, input_processors=[BeforeInput(lambda: FormattedText(self._prompt()))]),
             height=Dimension(min=1, max=MAX_INPUT_ROWS),
@@ -174,6 +195,11 @@ class Screen:
         )
         where = ", ".join(f"#{r}" for r in rooms) or "no room"
         self.notice(f"-- joined {where} as {nick}; /help for commands")
+
+    @property
+    def current(self) -> str | None:
+        """The room of the current window."""
+        return self.windows.current.room if self.windows.current else None
 
     # --- running ---------------------------------------------------------------------------
 
@@ -227,87 +253,165 @@ class Screen:
 
     def _add_event(self, event: Event, *, backlog: bool = False) -> bool:
         """Show ``event`` where it belongs; True if it should ring the bell."""
-        room = self.rooms.get(event.room) if event.room and event.kind != "private" else None
         own = event.nick.lower() == self.nick.lower()
+        if event.id in self._pending and (event.kind == "error" or own):
+            self._settle(self._pending.pop(event.id), event)  # (only the broker sends errors)
+            return False
+        window = self.windows.room(event.room) if event.room and event.kind != "private" else None
         mention = ui.is_mention(event, self.nick)
-        if room is None:  # private, local, or from a room no longer shown
-            self._append(self._view(), ui.event_fragments(event, me=self.nick, show_room=bool(event.room)))
+        if window is None:  # private, local, or from a room no longer shown
+            self._show(self._view(), event, show_room=bool(event.room))
             return mention
         key = event.nick.lower()
         if event.kind == "join":
-            room.nicks[key] = event.nick
-            room.live |= own
+            window.nicks[key] = event.nick
+            window.live |= own
         elif event.kind == "leave":
-            room.nicks.pop(key, None)
-            room.live &= not own
+            window.nicks.pop(key, None)
+            window.live &= not own
         elif event.kind in ("message", "action"):
-            room.nicks.setdefault(key, event.nick)
-        self._append(room, ui.event_fragments(event, me=self.nick))
-        live = room.live and not backlog
-        if room is not self._view() and live and event.kind in ("message", "action"):
-            room.unread += 1
-            room.mentioned |= mention
+            window.nicks.setdefault(key, event.nick)
+        live = window.live and not backlog
+        # Your own coming and going is the edge of what you read, not something new in it.
+        new = live and not (own and event.kind in ("join", "leave"))
+        self._show(window, event, new=new, fold=event.kind in ("join", "leave") and not own)
+        if window is not self._view() and live and event.kind in ("message", "action"):
+            window.unread += 1
+            window.mentioned |= mention
         return mention and live
 
+    def _show(
+        self, window: windows.Window, event: Event, *, new: bool = False, fold: bool = False, show_room: bool = False
+    ) -> None:
+        """Add ``event``'s line to ``window`` (a join or leave to the burst it folds into), after
+        a line saying the day changed if it did."""
+        if window.new_day(render.local_day(event.ts)) and window.day is not None:
+            window.append(windows.Entry(ui.day_fragments(window.day)), new=new)
+        if fold:
+            window.fold(event, lambda burst: ui.fold_fragments(burst, time_format=self.time_format), new=new)
+            return
+        line = ui.event_fragments(event, me=self.nick, show_room=show_room, time_format=self.time_format)
+        window.append(windows.Entry(line, ui.text_column(line)), new=new)
+
     def set_status(self, state: str, rooms: list[str]) -> None:
-        """The client's connection state and rooms (the first time, and whenever they change)."""
+        """The client's connection state and rooms (the first time, and whenever they change):
+        a room joined gets the next window number, a room left loses its window."""
         self.state = state
-        self.rooms = {r: self.rooms.get(r) or _Room() for r in rooms}
-        if self.current not in self.rooms:
-            self.current = rooms[0] if rooms else None
+        for room in rooms:
+            if self.windows.room(room) is None:
+                self.windows.open(windows.Window(f"#{room}", room))
+        for window in list(self.windows):
+            if window.room is not None and window.room not in rooms:
+                self.windows.close(window)
         self.app.invalidate()
 
     def set_nicks(self, room: str, nicks: list[str]) -> None:
-        if room in self.rooms:
-            self.rooms[room].nicks = {n.lower(): n for n in nicks}
+        window = self.windows.room(room)
+        if window is not None:
+            window.nicks = {n.lower(): n for n in nicks}
 
     def add_history(self, room: str, events: list[Event]) -> None:
         self.notice(f"-- the last {len(events)} events of #{room}:")
         for event in events:
-            self._append(self._view(), ui.event_fragments(event, me=self.nick))
+            line = ui.event_fragments(event, me=self.nick, time_format=self.time_format)
+            self._view().append(windows.Entry(line, ui.text_column(line)))
         self.notice("-- end of history")
 
     def notice(self, text: str, style: str = "class:notice") -> None:
-        """A line (or lines) for the person, in the current room's view (made inert: it may
-        quote the network)."""
-        self._append(self._view(), [(style, render.inert(text))])
+        """A line (or lines) for the person, in the current window (made inert: it may quote
+        the network)."""
+        indent = 3 if text.startswith(("-- ", "!! ")) else 0  # wrapped rows go under the text
+        self._view().append(windows.Entry([(style, render.inert(text))], indent))
         self.app.invalidate()
 
     def error(self, text: str) -> None:
         self.notice(f"!! {text}", "class:error")
 
+    # --- your messages: pending, sent, not sent ------------------------------------------------
+
+    def _post(self, command: c.Message) -> None:
+        """Show ``command``'s message at once, dim until the broker has it, and hand it over."""
+        command = msgspec.structs.replace(command, ref=next(self._refs))
+        now = p.format_ts(time.time())
+        if isinstance(command, c.Msg):
+            event = Event(0, now, "", "private", self.nick, command.text, to=command.nick)
+        else:
+            kind = "action" if isinstance(command, c.Me) else "message"
+            event = Event(0, now, command.room or "", kind, self.nick, command.text)
+        window = self.windows.room(event.room) if event.room else None
+        window = window or self._view()
+        line = ui.event_fragments(event, me=self.nick, time_format=self.time_format)
+        out = _Outgoing(command, window, windows.Entry(ui.restyle(line, "class:pending"), ui.text_column(line)), line)
+        window.append(out.entry)
+        self._handed[command.ref] = out
+        self.app.invalidate()
+        if not self._send(command):
+            self.stop()  # the network thread is gone: run() reports why
+
+    def sent(self, ref: int, msg_id: str) -> None:
+        """The network thread sent message ``ref`` as ``msg_id``: the broker's answer names it."""
+        out = self._handed.pop(ref, None)
+        if out is not None:
+            self._pending[msg_id] = out
+
+    def refused(self, ref: int, reason: str, again: bool) -> None:
+        """The client would not send message ``ref`` (``again``: it may later)."""
+        out = self._handed.pop(ref, None)
+        if out is not None:
+            error = Event(0, p.format_ts(time.time()), "", "error", p.SYSTEM_NICK, f"not sent: {reason}")
+            self._fail(out, error, again=again)
+
+    def _settle(self, out: _Outgoing, event: Event) -> None:
+        """The broker's answer to a message of yours: the message itself, or an error."""
+        if event.kind == "error":
+            self._fail(out, event, again=True)
+            return
+        line = ui.event_fragments(event, me=self.nick, time_format=self.time_format)
+        out.entry.set(line, ui.text_column(line))
+        self.app.invalidate()
+
+    def _fail(self, out: _Outgoing, error: Event, *, again: bool) -> None:
+        out.entry.set(ui.restyle(out.line, "class:failed"), out.entry.indent)
+        line = ui.event_fragments(error, me=self.nick, time_format=self.time_format)
+        indent = ui.text_column(line)
+        if again:
+            line.append(("class:error", " — Alt-R sends it again"))
+            self._failed.append(out)
+        out.error = windows.Entry(line, indent)
+        out.window.append(out.error)
+        self.app.invalidate()
+
+    def resend(self) -> None:
+        """Alt-R: send the current window's newest unsent message again, as new."""
+        view = self._view()
+        out = next((o for o in reversed(self._failed) if o.window is view), None)
+        if out is None:
+            self.notice("-- no unsent message in this window")
+            return
+        self._failed.remove(out)
+        view.remove(out.entry)
+        if out.error is not None:
+            view.remove(out.error)
+        self._post(out.command)
+
     # --- the message area and the status line ----------------------------------------------
 
-    def _view(self) -> _Room:
-        return self.rooms.get(self.current or "", self._lobby)
+    def _view(self) -> windows.Window:
+        return self.windows.current or self._lobby
 
-    def _append(self, room: _Room, entry: ui.Fragments) -> None:
-        lines = list(split_lines(entry))
-        room.lines.extend(lines)
-        if room.scroll:
-            room.scroll = min(room.scroll + len(lines), len(room.lines) - 1)  # keep the same lines in view
+    def _message_rows(self, columns: int, height: int) -> list[ui.Fragments]:
+        self._size = (columns, height)
+        return self._view().view(columns, height).rows
 
-    def _message_text(self) -> StyleAndTextTuples:
-        room = self._view()
-        last = len(room.lines) - 1
-        # The window scrolls as little as it takes to show this (invisible) cursor: at the end of
-        # the newest line, or of the line paging went to (its start, if that is the top line).
-        keep = last - room.scroll
-        out: StyleAndTextTuples = []
-        at_start = room.scroll > 0 and room.kept_at_top
-        for i, line in enumerate(room.lines):
-            if i == keep and at_start:
-                out.append(("[SetCursorPosition]", ""))
-            out.extend(line)
-            if i == keep and not at_start:
-                out.append(("[SetCursorPosition]", ""))
-            if i < last:
-                out.append(("", "\n"))
-        return out
+    def _status_rows(self, columns: int, height: int) -> list[ui.Fragments]:
+        return [self.status_line(columns)]
 
-    def _status(self) -> tuple[ui.Fragments, ui.Fragments]:
-        rooms = [ui.RoomStatus(name, r.unread, r.mentioned) for name, r in self.rooms.items()]
-        return ui.status_fragments(self.nick, self.current, rooms, self.state, scrolled=self._view().scroll > 0)
+    def status_line(self, columns: int) -> ui.Fragments:
+        shown = [ui.WindowStatus(n, w.name, w.unread, w.mentioned) for n, w in enumerate(self.windows, 1)]
+        here = self.windows.current
+        number = self.windows.number(here) if here is not None else None
+        scrolled = self._view().anchor is not None
+        return ui.status_fragments(self.nick, shown, number, self.state, columns=columns, scrolled=scrolled)
 
     def _prompt(self) -> ui.Fragments:
         if self.paste is not None:
@@ -316,49 +420,40 @@ class Screen:
         return [("class:prompt", f"#{self.current}> " if self.current else "> ")]
 
     def switch(self, room: str) -> None:
-        if room not in self.rooms:
+        window = self.windows.room(room)
+        if window is None:
             self.error(f"not in #{room}: /join #{room}")
             return
-        self.current = room
-        self.rooms[room].unread = 0
-        self.rooms[room].mentioned = False
+        self._go(window)
+
+    def go_to(self, number: int) -> None:
+        """Alt-digit: window ``number``, if there is one."""
+        window = self.windows.get(number)
+        if window is not None:
+            self._go(window)
+
+    def cycle_room(self, step: int) -> None:
+        self.windows.cycle(step)
         self._cycle = None
         self.app.invalidate()
 
-    def cycle_room(self, step: int) -> None:
-        names = list(self.rooms)
-        if names:
-            at = names.index(self.current) if self.current in names else -step
-            self.switch(names[(at + step) % len(names)])
+    def _go(self, window: windows.Window) -> None:
+        self.windows.switch(window)
+        self._cycle = None
+        self.app.invalidate()
 
     def page(self, up: bool) -> None:
-        """PageUp: the top line goes to the bottom; PageDown: the bottom line to the top.
+        """PageUp: the top row goes to the bottom; PageDown: the bottom row to the top.
 
-        Worked out from where the last page left the view, so presses that come faster than
-        the screen is redrawn still each turn a page.
+        Worked out on the rows of the last drawing's size, so presses that come faster than the
+        screen is redrawn still each turn a page.
         """
-        room = self._view()
-        info = self.messages.render_info
-        last = len(room.lines) - 1
-        step = max(1, (info.window_height if info else 24) - 1)
-        if room.scroll == 0 and not up:
-            return
-        keep = last - room.scroll  # at the top edge of the view after PageUp, the bottom after PageDown
-        if room.scroll == 0:
-            top = info.first_visible_line() if info else last - step
-            target = top - step
-        elif up:
-            target = keep - step if room.kept_at_top else keep - 2 * step
-        else:
-            target = keep + 2 * step if room.kept_at_top else keep + step
-        room.kept_at_top = up
-        room.scroll = max(0, last - max(0, target))
+        columns, height = self._size
+        self._view().page(up=up, columns=columns, height=height)
         self.app.invalidate()
 
     def clear(self) -> None:
-        room = self._view()
-        room.lines.clear()
-        room.scroll = 0
+        self._view().clear()
         self.app.invalidate()
 
     # --- input ------------------------------------------------------------------------------
@@ -369,7 +464,7 @@ class Screen:
 
     def run_line(self, line: str) -> None:
         """Do what a line typed and sent with Enter asks."""
-        command = c.parse(line)
+        command = c.parse(line, [w.room for w in self.windows if w.room])
         if command is None:
             return
         if isinstance(command, c.Usage):
@@ -379,21 +474,22 @@ class Screen:
         elif isinstance(command, c.Clear):
             self.clear()
         elif isinstance(command, c.Rooms):
-            self.notice("-- rooms: " + (", ".join(self._room_summary(r) for r in self.rooms) or "none"))
+            self.notice("-- rooms: " + (", ".join(self._room_summary(w) for w in self.windows) or "none"))
         elif isinstance(command, c.Switch):
             self.switch(command.room)
         elif isinstance(command, c.Quit):
             self.quit(command.reason)
-        elif isinstance(command, c.Join) and command.room in self.rooms:
-            self.switch(command.room)
+        elif isinstance(command, c.Join) and (window := self.windows.room(command.room)) is not None:
+            self._go(window)
+            self.notice(f"-- you are already in #{command.room} (window {self.windows.number(window)})")
         else:
             self._hand_over(command)
 
-    def _room_summary(self, name: str) -> str:
-        room = self.rooms[name]
-        if name == self.current:
-            return f"#{name} (current)"
-        return f"#{name} ({room.unread} unread)" if room.unread else f"#{name}"
+    def _room_summary(self, window: windows.Window) -> str:
+        name = f"{self.windows.number(window)}:{window.name}"
+        if window is self.windows.current:
+            return f"{name} (current)"
+        return f"{name} ({window.unread} unread)" if window.unread else name
 
     def _hand_over(self, command: c.NetworkCommand) -> None:
         if isinstance(command, c.Say | c.Me | c.History | c.Part | c.Who) and command.room is None:
@@ -401,7 +497,9 @@ class Screen:
                 self.error("not in any room: /join #ROOM")
                 return
             command = msgspec.structs.replace(command, room=self.current)
-        if not self._send(command):
+        if isinstance(command, c.Message):
+            self._post(command)
+        elif not self._send(command):
             self.stop()  # the network thread is gone: run() reports why
 
     def paste_text(self, data: str) -> None:
@@ -438,7 +536,8 @@ class Screen:
         else:
             me = self.nick.lower()
             nicks = [n for key, n in self._view().nicks.items() if key != me]
-            start, candidates = c.complete(buf.document.text_before_cursor, nicks=nicks, rooms=self.rooms)
+            rooms = [w.room for w in self.windows if w.room]
+            start, candidates = c.complete(buf.document.text_before_cursor, nicks=nicks, rooms=rooms)
             if not candidates:
                 self._cycle = None
                 return
@@ -449,67 +548,56 @@ class Screen:
         cycle.made = (buf.text, buf.cursor_position)
         self._cycle = cycle
 
+    def _enter(self) -> None:
+        if self.paste is not None:
+            self.answer_paste("")
+        else:
+            self.input.validate_and_handle()
+
+    def _interrupt(self) -> None:
+        if self.paste is not None:
+            self.answer_paste("")
+        else:
+            self.quit()
+
+    def _clear_screen(self) -> None:
+        self.clear()
+        self.app.renderer.clear()  # and repaint the whole screen, as Ctrl-L does elsewhere
+
     def _key_bindings(self) -> KeyBindings:
-        kb = KeyBindings()
+        """Every key the screen adds to prompt_toolkit's Emacs editing keys, in one table."""
         confirming = Condition(lambda: self.paste is not None)
         empty = Condition(lambda: not self.input.text)
+        anytime = Always()
+        table: list[tuple[tuple[str | Keys, ...], Filter, Callable[[KeyPressEvent], object]]] = [
+            (("enter",), anytime, lambda e: self._enter()),
+            (("escape", "enter"), ~confirming, lambda e: self.input.insert_text("\n")),
+            (("tab",), ~confirming, lambda e: self.complete()),
+            (("c-n",), anytime, lambda e: self.cycle_room(1)),
+            (("escape", "right"), anytime, lambda e: self.cycle_room(1)),
+            (("c-p",), anytime, lambda e: self.cycle_room(-1)),
+            (("escape", "left"), anytime, lambda e: self.cycle_room(-1)),
+            (("pageup",), anytime, lambda e: self.page(up=True)),
+            (("pagedown",), anytime, lambda e: self.page(up=False)),
+            (("escape", "r"), ~confirming, lambda e: self.resend()),
+            (("c-l",), anytime, lambda e: self._clear_screen()),
+            (("c-d",), empty, lambda e: self._interrupt()),
+            (("c-c",), anytime, lambda e: self._interrupt()),
+            (("<sigint>",), anytime, lambda e: self._interrupt()),
+            ((Keys.BracketedPaste,), ~confirming, lambda e: self.paste_text(e.data)),
+            ((Keys.Any,), confirming, lambda e: self.answer_paste(e.data)),
+        ]
 
-        @kb.add("enter")
-        def _enter(event: KeyPressEvent) -> None:
-            if self.paste is not None:
-                self.answer_paste("")
-            else:
-                self.input.validate_and_handle()
+        # Alt-1 ... Alt-9 and Alt-0 go to windows 1 to 10. Bound here, they also never reach
+        # prompt_toolkit's Emacs repeat count (Alt-3 x types xxx), which would multiply the next
+        # key: Alt-1 Alt-2 then "/" typed 12 slashes.
+        def window_key(number: int) -> Callable[[KeyPressEvent], object]:
+            return lambda e: self.go_to(number)
 
-        @kb.add("escape", "enter", filter=~confirming)
-        def _newline(event: KeyPressEvent) -> None:
-            self.input.insert_text("\n")
-
-        @kb.add("tab", filter=~confirming)
-        def _tab(event: KeyPressEvent) -> None:
-            self.complete()
-
-        @kb.add("c-n")
-        @kb.add("escape", "right")
-        def _next(event: KeyPressEvent) -> None:
-            self.cycle_room(1)
-
-        @kb.add("c-p")
-        @kb.add("escape", "left")
-        def _previous(event: KeyPressEvent) -> None:
-            self.cycle_room(-1)
-
-        @kb.add("pageup")
-        def _up(event: KeyPressEvent) -> None:
-            self.page(up=True)
-
-        @kb.add("pagedown")
-        def _down(event: KeyPressEvent) -> None:
-            self.page(up=False)
-
-        @kb.add("c-l")
-        def _clear(event: KeyPressEvent) -> None:
-            self.clear()
-            event.app.renderer.clear()  # and repaint the whole screen, as Ctrl-L does elsewhere
-
-        @kb.add("c-d", filter=empty)
-        @kb.add("c-c")
-        @kb.add("<sigint>")
-        def _quit(event: KeyPressEvent) -> None:
-            if self.paste is not None:
-                self.answer_paste("")
-            else:
-                self.quit()
-
-        @kb.add(Keys.BracketedPaste)
-        def _paste(event: KeyPressEvent) -> None:
-            if self.paste is None:
-                self.paste_text(event.data)
-
-        @kb.add("<any>", filter=confirming)
-        def _answer(event: KeyPressEvent) -> None:
-            self.answer_paste(event.data)
-
+        table += [(("escape", str(n % 10)), anytime, window_key(n)) for n in range(1, 11)]
+        kb = KeyBindings()
+        for keys, active, handler in table:
+            kb.add(*keys, filter=active)(handler)
         return kb
 
 
@@ -543,23 +631,29 @@ class Front:
         self._call(self.screen.notice, text, "class:notice")
 
     def run(self, client: Client, data: bytes) -> None:
-        """Carry out a command the screen handed over; its failure is one line on the screen."""
+        """Carry out a command the screen handed over; its failure is one line on the screen
+        (for a message, under the message's line)."""
         command = c.decode(data)
         try:
             self._execute(client, command)
         except ZChatError as exc:
-            self._call(self.screen.error, str(exc))
+            if isinstance(command, c.Message):
+                # A text the protocol refuses stays refused; anything else may pass later.
+                again = not isinstance(exc, LocalProtocolError)
+                self._call(self.screen.refused, command.ref, str(exc), again)
+            else:
+                self._call(self.screen.error, str(exc))
 
     def died(self) -> None:
         self._call(self.screen.stop)
 
     def _execute(self, client: Client, command: c.NetworkCommand) -> None:
         if isinstance(command, c.Say):
-            client.say(command.text, command.room)
+            self._call(self.screen.sent, command.ref, client.say(command.text, command.room))
         elif isinstance(command, c.Me):
-            client.me(command.text, command.room)
+            self._call(self.screen.sent, command.ref, client.me(command.text, command.room))
         elif isinstance(command, c.Msg):
-            client.msg(command.nick, command.text)
+            self._call(self.screen.sent, command.ref, client.msg(command.nick, command.text))
         elif isinstance(command, c.Who):
             room = command.room or (client.rooms[0] if client.rooms else None)
             nicks = client.who(room)
@@ -575,7 +669,7 @@ class Front:
             self._learn_nicks(client, [command.room])
         else:
             room = command.room or (client.rooms[0] if client.rooms else "")
-            client.part(room)
+            client.part(room, command.reason or "")
             self._status(client)
             self.notice(f"-- you left #{room}")
 

@@ -3,17 +3,21 @@
 This module owns the look of the interactive client: the stable colour of each nick, when a line
 mentions you, how an event's parts (:func:`zchat.term.render.event_parts`, the one place that says
 how each kind reads, with every network string made inert) become styled text (``(style, text)``
-fragments, prompt_toolkit's formatted-text shape), what the status line says, and how a
+fragments, prompt_toolkit's formatted-text shape), how a line wraps into rows (at spaces, with
+a hanging indent under its text), what the status line says in the width it has, and how a
 multi-line paste splits into messages. It never draws, reads keys, or talks to the network;
 :mod:`zchat.term.tui` does, with the styles named here (``class:…``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from prompt_toolkit.utils import get_cwidth
 
 from zchat.protocol import Event
 from zchat.term import render
@@ -22,15 +26,22 @@ __all__ = [
     "PALETTE",
     "PASTE_CONFIRM_LINES",
     "Fragments",
-    "RoomStatus",
+    "WindowStatus",
     "connection_label",
+    "day_fragments",
     "event_fragments",
+    "fold_fragments",
     "is_mention",
     "mentions",
     "nick_color",
     "paste_lines",
     "plain",
+    "restyle",
+    "rule",
     "status_fragments",
+    "text_column",
+    "width",
+    "wrap",
 ]
 
 #: prompt_toolkit formatted text: ``(style, text)`` pairs.
@@ -90,26 +101,27 @@ def paste_lines(text: str) -> list[str]:
     return [line.rstrip() for line in lines if line.strip()]
 
 
-def event_fragments(event: Event, *, me: str | None, show_room: bool = False) -> Fragments:
+def event_fragments(
+    event: Event, *, me: str | None, show_room: bool = False, time_format: str = render.DEFAULT_TIME_FORMAT
+) -> Fragments:
     """``event``'s :func:`render.event_parts` as styled text; its characters are exactly
-    :func:`render.format_event`'s.
+    :func:`render.format_event`'s, and its text is the last fragment (see :func:`text_column`).
 
     Nicks get :func:`nick_color` (``class:nick``, plus ``class:own`` for yours), the time
     ``class:time``, joins and the like ``class:system``, errors ``class:error``, private
     messages ``class:private``, and the text of what :func:`is_mention` finds ``class:mention``.
     """
-    parts = render.event_parts(event)
+    parts = render.event_parts(event, time_format=time_format)
     prefix = f"{parts.clock} "
     out: Fragments = [("class:time", prefix)]
-    if show_room and event.room:
-        room = f"#{event.room} "
+    if show_room and parts.room:
+        room = f"#{parts.room} "
         out.append(("class:room", room))
         prefix += room
     text = parts.indented(" " * len(prefix) + "  ")
     mark = f"class:{parts.style}" if parts.style else ""
     if parts.nick is None:  # an error or a notice: the whole line in its kind's style
-        out.append((mark, f"{parts.mark} {text}"))
-        return out
+        return [*out, (mark, f"{parts.mark} "), (mark, text)]
     # Colour, "own" and mentions are about who sent it and to whom, so they go by the nicks
     # themselves rather than their inert spelling.
     own = me is not None and event.nick.lower() == me.lower()
@@ -133,39 +145,211 @@ def event_fragments(event: Event, *, me: str | None, show_room: bool = False) ->
     return out
 
 
+def fold_fragments(events: Sequence[Event], *, time_format: str = render.DEFAULT_TIME_FORMAT) -> Fragments:
+    """A burst of joins and leaves (oldest first) as one line at the time of the first:
+    ``10:00 -- joined: alice, bob; left: dave``; a burst of one reads as that event does."""
+    if len(events) == 1:
+        return event_fragments(events[0], me=None, time_format=time_format)
+    clock = render.clock(events[0].ts, time_format)
+    return [("class:time", f"{clock} "), ("class:system", "-- "), ("class:system", render.fold_text(events))]
+
+
+def day_fragments(day: dt.date) -> Fragments:
+    return [("class:system", render.day_line(day))]
+
+
+def text_column(line: Fragments) -> int:
+    """Where the text of an :func:`event_fragments` line starts (after ``10:00 alice: ``): the
+    column wrapped rows continue at."""
+    return width(line[:-1])
+
+
+def restyle(line: Fragments, style: str) -> Fragments:
+    """``line`` with ``style`` added to every fragment, after (so over) their own styles."""
+    return [(f"{old} {style}".strip(), text) for old, text in line]
+
+
+def width(line: Iterable[tuple[str, str]]) -> int:
+    """The cells ``line`` takes on a terminal (wide characters count two)."""
+    return sum(get_cwidth(ch) for _, text in line for ch in text)
+
+
+def rule(label: str, columns: int, style: str) -> Fragments:
+    """A row of ``columns`` cells: ``label`` in the middle of a horizontal line (``─── new ───``)."""
+    label = f" {label} "[:columns]
+    left = (columns - len(label)) // 2
+    return [(style, "─" * left + label + "─" * (columns - left - len(label)))]
+
+
+#: One cell of a line being wrapped: its style, its character and the cells it takes.
+_Cell = tuple[str, str, int]
+
+
+def wrap(line: Fragments, columns: int, indent: int = 0) -> list[Fragments]:
+    """``line`` (styled text without newlines) as rows of at most ``columns`` cells.
+
+    Rows break at spaces (which the break swallows), and inside a word only when the word is
+    longer than a row. Rows after the first begin with ``indent`` spaces, the hanging indent
+    under the text; it is cut to half the row so that a long head still leaves room for text.
+    """
+    columns = max(1, columns)
+    hang: list[_Cell] = [("", " ", 1)] * min(indent, columns // 2)
+    words: list[tuple[bool, list[_Cell]]] = []  # runs of spaces and of other characters, in order
+    for style, text in line:
+        for ch in text:
+            space = ch == " "
+            if not words or words[-1][0] != space:
+                words.append((space, []))
+            words[-1][1].append((style, ch, get_cwidth(ch)))
+    rows: list[list[_Cell]] = []
+    row: list[_Cell] = []
+    used = start = 0  # cells in the row, and how many of them are the hanging indent
+
+    def new_row() -> None:
+        nonlocal row, used, start
+        while len(row) > start and row[-1][1] == " ":  # the spaces at a break go with it
+            row.pop()
+        rows.append(row)
+        row, used, start = list(hang), len(hang), len(hang)
+
+    for space, cells in words:
+        if space:
+            if rows and len(row) == start:
+                continue  # a row after a break does not start with the spaces of the break
+            keep = cells[: max(0, columns - used)]
+            row += keep
+            used += len(keep)
+            continue
+        size = sum(cell[2] for cell in cells)
+        if used + size > columns and _has_text(row[start:]) and size <= columns - len(hang):
+            new_row()
+        for cell in cells:  # fits now, or is longer than any row: broken where the row is full
+            if used + cell[2] > columns:
+                if _has_text(row[start:]):
+                    new_row()
+                else:  # only spaces before it: they give way
+                    row, used = row[:start], start
+                if used + cell[2] > columns:  # and if need be the indent too
+                    row, used, start = [], 0, 0
+            row.append(cell)
+            used += cell[2]
+    new_row()
+    return [_fragments(r) for r in rows]
+
+
+def _has_text(cells: list[_Cell]) -> bool:
+    return any(ch != " " for _, ch, _ in cells)
+
+
+def _fragments(cells: list[_Cell]) -> Fragments:
+    out: Fragments = []
+    for style, ch, _ in cells:
+        if out and out[-1][0] == style:
+            out[-1] = (style, out[-1][1] + ch)
+        else:
+            out.append((style, ch))
+    return out
+
+
 def connection_label(state: str) -> str:
     """What the status line says about a :attr:`Client.state`."""
     return state if state in ("connected", "reconnecting") else "offline"
 
 
 @dataclass(frozen=True)
-class RoomStatus:
-    """A room as the status line shows it."""
+class WindowStatus:
+    """A window as the status line shows it: ``2:#dev(3)``."""
 
+    number: int
     name: str
     unread: int = 0
     mentioned: bool = False
 
+    def label(self, current: bool) -> str:
+        if current:
+            return f"[{self.number}:{self.name}]"
+        return f"{self.number}:{self.name}" + (f"({self.unread})" if self.unread else "")
+
+    @property
+    def style(self) -> str:
+        return "class:status.mention" if self.mentioned else "class:status.unread" if self.unread else "class:status"
+
 
 def status_fragments(
-    nick: str, current: str | None, rooms: Sequence[RoomStatus], state: str, *, scrolled: bool = False
-) -> tuple[Fragments, Fragments]:
-    """The status line's left part (nick, current room, other rooms with unread counts such as
-    ``#dev(3)``) and right part (``more below`` while scrolled up, then the connection)."""
-    left: Fragments = [("class:status.nick", f" {nick} "), ("class:status", " ")]
-    left.append(("class:status.current", f"#{current}" if current else "(no room)"))
-    for room in rooms:
-        if room.name == current:
-            continue
-        label = f"#{room.name}" + (f"({room.unread})" if room.unread else "")
-        style = "class:status.mention" if room.mentioned else "class:status.unread" if room.unread else "class:status"
-        left += [("class:status", "  "), (style, label)]
+    nick: str,
+    windows: Sequence[WindowStatus],
+    current: int | None,
+    state: str,
+    *,
+    columns: int,
+    scrolled: bool = False,
+) -> Fragments:
+    """The status line, ``columns`` cells wide: `` bob [1:#general] 2:#dev(3) +2 … connected ``.
+
+    The connection (and ``more below`` while scrolled up) is always shown, at the right, apart
+    from the rest. Left of it, as far as they fit: the current window, the windows that name you,
+    those with unread messages, your nick, then the quiet windows; the windows left out are
+    counted (``+2``, in the style of the busiest of them). What is shown keeps its order: the
+    nick, then the windows by number.
+    """
     right: Fragments = []
     if scrolled:
         right += [("class:status.more", "more below"), ("class:status", "  ")]
     label = connection_label(state)
     right.append((f"class:status.{label}", f"{label} "))
-    return left, right
+    if width(right) >= columns:
+        right = right[-1:]
+    budget = columns - width(right) - 2  # two spaces at least between the windows and the connection
+    here = next((w for w in windows if w.number == current), None)
+    others = [w for w in windows if w is not here]
+    busy = sorted((w for w in others if w.unread or w.mentioned), key=lambda w: not w.mentioned)
+    quiet = [w for w in others if not (w.unread or w.mentioned)]
+    # What may be shown, most wanted first, each with its place in the line (the nick's is first).
+    wanted: list[tuple[int, tuple[str, str]]] = [(w.number, (w.style, w.label(False))) for w in busy]
+    wanted.append((-1, ("class:status.nick", nick)))
+    wanted += [(w.number, (w.style, w.label(False))) for w in quiet]
+
+    head = here.label(True) if here is not None else "(no room)"
+    room_for = budget - 1 - len(_more(len(others)))  # after a space, before the count of the others
+    if len(head) > room_for:
+        head = head[: max(1, room_for - 2)] + "…" + head[-1]
+    shown = [(here.number if here is not None else 0, ("class:status.current", head))]
+    used = 1 + len(head)
+    for n, (place, fragment) in enumerate(wanted):
+        left_out = sum(1 for p, _ in wanted[n + 1 :] if p != -1)
+        if used + 1 + width([fragment]) + len(_more(left_out)) > budget:
+            break
+        shown.append((place, fragment))
+        used += 1 + width([fragment])
+    placed = {place for place, _ in shown}
+    hidden = [w for w in others if w.number not in placed]
+
+    out: Fragments = []
+    for _, fragment in sorted(shown, key=lambda item: item[0]):
+        out += [("class:status", " "), fragment]
+    out = _clip(out, budget)  # only where even the current window's number does not fit
+    if hidden and width(out) + len(_more(len(hidden))) <= budget:
+        busiest = min(hidden, key=lambda w: (not w.mentioned, not w.unread))
+        out += [("class:status", " "), (busiest.style, _more(len(hidden)).strip())]
+    out.append(("class:status", " " * (columns - width(out) - width(right))))
+    return _clip(out + right, columns)
+
+
+def _clip(line: Fragments, cells: int) -> Fragments:
+    """``line`` cut to at most ``cells`` cells."""
+    kept: list[_Cell] = []
+    for style, text in line:
+        for ch in text:
+            cells -= get_cwidth(ch)
+            if cells < 0:
+                return _fragments(kept)
+            kept.append((style, ch, 0))
+    return line
+
+
+def _more(hidden: int) -> str:
+    """What the windows left out of the status line take there: `` +3``."""
+    return f" +{hidden}" if hidden else ""
 
 
 def plain(fragments: Iterable[tuple[str, str]]) -> str:

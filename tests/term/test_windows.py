@@ -1,0 +1,176 @@
+"""Unit tests of the full-screen client's windows (zchat.term.windows): numbering, what a view
+shows at a size, paging, the unread marker and folding, without a terminal."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from zchat.protocol import Event
+from zchat.term import ui
+from zchat.term.windows import Entry, Window, Windows
+
+
+def line(text: str, indent: int = 0) -> Entry:
+    return Entry([("", text)], indent)
+
+
+def texts(rows: list[ui.Fragments]) -> list[str]:
+    return [ui.plain(row) for row in rows]
+
+
+def filled(count: int, words: int = 1) -> Window:
+    """A window of ``count`` entries: entry N is "N" followed by ``words - 1`` words."""
+    window = Window("#general", "general")
+    for n in range(count):
+        window.append(line(" ".join([str(n), *["word"] * (words - 1)]), indent=2))
+    return window
+
+
+def test_numbers_are_the_order_opened_and_switching_never_changes_them() -> None:
+    windows = Windows()
+    general, dev, ops = (windows.open(Window(f"#{r}", r)) for r in ("general", "dev", "ops"))
+    assert windows.current is general  # the first one opened
+    assert (dev.marker_due, ops.marker_due) == (True, True)  # the others wait in the background
+    windows.switch(ops)
+    windows.cycle(1)
+    assert windows.current is general
+    windows.cycle(-1)
+    assert windows.current is ops
+    assert [windows.number(w) for w in (general, dev, ops)] == [1, 2, 3]
+    assert (windows.get(2), windows.get(4), windows.get(0)) == (dev, None, None)
+    assert windows.room("dev") is dev and windows.room("nope") is None
+    windows.close(ops)  # the current one: the window before it takes over
+    assert windows.current is dev and windows.number(dev) == 2
+    windows.close(general)
+    assert windows.number(dev) == 1
+    windows.close(dev)
+    assert windows.current is None and len(windows) == 0
+
+
+def test_the_view_is_the_newest_rows_and_cuts_an_old_entry_rather_than_leave_rows_blank() -> None:
+    window = filled(10, words=3)  # "N word word": 2 rows each at 10 columns
+    view = window.view(10, 5)
+    assert texts(view.rows) == ["  word", "8 word", "  word", "9 word", "  word"]  # entry 7 in part
+    assert view.top == (7, 1) and view.bottom == (9, 1) and view.at_end
+    assert texts(filled(2).view(10, 5).rows) == ["0", "1"]  # fewer rows than the height: all of them
+    assert Window("#x").view(10, 5).rows == []
+
+
+def test_page_up_and_down_turn_a_page_leaving_one_row_in_common() -> None:
+    window = filled(30)
+    window.page(up=True, columns=20, height=10)
+    assert texts(window.view(20, 10).rows) == [str(n) for n in range(11, 21)]
+    window.page(up=True, columns=20, height=10)
+    assert texts(window.view(20, 10).rows) == [str(n) for n in range(2, 12)]
+    window.page(up=True, columns=20, height=10)
+    assert texts(window.view(20, 10).rows) == [str(n) for n in range(10)]  # the top: it stops there
+    window.page(up=True, columns=20, height=10)
+    assert window.view(20, 10).top == (0, 0)
+    window.page(up=False, columns=20, height=10)
+    assert texts(window.view(20, 10).rows) == [str(n) for n in range(9, 19)]
+    window.page(up=False, columns=20, height=10)
+    window.page(up=False, columns=20, height=10)
+    assert window.anchor is None  # at the end: it follows new lines again
+    assert texts(window.view(20, 10).rows) == [str(n) for n in range(20, 30)]
+    window.page(up=False, columns=20, height=10)
+    assert window.anchor is None
+
+
+def test_paging_goes_through_an_entry_taller_than_the_view() -> None:
+    window = Window("#general", "general")
+    window.append(line("before"))
+    window.append(line("\n".join(f"part {n}" for n in range(25))))
+    window.append(line("after"))
+    seen: list[str] = []
+    for _ in range(10):
+        seen = texts(window.view(20, 6).rows) + seen
+        window.page(up=True, columns=20, height=6)
+    assert {f"part {n}" for n in range(25)} <= set(seen) and "before" in seen
+
+
+def test_a_scrolled_view_stays_put_as_lines_come_and_go() -> None:
+    window = filled(30)
+    window.page(up=True, columns=20, height=10)
+    shown = texts(window.view(20, 10).rows)
+    window.append(line("newer"))
+    assert texts(window.view(20, 10).rows) == shown
+    window.remove(window.entries[-1])  # after the view
+    window.remove(window.entries[0])  # before it
+    assert texts(window.view(20, 10).rows) == shown
+    window.remove(window.entries[-10])  # the anchored (bottom) entry: the one before takes its place
+    assert texts(window.view(20, 10).rows)[-1] == "19"
+    window.remove(line("not kept"))  # nothing happens
+    window.clear()
+    assert window.anchor is None and window.view(20, 10).rows == []
+
+
+def test_a_full_scrollback_drops_its_oldest_lines_and_keeps_the_view_valid() -> None:
+    window = Window("#general", "general")
+    window.entries = type(window.entries)(maxlen=5)
+    for n in range(5):
+        window.append(line(str(n)))
+    window.page(up=True, columns=10, height=2)
+    for n in range(5, 12):
+        window.append(line(str(n)))
+    assert texts(window.entries[0].rows(10)) == ["7"]
+    assert len(window.view(10, 2).rows) == 2
+
+
+def test_the_marker_comes_before_the_first_new_line_after_leaving() -> None:
+    window = filled(2)
+    window.append(line("backlog"), new=False)
+    window.leave()
+    window.append(line("old news"), new=False)  # not new (say, a backlog): no marker yet
+    assert window.marker is None
+    window.append(line("first new"), new=True)
+    window.append(line("second new"), new=True)
+    assert [e.rule for e in window.entries][-3:] == [True, False, False]
+    window.enter()
+    window.append(line("while here"), new=True)
+    assert sum(e.rule for e in window.entries) == 1
+    window.leave()
+    assert window.marker is None and not any(e.rule for e in window.entries)
+
+
+def event(kind: str, nick: str) -> Event:
+    return Event(1, "2026-11-21T10:00:00.000Z", "general", kind, nick, f"{nick} {kind}")
+
+
+def test_a_burst_of_joins_and_leaves_is_one_line_changed_in_place() -> None:
+    window = Window("#general", "general")
+    seen: list[list[Event]] = []
+
+    def make(burst: list[Event]) -> ui.Fragments:
+        seen.append(list(burst))
+        return [("", "-- "), ("", ",".join(e.nick for e in burst))]
+
+    window.fold(event("join", "alice"), make)
+    window.fold(event("join", "bob"), make)
+    window.fold(event("leave", "carol"), make)
+    assert [ui.plain(e.fragments) for e in window.entries] == ["-- alice,bob,carol"]
+    assert window.entries[0].indent == 3
+    window.append(line("a message"))
+    window.fold(event("join", "dave"), make)
+    assert [ui.plain(e.fragments) for e in window.entries] == ["-- alice,bob,carol", "a message", "-- dave"]
+    window.leave()  # a new burst while away starts below the marker
+    window.fold(event("join", "erin"), make, new=True)
+    assert [e.rule for e in window.entries][-2:] == [True, False]
+    window.fold(event("join", "frank"), make, new=True)
+    assert ui.plain(window.entries[-1].fragments) == "-- erin,frank"
+
+
+def test_a_day_is_new_only_after_another() -> None:
+    window = Window("#general", "general")
+    assert not window.new_day(dt.date(2026, 11, 30))
+    assert not window.new_day(dt.date(2026, 11, 30))
+    assert not window.new_day(None)
+    assert window.new_day(dt.date(2026, 12, 1))
+    assert window.day == dt.date(2026, 12, 1)
+
+
+def test_entry_rows_follow_the_width_and_changes() -> None:
+    entry = line("one two three", indent=4)
+    assert texts(entry.rows(9)) == ["one two", "    three"]
+    assert texts(entry.rows(40)) == ["one two three"]
+    entry.set([("", "changed")], 0)
+    assert texts(entry.rows(40)) == ["changed"]

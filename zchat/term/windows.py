@@ -1,0 +1,325 @@
+"""The full-screen client's windows as plain data: what each one holds and where it is scrolled to.
+
+A window shows one room today; a private conversation (a query, named ``@nick``) will be one
+more kind of window in the same list. :class:`Windows` numbers them 1, 2, … in the order they
+were opened (a new one goes at the end; switching never reorders them) and knows the current
+one. Each :class:`Window` keeps its scrollback of :class:`Entry` lines, some of which change in
+place (a burst of joins folded into one line, a message waiting for the broker), its unread
+count, the unread marker where you left it, the day of its newest event, and how far it is
+scrolled. Wrapping lines into rows for a width and choosing which rows a view shows belong here
+too, so paging works on the rows the screen shows without waiting for it to be drawn.
+
+Nothing here draws, reads keys or talks to the network (:mod:`zchat.term.tui` does), and how
+things look is :mod:`zchat.term.ui`'s.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prompt_toolkit.formatted_text.utils import split_lines
+
+from zchat.protocol import Event
+from zchat.term import ui
+
+__all__ = ["MARKER", "SCROLLBACK", "Entry", "Position", "View", "Window", "Windows"]
+
+#: Entries kept per window: irssi keeps 500 lines a window by default, WeeChat 4096.
+SCROLLBACK = 2000
+#: The unread marker's label.
+MARKER = "new"
+
+#: A row of a window: (index of its entry, index of the row within that entry).
+Position = tuple[int, int]
+
+
+class Entry:
+    """One line of a window (several, for a multi-line message); it may be changed in place.
+
+    ``indent`` is where its wrapped rows continue (the text column). A ``rule`` entry is a
+    horizontal line across the window with its text in the middle (the unread marker).
+    """
+
+    def __init__(self, fragments: ui.Fragments, indent: int = 0, *, rule: bool = False) -> None:
+        self.fragments = fragments
+        self.indent = indent
+        self.rule = rule
+        self._rows: tuple[int, list[ui.Fragments]] | None = None  # for the last width asked
+
+    def set(self, fragments: ui.Fragments, indent: int) -> None:
+        self.fragments, self.indent, self._rows = fragments, indent, None
+
+    def rows(self, columns: int) -> list[ui.Fragments]:
+        """The rows this entry takes in a window ``columns`` wide (at least one)."""
+        if self._rows is None or self._rows[0] != columns:
+            if self.rule:
+                style, text = self.fragments[0]
+                rows = [ui.rule(text, columns, style)]
+            else:
+                lines = ([(style, text) for style, text, *_ in line] for line in split_lines(self.fragments))
+                rows = [row for line in lines for row in ui.wrap(line, columns, self.indent)]
+            self._rows = (columns, rows)
+        return self._rows[1]
+
+
+@dataclass
+class _Anchor:
+    """Where a scrolled-up view is held: one row of one entry, at the top or bottom of the view."""
+
+    #: Entries after the anchored one: counted from the newest, so new lines do not move it.
+    after: int
+    #: The anchored row within its entry; -1 is its last.
+    row: int
+    #: At the top of the view (after PageDown) rather than at the bottom (after PageUp).
+    top: bool
+
+
+@dataclass(frozen=True)
+class View:
+    """The rows a window shows, top to bottom, and where they start and end in its entries."""
+
+    rows: list[ui.Fragments]
+    top: Position
+    bottom: Position
+    #: The newest row is shown.
+    at_end: bool
+
+
+@dataclass(eq=False)
+class Window:
+    """One numbered window: a room's scrollback and what the status line and completion need."""
+
+    #: As the status line shows it: ``#general`` (a query will be ``@alice``).
+    name: str
+    #: The room shown here; None for a window that is not a room.
+    room: str | None = None
+    entries: collections.deque[Entry] = field(default_factory=lambda: collections.deque(maxlen=SCROLLBACK))
+    #: Messages that came while you were elsewhere, and whether one of them named you.
+    unread: int = 0
+    mentioned: bool = False
+    #: Your own join has been seen, and not your leave after it: what comes now is live, not
+    #: backlog (which may hold earlier sessions of yours).
+    live: bool = False
+    nicks: dict[str, str] = field(default_factory=dict)  # lower case -> as written
+    #: The unread marker's line, while it is in the scrollback.
+    marker: Entry | None = None
+    #: You left this window: the next new line gets the marker above it.
+    marker_due: bool = False
+    #: The local day of the newest event shown, for the line that says the day changed.
+    day: dt.date | None = None
+    #: None: the view follows the newest line.
+    anchor: _Anchor | None = None
+    #: The folded burst of joins and leaves that the newest entry shows, if it shows one.
+    _fold: tuple[Entry, list[Event]] | None = None
+
+    # --- lines ------------------------------------------------------------------------------
+
+    def append(self, entry: Entry, *, new: bool = False) -> None:
+        """Add ``entry`` at the end; a ``new`` one (it arrived live) while you were away first
+        gets the unread marker above it."""
+        if new and self.marker_due:
+            self.marker_due = False
+            self.marker = Entry([("class:marker", MARKER)], rule=True)
+            self._push(self.marker)
+        self._push(entry)
+
+    def fold(self, event: Event, make: Callable[[list[Event]], ui.Fragments], *, new: bool = False) -> None:
+        """Add a join or leave to the burst the newest line shows, or start one; ``make`` turns
+        a burst into its line."""
+        if self._fold is not None and not (new and self.marker_due):
+            entry, events = self._fold
+            events.append(event)
+            entry.set(make(events), entry.indent)
+            return
+        line = make([event])
+        entry = Entry(line, ui.text_column(line))
+        self.append(entry, new=new)
+        self._fold = (entry, [event])
+
+    def remove(self, entry: Entry) -> None:
+        """Take ``entry`` out (if it is still kept), leaving the view where it was."""
+        try:
+            at = self.entries.index(entry)
+        except ValueError:
+            return
+        anchored = len(self.entries) - 1 - self.anchor.after if self.anchor else None
+        del self.entries[at]
+        if self._fold is not None and self._fold[0] is entry:
+            self._fold = None
+        if self.marker is entry:
+            self.marker = None
+        if self.anchor is None or anchored is None:
+            return
+        if at > anchored:
+            self.anchor.after -= 1
+        elif at == anchored:
+            self.anchor.row = -1  # the entry before it takes its place
+        if not self.entries:
+            self.anchor = None
+        elif self.anchor.after >= len(self.entries):
+            self.anchor.after, self.anchor.row = len(self.entries) - 1, 0
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.anchor = self.marker = self._fold = None
+
+    def new_day(self, day: dt.date | None) -> bool:
+        """Note that an event of ``day`` is shown; True if the day before it was another."""
+        if day is None:
+            return False
+        changed = self.day is not None and day != self.day
+        self.day = day
+        return changed
+
+    def _push(self, entry: Entry) -> None:
+        self._fold = None
+        full = len(self.entries) == self.entries.maxlen
+        self.entries.append(entry)  # a full deque drops its oldest entry
+        if self.anchor is not None:
+            self.anchor.after += 1
+            if full and self.anchor.after >= len(self.entries):
+                self.anchor.after, self.anchor.row = len(self.entries) - 1, 0
+
+    # --- coming and going -------------------------------------------------------------------
+
+    def enter(self) -> None:
+        self.unread, self.mentioned, self.marker_due = 0, False, False
+
+    def leave(self) -> None:
+        """You go elsewhere: the old marker has been read past, and a new one waits for the next
+        new line."""
+        if self.marker is not None:
+            self.remove(self.marker)
+        self.marker_due = True
+
+    # --- the view ---------------------------------------------------------------------------
+
+    def view(self, columns: int, height: int) -> View:
+        """The rows shown in ``height`` rows of ``columns`` cells: the newest ones, or those
+        around the row paging left the view at. The view is always full if there are rows
+        enough: the oldest entry may be cut, never a row left blank."""
+        if not self.entries or height <= 0:
+            return View([], (0, 0), (0, 0), True)
+        last = len(self.entries) - 1
+        end = (last, len(self.entries[last].rows(columns)) - 1)
+        a = self.anchor
+        if a is not None and a.top:
+            shown = self._down((last - a.after, a.row), columns, height)
+            if shown.at_end:  # paged down to the end: the newest rows fill the view from below
+                shown = self._up(end, columns, height)
+        else:
+            shown = self._up(end if a is None else (last - a.after, a.row), columns, height)
+            if len(shown.rows) < height and shown.top == (0, 0):  # paged up to the oldest row
+                shown = self._down((0, 0), columns, height)
+        return shown
+
+    def page(self, *, up: bool, columns: int, height: int) -> None:
+        """PageUp: the top row goes to the bottom; PageDown: the bottom row to the top, and at
+        the end the view follows new lines again."""
+        shown = self.view(columns, height)
+        last = len(self.entries) - 1
+        if up and shown.top != (0, 0):
+            at, row = shown.top if height > 1 else self._before(shown.top, columns)
+            self.anchor = _Anchor(last - at, row, top=False)
+        elif not up and self.anchor is not None:
+            at, row = shown.bottom
+            self.anchor = _Anchor(last - at, row, top=True)
+            if self.view(columns, height).at_end:
+                self.anchor = None
+
+    def _before(self, position: Position, columns: int) -> Position:
+        at, row = position
+        return (at, row - 1) if row > 0 else (at - 1, len(self.entries[at - 1].rows(columns)) - 1)
+
+    def _up(self, bottom: Position, columns: int, height: int) -> View:
+        """``height`` rows (or all there are) ending with ``bottom``."""
+        at, row = bottom
+        rows_at = self.entries[at].rows(columns)
+        row = len(rows_at) - 1 if not 0 <= row < len(rows_at) else row
+        bottom = (at, row)
+        out: list[ui.Fragments] = []
+        top = bottom
+        while at >= 0 and len(out) < height:
+            rows = self.entries[at].rows(columns)
+            row = len(rows) - 1 if row < 0 else row
+            first = max(0, row + 1 - (height - len(out)))
+            out[:0] = rows[first : row + 1]
+            top = (at, first)
+            at, row = at - 1, -1
+        last = len(self.entries) - 1
+        return View(out, top, bottom, bottom == (last, len(self.entries[last].rows(columns)) - 1))
+
+    def _down(self, top: Position, columns: int, height: int) -> View:
+        """``height`` rows (or as many as there are) starting with ``top``."""
+        at, row = top
+        row = min(max(row, 0), len(self.entries[at].rows(columns)) - 1)
+        top = (at, row)
+        out: list[ui.Fragments] = []
+        bottom = top
+        while at < len(self.entries) and len(out) < height:
+            rows = self.entries[at].rows(columns)
+            upto = min(len(rows), row + height - len(out))
+            out += rows[row:upto]
+            bottom = (at, upto - 1)
+            at, row = at + 1, 0
+        last = len(self.entries) - 1
+        return View(out, top, bottom, bottom == (last, len(self.entries[last].rows(columns)) - 1))
+
+
+class Windows:
+    """The numbered windows (1 is the first opened) and the current one."""
+
+    def __init__(self) -> None:
+        self._windows: list[Window] = []
+        self.current: Window | None = None
+
+    def __iter__(self) -> Iterator[Window]:
+        return iter(self._windows)
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def number(self, window: Window) -> int:
+        return self._windows.index(window) + 1
+
+    def get(self, number: int) -> Window | None:
+        return self._windows[number - 1] if 1 <= number <= len(self._windows) else None
+
+    def room(self, room: str) -> Window | None:
+        return next((w for w in self._windows if w.room == room), None)
+
+    def open(self, window: Window) -> Window:
+        """Add ``window`` at the end; the first one becomes current, the others wait in the
+        background (where new lines get the unread marker above them)."""
+        self._windows.append(window)
+        if self.current is None:
+            self.current = window
+        else:
+            window.marker_due = True
+        return window
+
+    def close(self, window: Window) -> None:
+        """Remove ``window``; if it was the current one, the window before it becomes current."""
+        at = self._windows.index(window)
+        del self._windows[at]
+        if self.current is window:
+            self.current = None
+            if self._windows:
+                self.switch(self._windows[max(0, at - 1)])
+
+    def switch(self, window: Window) -> None:
+        if window is self.current:
+            return
+        if self.current is not None:
+            self.current.leave()
+        self.current = window
+        window.enter()
+
+    def cycle(self, step: int) -> None:
+        """The next (``step`` 1) or previous (-1) window by number, round the end."""
+        if self._windows:
+            at = self._windows.index(self.current) if self.current in self._windows else -step
+            self.switch(self._windows[(at + step) % len(self._windows)])
