@@ -401,6 +401,13 @@ def broker_cmd(
     metavar="STRFTIME",
     help="How times read, in local time: a strftime format ('%H:%M:%S' for seconds).",
 )
+@click.option(
+    "--send-timeout",
+    type=click.FloatRange(0.5),
+    default=30.0,
+    show_default=True,
+    help="Seconds without a single confirmation from the broker before your unconfirmed messages show as not sent.",
+)
 @client_options
 def join_cmd(
     *,
@@ -412,6 +419,7 @@ def join_cmd(
     no_bell: bool,
     log_dir: Path | None,
     timestamp_format: str,
+    send_timeout: float,
     **kw: Any,
 ) -> None:
     """Chat interactively. Type a line to send it; /help lists the commands."""
@@ -421,7 +429,7 @@ def join_cmd(
                 log_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ZChatError(f"cannot use --log-dir {log_dir}: {exc.strerror or exc}") from None
-        client = _connected(nick, rooms, kw, backlog=backlog)
+        client = _connected(nick, rooms, kw, backlog=backlog, send_timeout=send_timeout)
         run(
             client,
             plain=plain or not (sys.stdin.isatty() and sys.stdout.isatty()) or os.environ.get("TERM") == "dumb",

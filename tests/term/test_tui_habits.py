@@ -22,7 +22,16 @@ from typing import Any
 
 import pytest
 import zmq
-from conftest import ZCHAT, BrokerProcess, ClientFactory, Lines, ThreadBroker, child_env, wait_for
+from conftest import (
+    ZCHAT,
+    BrokerProcess,
+    ClientFactory,
+    Lines,
+    ThreadBroker,
+    child_env,
+    start_broker_process,
+    wait_for,
+)
 from pty_screen import ROOT, TIMEOUT, Term, spawn_join, terminals
 
 from zchat.client.shell import Client
@@ -253,26 +262,32 @@ def test_your_message_shows_at_once_dim_and_turns_normal_when_the_broker_has_it(
     assert bob.text.count("hello, anyone?") == 1  # changed in place, not shown twice
 
 
-def test_a_refused_message_says_so_and_alt_r_sends_it_again(
-    broker_with: Callable[..., tuple[ThreadBroker, Client]], tui: Spawn
-) -> None:
-    # One message at once, then one each 0.2 s of the broker's time: the second of a pair is refused.
-    later = 0.0
-    broker, alice = broker_with(rate=5.0, burst=1, clock=lambda: time.monotonic() + later)
-    bob = tui(broker.endpoints, cols=140)  # the refusal on one row
-    wait_for(alice, joined("bob"))
-    bob.send("\x1b[200~first\nsecond\x1b[201~")  # a paste: two messages at once
-    bob.wait("!! slow down: .* this one was not sent — Alt-R sends it again")
-    assert wait_for(alice, lambda e: e.nick == "bob" and e.kind == "message").text == "first"
-    assert bob.cell("bob: second").strikethrough
-
-    later = 1.0  # a second later for the broker: bob may send again
-    bob.send(ALT + "r")
-    assert wait_for(alice, said("second")).nick == "bob"
-    bob.wait(lambda t: "Alt-R" not in t.text and t.cell("second").fg == "default")
-    assert bob.text.count("bob: second") == 1 and not bob.cell("second").strikethrough
-    bob.send(ALT + "r")  # nothing left to send
-    bob.wait("-- no unsent message in this window")
+def test_a_message_the_broker_never_confirmed_says_so_and_alt_r_sends_it_again(tui: Spawn, tmp_path: Path) -> None:
+    eps = Endpoints(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/feed", f"ipc://{tmp_path}/rpc")
+    db = str(tmp_path / "history.sqlite3")
+    first = start_broker_process(endpoints=eps, db=db, heartbeat=HEARTBEAT)
+    second: BrokerProcess | None = None
+    try:
+        with Client("alice", endpoints=eps) as alice:
+            bob = tui(eps, "--send-timeout", "1", cols=140)  # the refusal on one row
+            wait_for(alice, joined("bob"))
+            first.proc.kill()  # the broker is gone: bob's message can go nowhere
+            first.stop()
+            bob.send("second\r")
+            bob.wait("!! not sent: .* — Alt-R sends it again")
+            assert bob.cell("bob: second").strikethrough
+            second = start_broker_process(endpoints=eps, db=db, heartbeat=HEARTBEAT)
+            bob.wait(lambda t: "reconnected" in t.text and "connected" in t.status_line())
+            bob.send(ALT + "r")
+            assert wait_for(alice, said("second"), 15).nick == "bob"
+            bob.wait(lambda t: "Alt-R" not in t.text and t.cell("second").fg == "default")
+            assert bob.text.count("bob: second") == 1 and not bob.cell("second").strikethrough
+            bob.send(ALT + "r")  # nothing left to send
+            bob.wait("-- no unsent message in this window")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
 
 
 # --- dates and times --------------------------------------------------------------------------

@@ -588,12 +588,15 @@ class ClientSession:
     def _deliver(self, event: p.Event) -> None:
         if not event.ts:
             event = msgspec.structs.replace(event, ts=p.format_ts(self._wallclock()))
+        mine = self.nick is not None and event.nick.lower() == self.nick.lower()
         if event.id is not None and event.id in self.pending:
             if event.kind == "error":
                 del self.pending[event.id]
                 self.failed[event.id] = event.text
-            elif self.nick is not None and event.nick.lower() == self.nick.lower():
+            elif mine:
                 del self.pending[event.id]
+        elif event.id is not None and mine:
+            self.failed.pop(event.id, None)  # given up on, yet the broker had it: delivered after all
         self._events.append(event)
 
     def _start_rooms(self, seqs: object, history: object) -> None:
