@@ -308,8 +308,8 @@ class RawBot:
                 return
 
     def on_feed(self, topic: bytes, event: Json) -> None:
-        if topic == b"!hb:":
-            if event["epoch"] != self.epoch:  # the broker restarted
+        if topic == b"!hb:":  # heartbeats, and the notice that the broker stops
+            if event.get("epoch") != self.epoch:  # the broker restarted
                 self.reconnect()
         elif event["kind"] == "message":
             self.on_message(event)

@@ -833,13 +833,17 @@ def test_a_malformed_rpc_body_gets_invalid_with_req_echoed(h: Harness, body: byt
 # --- shutdown and the feed --------------------------------------------------------------------------------
 
 
-def test_shutdown_tells_every_room_with_members(h: Harness) -> None:
+def test_shutdown_is_told_once_on_the_heartbeat_topic_everyone_hears(h: Harness) -> None:
     h.hello("alice", ["general", "dev"])
     h.core.shutdown()
-    assert [(e.room, e.kind, e.reason) for e in h.settle().events] == [
-        ("general", "system", "shutdown"),
-        ("dev", "system", "shutdown"),
-    ]
+    ((topic, ev),) = h.settle().published
+    assert (topic, ev.seq, ev.kind, ev.text, ev.reason) == (
+        p.HEARTBEAT_TOPIC,
+        0,
+        "system",
+        "the broker is shutting down",
+        "shutdown",
+    )
 
 
 def test_a_probe_is_answered_on_its_topic_and_anything_else_is_dropped(h: Harness) -> None:

@@ -834,10 +834,11 @@ class BrokerCore:
         self._next_sweep = min((s.expires for s in self._sessions.values()), default=math.inf)
 
     def shutdown(self) -> None:
-        """The notice every room with members gets when the broker stops."""
+        """The notice that the broker stops: once, on the heartbeat topic every client and reader
+        hears (a room with no members, followed by a reader, hears it too), and not stored."""
         text = "the broker is shutting down"
-        for room in [r for r, room in self._rooms.items() if room.members]:
-            self._room_event(room, "system", p.SYSTEM_NICK, text, reason="shutdown")
+        ev = p.Event(0, self._ts(), "", "system", p.SYSTEM_NICK, text, reason="shutdown", epoch=self.epoch)
+        self._signals.append((p.HEARTBEAT_TOPIC, p.encode(ev)))
 
     def stats(self, now: float) -> dict[str, object]:
         return {
