@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 
 import zmq
 
@@ -34,6 +35,8 @@ __all__ = ["Relay"]
 
 log = logging.getLogger("zchat.relay")
 
+#: How often the waiting thread lets a signal handler run.
+STOP_CHECK_SECONDS = 0.2
 #: Largest message a subscriber may send a relay: a subscription is a short topic.
 MAX_SUBSCRIPTION_BYTES = 256
 
@@ -73,11 +76,18 @@ class Relay(transport.Service):
         return self.endpoint
 
     def stop(self) -> None:
-        """Make :meth:`run` return. Safe from a signal handler (the proxy is interrupted, the
-        handler runs, the proxy reads the command) and from one other thread."""
+        """Make :meth:`run` return. Safe from a signal handler and from one other thread."""
         with contextlib.suppress(zmq.ZMQError):  # already closed: nothing to stop
             self._stopper.send(b"TERMINATE", zmq.NOBLOCK)
 
     def run(self) -> None:
-        zmq.proxy_steerable(self.up, self.down, None, self._control)
+        """Relay until :meth:`stop`. The proxy runs in a thread of its own: a signal that comes
+        while it forwards (not blocked in poll) would never reach a Python handler from inside
+        it; this thread waits in Python, where handlers always run."""
+        proxy = threading.Thread(
+            target=zmq.proxy_steerable, args=(self.up, self.down, None, self._control), name="zchat-relay-proxy"
+        )
+        proxy.start()
+        while proxy.is_alive():
+            proxy.join(STOP_CHECK_SECONDS)
         log.info("zchat relay stopped")
