@@ -1,9 +1,13 @@
-"""What is benchmarked and how it is started: the three brokers, and the zchat they run.
+"""What is benchmarked: the brokers, how each is started and watched, and the zchat they run.
 
 ``proxy`` is ``zmq.proxy`` (PULL → PUB in C) in a few lines of Python, the limit for zchat's
-shape; ``store`` and ``nostore`` are ``python -m zchat broker`` with and without its SQLite
-history. Each run gets a fresh broker process on fresh endpoints. zchat brokers run from a copy
-of the package taken once when the bench starts (:func:`snapshot_zchat`).
+shape; it runs as ``zmq.proxy_steerable`` so that the bench can read libzmq's own count of what
+it forwarded. Its publishers push either zchat's two frames ``[topic, event]`` (``proxy``, the
+fair comparison) or one frame per message (``proxy1``). ``store`` and ``nostore`` are
+``python -m zchat broker`` with and without its SQLite history; their command line is built in
+one place, :func:`zchat_argv`. Each run gets a fresh broker process on fresh endpoints; zchat
+brokers run from a copy of the package taken once when the bench starts (:func:`snapshot_zchat`).
+:class:`Watch` samples a running broker: what it forwarded, its RSS, its WAL.
 """
 
 from __future__ import annotations
@@ -14,51 +18,90 @@ import json
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import click
 import zmq
 
-from benchmarks.fleet import SETUP_TIMEOUT, Bench, BenchError, Ctx, Json, Proc, log_tail, send_json
+from benchmarks import wire
+from benchmarks.fleet import SETUP_TIMEOUT, Bench, BenchError, Ctx, Json, Proc, Sock, log_tail
+from benchmarks.metrics import file_size, memory_mb
 
 #: zchat's feed high-water mark (zchat.broker.config.FEED_HWM); the proxy's PUB gets the same.
 FEED_HWM = 10_000
+#: How long a broker may take to answer the bench's counter request.
+COUNTER_TIMEOUT = 5.0
 
-# === the broker processes ========================================================================
+# === the brokers =================================================================================
 
 
 @dataclass(frozen=True)
 class BrokerKind:
-    key: Literal["proxy", "store", "nostore"]
+    key: str
     label: str
+    #: What its publishers push (see wire.Shape).
+    shape: wire.Shape
+    #: Proxy only: socket options for both its sockets, over the defaults (the idle scenario's
+    #: variants: which options trade memory per connection down).
+    sockopts: tuple[tuple[str, int], ...] = ()
 
     @property
     def zchat(self) -> bool:
-        return self.key != "proxy"
+        return self.shape == "post"
 
 
+PROXY = BrokerKind("proxy", "zmq.proxy [topic, event]", "event2")
 BROKERS = (
-    BrokerKind("proxy", "proxy"),
-    BrokerKind("store", "zchat (store on)"),
-    BrokerKind("nostore", "zchat (store off)"),
+    PROXY,
+    BrokerKind("proxy1", "zmq.proxy, 1 frame", "event1"),
+    BrokerKind("store", "zchat, store on", "post"),
+    BrokerKind("nostore", "zchat, store off", "post"),
+)
+#: The proxy with other socket options, in the idle scenario only: does any of them lower the
+#: memory libzmq keeps per connection?
+PROXY_VARIANTS = (
+    BrokerKind("proxy-hwm100", "zmq.proxy, SNDHWM = RCVHWM = 100", "event2", (("SNDHWM", 100), ("RCVHWM", 100))),
+    BrokerKind(
+        "proxy-buf16k", "zmq.proxy, SNDBUF = RCVBUF = 16 KiB", "event2", (("SNDBUF", 16_384), ("RCVBUF", 16_384))
+    ),
 )
 
-#: The baseline: everything it does per message happens inside libzmq.
+#: Every zchat broker of the bench: no limit on posts (the load is the point), quiet logs.
+ZCHAT_OPTIONS = ("--rate", "0", "--log-level", "warning")
+#: Added when a scenario connects many clients at once (idle). Protocol 2's broker limits hellos
+#: per address and per connection: raise those limits here when it lands (``--hello-rate``,
+#: ``--hello-burst``, or whatever they are called then).
+MANY_CLIENTS_OPTIONS: tuple[str, ...] = ()
+
+
+def zchat_argv(ends: dict[str, str], db: Path | None, *, many_clients: bool) -> list[str]:
+    """The zchat broker's command line: the one place that says how the bench runs it."""
+    argv = [sys.executable, "-m", "zchat", "broker", "--ingest", ends["ingest"], "--feed", ends["feed"]]
+    argv += ["--rpc", ends["rpc"], *ZCHAT_OPTIONS, *(["--no-store"] if db is None else ["--db", str(db)])]
+    return argv + list(MANY_CLIENTS_OPTIONS if many_clients else ())
+
+
+#: The baseline: everything it does per message happens inside libzmq. Its control socket
+#: answers libzmq's STATISTICS command (the bench's counter of what it forwarded).
 PROXY_CODE = """\
-import sys, zmq
-ingest, feed, hwm = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import json, sys, zmq
+ingest, feed, control, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 ctx = zmq.Context()
-pull = ctx.socket(zmq.PULL)
+pull, pub, ctl = ctx.socket(zmq.PULL), ctx.socket(zmq.PUB), ctx.socket(zmq.REP)
+pub.setsockopt(zmq.SNDHWM, int(sys.argv[5]))
+for sock in (pull, pub):
+    for name, value in options.items():
+        sock.setsockopt(getattr(zmq, name), value)
 pull.bind(ingest)
-pub = ctx.socket(zmq.PUB)
-pub.setsockopt(zmq.SNDHWM, hwm)
 pub.bind(feed)
+ctl.bind(control)
 print("ready", flush=True)
-zmq.proxy(pull, pub)
+zmq.proxy_steerable(pull, pub, None, ctl)
 """
 
 
@@ -67,10 +110,16 @@ class Broker:
     kind: BrokerKind
     proc: Proc
     endpoints: dict[str, str]
+    control: str = ""  # proxy: where it answers STATISTICS
+    db: Path | None = None  # store on: its SQLite file
 
     @property
     def pid(self) -> int:
         return self.proc.popen.pid
+
+    @property
+    def wal(self) -> Path | None:
+        return None if self.db is None else self.db.with_name(self.db.name + "-wal")
 
 
 def _endpoints(transport: str, tmp: Path, run: int) -> dict[str, str]:
@@ -88,39 +137,94 @@ def _endpoints(transport: str, tmp: Path, run: int) -> dict[str, str]:
     return {k: f"tcp://127.0.0.1:{port}" for k, port in zip(("ingest", "feed", "rpc"), ports, strict=True)}
 
 
-def start_broker(bench: Bench, kind: BrokerKind, run: int) -> Broker:
+def start_broker(bench: Bench, kind: BrokerKind, run: int, *, many_clients: bool = False) -> Broker:
     ends = _endpoints(bench.transport, bench.tmp, run)
     if kind.zchat:
-        store = ["--no-store"] if kind.key == "nostore" else ["--db", str(bench.db_dir / f"history-{run}.sqlite3")]
-        argv = [sys.executable, "-m", "zchat", "broker", "--ingest", ends["ingest"], "--feed", ends["feed"]]
-        argv += ["--rpc", ends["rpc"], "--rate", "0", "--log-level", "warning", *store]
+        db = bench.db_dir / f"history-{run}.sqlite3" if kind.key == "store" else None
+        argv = zchat_argv(ends, db, many_clients=many_clients)
         # The snapshot of zchat taken at the start: every run measures the same code.
-        broker = Broker(kind, bench.fleet.spawn(f"r{run}-broker", argv, env={"PYTHONPATH": str(bench.src)}), ends)
-        zchat_request(bench.ctx, ends["rpc"], {"type": "stats"}, SETUP_TIMEOUT)  # answers once bound
-    else:
-        argv = [sys.executable, "-c", PROXY_CODE, ends["ingest"], ends["feed"], str(FEED_HWM)]
-        proc = bench.fleet.spawn(f"r{run}-broker", argv, stdout=subprocess.PIPE)
-        broker = Broker(kind, proc, ends)
-        assert proc.popen.stdout is not None
-        ready, _, _ = select.select([proc.popen.stdout], [], [], SETUP_TIMEOUT)
-        if not ready or proc.popen.stdout.readline().strip() != b"ready":
-            raise BenchError(f"the proxy did not start: {log_tail(proc.log)}")
-    return broker
+        proc = bench.fleet.spawn(f"r{run}-broker", argv, env={"PYTHONPATH": str(bench.src)})
+        broker = Broker(kind, proc, ends, db=db)
+        with wire.rpc_dealer(bench.ctx, ends["rpc"]) as rpc:  # answers once bound
+            wire.call(rpc, wire.stats(), SETUP_TIMEOUT)
+        return broker
+    control = f"ipc://{bench.tmp}/proxy-control-{run}"
+    argv = [sys.executable, "-c", PROXY_CODE, ends["ingest"], ends["feed"], control]
+    argv += [json.dumps(dict(kind.sockopts)), str(FEED_HWM)]
+    proc = bench.fleet.spawn(f"r{run}-broker", argv, stdout=subprocess.PIPE)
+    assert proc.popen.stdout is not None
+    ready, _, _ = select.select([proc.popen.stdout], [], [], SETUP_TIMEOUT)
+    if not ready or proc.popen.stdout.readline().strip() != b"ready":
+        raise BenchError(f"the proxy did not start: {log_tail(proc.log)}")
+    return Broker(kind, proc, ends, control=control)
 
 
 def zchat_request(ctx: Ctx, rpc: str, request: Json, timeout: float) -> Json:
-    """One rpc request to a zchat broker on a throwaway DEALER (queued until it connects)."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(rpc)
-        send_json(sock, [b""], {**request, "req": "bench"})
-        if not sock.poll(int(timeout * 1000)):
-            raise BenchError(f"the zchat broker at {rpc} did not answer {request['type']!r} in {timeout:.0f} s")
-        reply: Json = json.loads(sock.recv_multipart()[-1])
-        return reply
-    finally:
-        sock.close()
+    """One rpc request to a zchat broker on a throwaway DEALER."""
+    with wire.rpc_dealer(ctx, rpc) as sock:
+        return wire.call(sock, request, timeout)
+
+
+# === watching a running broker ===================================================================
+
+
+@dataclass(frozen=True)
+class Sample:
+    t_ns: int  # time.monotonic_ns() halfway through the counter request
+    forwarded: int  # proxy: messages it sent to its PUB; zchat: posts it published in a room
+    rss_mb: float
+    wal_bytes: int
+
+
+@dataclass
+class Watch:
+    """Samples a running broker at most every ``every`` seconds (:meth:`sample`, called as
+    often as one likes): what it forwarded (libzmq's count for the proxy, ``stats`` for
+    zchat), its RSS, and its WAL's size (store on)."""
+
+    ctx: Ctx
+    broker: Broker
+    every: float
+    samples: list[Sample] = field(default_factory=list)
+    _sock: Sock | None = None
+    _next: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.broker.kind.zchat:
+            self._sock = wire.rpc_dealer(self.ctx, self.broker.endpoints["rpc"])
+        else:
+            self._sock = self.ctx.socket(zmq.DEALER)  # to the proxy's REP: [b"", command]
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.connect(self.broker.control)
+
+    def _forwarded(self) -> int:
+        assert self._sock is not None
+        if self.broker.kind.zchat:
+            return int(wire.call(self._sock, wire.stats(), COUNTER_TIMEOUT)[wire.POSTS_COUNTER])
+        self._sock.send_multipart([b"", b"STATISTICS"])
+        if not self._sock.poll(int(COUNTER_TIMEOUT * 1000)):
+            raise BenchError("the proxy did not answer STATISTICS")
+        frames = self._sock.recv_multipart()[1:]
+        # Frames out of its backend (devices.Counts: libzmq counts frames) per feed message.
+        return int(struct.unpack("=Q", frames[6])[0]) // wire.FEED_FRAMES[self.broker.kind.shape]
+
+    def sample(self, *, now: bool = False) -> Sample | None:
+        """A sample if one is due (or ``now``): appended to :attr:`samples` and returned."""
+        if not now and time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + self.every
+        t0 = time.monotonic_ns()
+        forwarded = self._forwarded()
+        t = (t0 + time.monotonic_ns()) // 2
+        wal = self.broker.wal
+        s = Sample(t, forwarded, memory_mb(self.broker.pid)["rss_mb"], 0 if wal is None else file_size(wal))
+        self.samples.append(s)
+        return s
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
 
 
 # === the zchat under test =======================================================================

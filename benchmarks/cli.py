@@ -1,43 +1,27 @@
 """The command line: options, the plan of runs (retrying noisy ones), the header, the output files.
 
-It measures zchat's broker against the physical limit for its shape: ``zmq.proxy`` (PULL→PUB in C).
+It measures zchat's broker against the physical limit for its shape, ``zmq.proxy`` (PULL → PUB in
+C), with a load generator that outruns the proxy. Run from the repository root, in the dev venv::
 
-Run from the repository root, in the dev venv::
+    python -m benchmarks --quick                     # a fast check: one run of each, small N
+    python -m benchmarks --markdown results.md --json results.json   # medians of 3, and a plot
 
-    python benchmarks/bench.py --quick --repeat 1                 # a fast check, about a minute
-    python benchmarks/bench.py --markdown benchmarks/results.md --json benchmarks/results.json  # median of 3
+Brokers, each a fresh process per run (benchmarks/brokers.py): the proxy fed zchat's two frames
+``[topic, event]`` (the fair comparison) and fed one frame per message, and zchat with its store on
+and off. The load (benchmarks/workers.py): publishers whose messages are built before the clock
+and sent by a libzmq device, so that C and not Python sets their pace; subscribers whose
+messages a libzmq device counts, but for the ones a latency scenario times in Python.
 
-Three brokers are measured side by side, each a separate process started and stopped by this
-script for every run: ``proxy`` (a few lines of Python binding PULL and PUB and calling
-``zmq.proxy``: libzmq forwards every message with no Python per message), ``zchat (store on)``
-(``python -m zchat broker --db <tmp file> --rate 0``) and ``zchat (store off)`` (``--no-store``).
+Scenarios (benchmarks/scenarios.py): the load generator alone, into a proxy with no subscriber
+(how fast it publishes); 1 → K as fast as it goes for each ``--k``; 20 → 10; 1 → K paced at
+``--rate`` (latency); 1 000 idle clients and a pair (memory per client; the proxy also with other
+socket options); and, with ``--sustained``, a million messages into zchat while the broker's RSS
+and WAL are sampled.
 
-The load is the same for all three: publisher processes push ~100-byte texts (to the proxy a
-ready-made ``[b"#bench:", b'{"seq":N,...}']`` event of the same shape and size as the one zchat
-publishes; to zchat a ``Post`` after a ``hello`` on the rpc socket), and subscriber processes
-each poll many raw SUB sockets subscribed to ``#bench:``. A subscriber parses only the ``seq``
-(the digits after ``{"seq":``) and the one-letter mark at the start of the text (``W`` warm-up,
-``M`` measured) and, in the latency scenarios, the ``time.monotonic_ns()`` the publisher wrote
-into the text just before sending (one clock for every process on Linux).
-
-Before a clock starts, every subscriber has seen a warm-up message (the publishers send them
-until each subscriber process reported so on the control channel), so slow joiners cost nothing
-and are not counted. Scenarios:
-
-- ``1→K``: one publisher, N messages as fast as the broker takes them, K = 1, 10, 100.
-- ``20→10``: 20 publishers (sessions) in 4 processes, N messages in all, 10 subscribers.
-- ``latency R/s``: one publisher paced at R msg/s for a few seconds, one subscriber: p50/p99/p99.9.
-- ``idle``: 1 000 connected idle clients (zchat: real sessions, hello then heartbeats, each with
-  a SUB, a DEALER and a PUSH; proxy: a SUB and a PUSH each) plus one pair at 1 000 msg/s.
-
-Reported per broker: messages/s per subscriber (median over subscribers), the ratio to the
-proxy, broker CPU seconds (utime+stime of its process over the measured window) and peak RSS
-(VmHWM), messages lost (expected − distinct received, summed over subscribers). Every number is
-the median over ``--repeat`` runs; ``--json FILE`` keeps every run's raw numbers. The Markdown
-table goes to stdout, progress to stderr. See benchmarks/README.md for what the columns mean.
-
-``python -m benchmarks`` runs the same as ``python benchmarks/bench.py``; the other modules of the
-package are listed in benchmarks/__init__.py.
+Every number is the median over ``--repeat`` runs; ``--json FILE`` keeps every run's raw numbers,
+``--plot`` draws throughput and p99 against K. The Markdown goes to stdout, progress to stderr.
+benchmarks/README.md says what each column means. ``python benchmarks/bench.py`` runs the same
+as ``python -m benchmarks``; the other modules of the package are listed in benchmarks/__init__.py.
 """
 
 from __future__ import annotations
@@ -55,32 +39,52 @@ from pathlib import Path
 import click
 import zmq
 
-from benchmarks.brokers import BROKERS, BrokerKind, snapshot_zchat
+from benchmarks.brokers import BROKERS, PROXY_VARIANTS, BrokerKind, snapshot_zchat
 from benchmarks.fleet import Bench, Fleet, Json
 from benchmarks.report import background_line, cpu_model, report
 from benchmarks.scenarios import Scenario, run_one, scenarios_for
 from benchmarks.workers import worker_main
 
+FAMILIES = ["source", "throughput", "many", "latency", "idle", "sustained"]
+DEFAULT_PLOT = Path(__file__).with_name("results.png")
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--messages", type=click.IntRange(100), help="N for the throughput scenarios [200 000; --quick 20 000].")
-@click.option("--messages-k100", type=click.IntRange(100), help="N for 1 → 100 only [same as --messages].")
-@click.option("--repeat", type=click.IntRange(1), default=3, show_default=True, help="Runs per (scenario, broker).")
-@click.option("--quick", is_flag=True, help="Smaller N, 1 s latency runs and 200 idle clients: a fast check.")
-@click.option("--latency-seconds", type=click.FloatRange(0.2), help="Seconds per latency rate [2; --quick 1].")
+@click.option(
+    "--source-messages", type=click.IntRange(100), help="N for the load generator alone [500 000; --quick 100 000]."
+)
+@click.option(
+    "--k",
+    "ks",
+    type=click.IntRange(1, 200),
+    multiple=True,
+    help="Subscribers K of the 1 → K and latency scenarios (repeatable) [1, 10, 50].",
+)
+@click.option("--repeat", type=click.IntRange(1), help="Runs per (scenario, broker) [3; --quick 1].")
+@click.option("--quick", is_flag=True, help="Smaller N, 1 s latency runs, 200 idle clients, one run each.")
+@click.option("--rate", type=click.IntRange(100), default=5000, show_default=True, help="Latency: msgs/s.")
+@click.option("--latency-seconds", type=click.FloatRange(0.2), help="Seconds per latency run [3; --quick 1].")
 @click.option("--idle-clients", type=click.IntRange(1), help="Idle clients [1 000; --quick 200].")
+@click.option("--sustained", is_flag=True, help="Also run the sustained scenario (zchat only, once).")
+@click.option(
+    "--sustained-messages", type=click.IntRange(1000), default=1_000_000, show_default=True, help="Its messages."
+)
+@click.option(
+    "--sustained-seconds", type=click.FloatRange(10), default=600, show_default=True, help="Its bound in time."
+)
 @click.option(
     "--scenario",
     "only",
     multiple=True,
-    type=click.Choice(["k1", "k10", "k100", "p20k10", "lat1000", "lat5000", "lat20000", "idle"]),
-    help="Run only these scenarios (repeatable).",
+    type=click.Choice(FAMILIES),
+    help="Run only these families of scenarios (repeatable; sustained implies --sustained).",
 )
 @click.option(
     "--broker",
     "brokers",
     multiple=True,
-    type=click.Choice([k.key for k in BROKERS]),
+    type=click.Choice([k.key for k in (*BROKERS, *PROXY_VARIANTS)]),
     help="Run only these brokers (repeatable).",
 )
 @click.option("--transport", type=click.Choice(["tcp", "ipc"]), default="tcp", show_default=True)
@@ -112,14 +116,28 @@ from benchmarks.workers import worker_main
     help="Also write the table to this file.",
 )
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Write every raw number.")
+@click.option(
+    "--plot",
+    "plot_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_PLOT,
+    show_default="benchmarks/results.png",
+    help="Draw throughput and p99 latency against K into this PNG (needs matplotlib: the bench extra).",
+)
+@click.option("--no-plot", is_flag=True, help="Draw no plot.")
 def main(
     *,
     messages: int | None,
-    messages_k100: int | None,
-    repeat: int,
+    source_messages: int | None,
+    ks: tuple[int, ...],
+    repeat: int | None,
     quick: bool,
+    rate: int,
     latency_seconds: float | None,
     idle_clients: int | None,
+    sustained: bool,
+    sustained_messages: int,
+    sustained_seconds: float,
     only: tuple[str, ...],
     brokers: tuple[str, ...],
     transport: str,
@@ -130,16 +148,33 @@ def main(
     db_dir: Path | None,
     md_file: Path | None,
     json_file: Path | None,
+    plot_file: Path,
+    no_plot: bool,
 ) -> None:
-    """Benchmark zchat's broker against zmq.proxy (see the module docstring)."""
-    n = messages or (20_000 if quick else 200_000)
+    """Benchmark zchat's broker against zmq.proxy (see benchmarks/README.md)."""
+    repeat = repeat or (1 if quick else 3)
     chosen = scenarios_for(
-        n, messages_k100 or n, latency_seconds or (1.0 if quick else 2.0), idle_clients or (200 if quick else 1000)
+        source=source_messages or (100_000 if quick else 500_000),
+        messages=messages or (20_000 if quick else 200_000),
+        ks=sorted(set(ks or (1, 10, 50))),
+        rate=rate,
+        seconds=latency_seconds or (1.0 if quick else 3.0),
+        clients=idle_clients or (200 if quick else 1000),
+        sustained=sustained_messages,
+        bound=sustained_seconds,
     )
-    chosen = [s for s in chosen if not only or s.key in only]
-    kinds = [k for k in BROKERS if not brokers or k.key in brokers]
-    command = "python benchmarks/bench.py " + shlex.join(sys.argv[1:])
-    plan = [(r, sc, k) for r in range(1, repeat + 1) for sc in chosen for k in kinds]
+    wanted = set(only or FAMILIES) - ({"sustained"} if not (sustained or "sustained" in only) else set())
+    chosen = [s for s in chosen if s.family in wanted]
+    kinds = [k for k in (*BROKERS, *PROXY_VARIANTS) if not brokers or k.key in brokers]
+    command = "python -m benchmarks " + shlex.join(sys.argv[1:])
+    # The sustained run is about growth over time, not a median: once.
+    plan = [
+        (r, sc, k)
+        for r in range(1, repeat + 1)
+        for sc in chosen
+        for k in kinds
+        if sc.runs_on(k) and (r == 1 or sc.family != "sustained")
+    ]
     records: list[Json] = []
     began = time.monotonic()
     # SIGTERM unwinds like Ctrl-C, through the cleanup below.
@@ -180,7 +215,7 @@ def main(
         f" loopback, {text_bytes}-byte texts",
         f"- zchat {version}; the store-on broker's SQLite file in {db_dir or '$TMPDIR'}",
         f"- every number is the median of {repeat} run(s); total time {elapsed / 60:.1f} min",
-        "- broker, publishers and subscribers share the same CPUs: see benchmarks/README.md",
+        "- publishers, broker and subscribers share the same CPUs: see benchmarks/README.md",
         background_line(records, max_background),
     ]
     table = report(records, chosen, kinds, header)
@@ -195,8 +230,22 @@ def main(
         meta |= {"max_background_pct": max_background, "retries": retries}
         meta["scenarios"] = [vars(s) for s in chosen]
         json_file.write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    if not no_plot and any(s.family in ("throughput", "latency") for s in chosen):
+        _plot(records, chosen, kinds, plot_file, f"zchat broker vs zmq.proxy · {time.strftime('%Y-%m-%d')}")
     if any(not r["ok"] for r in records if not r.get("discarded")):
         sys.exit(1)
+
+
+def _plot(records: list[Json], chosen: list[Scenario], kinds: list[BrokerKind], path: Path, title: str) -> None:
+    # Imported here, not at the top: matplotlib is optional (the bench extra), and every worker
+    # process runs this module too, which must not pay for importing it.
+    try:
+        from benchmarks.plot import plot  # noqa: PLC0415
+    except ImportError:
+        click.echo("no plot: matplotlib is missing (pip install -e '.[bench]')", err=True)
+        return
+    plot(records, chosen, kinds, path, title)
+    click.echo(f"plot: {path}", err=True)
 
 
 def entry() -> None:

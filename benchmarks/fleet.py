@@ -15,14 +15,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from benchmarks.metrics import own_cpu
+from benchmarks.metrics import memory_mb, own_cpu
 
 Json = dict[str, Any]
 Ctx = zmq.Context[zmq.Socket[bytes]]
@@ -34,6 +34,8 @@ Sock = zmq.Socket[bytes]
 SETUP_TIMEOUT = 30.0
 #: A stream is over when no measured message arrived for this long after the go.
 QUIET_END = 5.0
+#: Seconds between two calls of a waiting coordinator's ``tick`` (see Control.expect).
+TICK = 0.01
 
 
 class BenchError(Exception):
@@ -59,7 +61,8 @@ class Link:
         self.sock.connect(endpoint)
 
     def send(self, kind: str, **fields: Any) -> None:
-        send_json(self.sock, [], {"type": kind, "cpu_s": own_cpu(), **fields})
+        peak = memory_mb(os.getpid())["peak_rss_mb"]
+        send_json(self.sock, [], {"type": kind, "cpu_s": own_cpu(), "peak_rss_mb": peak, **fields})
 
     def recv(self, timeout: float) -> Json | None:
         """The next command, or None after ``timeout`` seconds."""
@@ -88,8 +91,11 @@ class Control:
             except zmq.ZMQError as exc:
                 raise BenchError(f"cannot reach worker {name}: {exc}") from None
 
-    def expect(self, kind: str, names: Sequence[str], timeout: float) -> dict[str, Json]:
-        """One ``kind`` report from each of ``names``; a worker's error or death raises."""
+    def expect(
+        self, kind: str, names: Sequence[str], timeout: float, tick: Callable[[], object] | None = None
+    ) -> dict[str, Json]:
+        """One ``kind`` report from each of ``names``; a worker's error or death raises.
+        ``tick`` is called at least every TICK seconds meanwhile (it keeps its own pace)."""
         deadline = time.monotonic() + timeout
         while True:
             missing = [n for n in names if (n, kind) not in self._inbox]
@@ -98,7 +104,9 @@ class Control:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BenchError(f"no {kind!r} from {', '.join(missing[:5])} within {timeout:.0f} s")
-            if not self.sock.poll(int(min(left, 0.25) * 1000) + 1):
+            if tick is not None:
+                tick()
+            if not self.sock.poll(int(min(left, TICK if tick else 0.25) * 1000) + 1):
                 self._fleet.check()
                 continue
             ident, body = self.sock.recv_multipart()

@@ -1,8 +1,10 @@
-"""What the bench measures besides messages: CPU and memory from /proc, machine load, percentiles.
+"""What the bench measures besides messages: CPU and memory from /proc, machine load, file sizes,
+and the arithmetic on samples (when a sampled count finished, percentiles).
 
-Linux only: a process's CPU seconds (``/proc/PID/stat``) and RSS (``/proc/PID/status``), the whole
-machine's busy time (``/proc/stat``, to tell other users' load from the bench's), and the
-nearest-rank percentiles of the latency tables.
+Linux only: a process's CPU seconds (``/proc/PID/stat``), RSS (``/proc/PID/status``) and open
+sockets (``/proc/PID/fd``), the whole
+machine's busy time (``/proc/stat``, to tell other users' load from the bench's), the size of a
+file that may not exist (the store's WAL), and the nearest-rank percentiles of the latency tables.
 """
 
 from __future__ import annotations
@@ -62,6 +64,43 @@ def wait_quiet(limit: float, threshold_pct: float = 15.0) -> float:
         pct = 100 * (machine_busy_seconds() - busy) / (time.monotonic() - t)
         if pct < threshold_pct or time.monotonic() >= deadline:
             return pct
+
+
+def open_sockets(pid: int) -> int:
+    """How many sockets the process has open (each TCP or IPC connection a broker accepted is one)."""
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:  # closed meanwhile
+            continue
+    return count
+
+
+def file_size(path: Path) -> int:
+    """Bytes in ``path``; 0 if it does not exist (a WAL between checkpoints may not)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def finish_ns(samples: Sequence[tuple[int, int]], final: int) -> int:
+    """When a count sampled as (monotonic ns, count) pairs reached ``final``: between the last
+    sample below it and the first at it, at the rate of the interval before those two (the last
+    messages of a stream come as fast as the ones before them); the first sample at ``final``
+    if there is no such interval. Samples must start below ``final`` and end at it."""
+    for k, (t, count) in enumerate(samples):
+        if count < final:
+            continue
+        if k < 2:
+            return t
+        (t0, c0), (t1, c1) = samples[k - 2], samples[k - 1]
+        if c1 <= c0:  # the stream stalled before: no rate to go by
+            return t
+        return min(t, t1 + round((final - c1) * (t1 - t0) / (c1 - c0)))
+    return samples[-1][0] if samples else 0
 
 
 LATENCY_PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}

@@ -1,14 +1,19 @@
-"""The load: publisher, subscriber and idle-client worker processes, and the wire shape they share.
+"""The load: publisher, subscriber and idle-client worker processes.
 
 Each worker is a process of its own, started by the coordinator with a JSON config (its role,
 the broker's endpoints, its share of the load) and driven over its :class:`~benchmarks.fleet.Link`:
-it reports ``up``, waits for commands (``warm``, ``go``, ``stop``...) and reports what it saw.
+it reports ``up``, waits for commands (``warm``, ``stopwarm``, ``go``, ``stop``) and reports what
+it saw. What the messages say is :mod:`benchmarks.wire`'s business; the C-speed source and sink
+are :mod:`benchmarks.devices`'.
+
+The clock starts only once the stream is clean: publishers send warm-up messages until every
+subscriber socket has seen one (so every subscription is live), then each publisher session
+sends a fence; a subscriber is ``ready`` once each of its sockets has seen every session's
+fence, so nothing from before the clock can still be on its way.
 """
 
 from __future__ import annotations
 
-import json
-import secrets
 import time
 import traceback
 from array import array
@@ -16,17 +21,10 @@ from collections.abc import Callable, Iterator
 
 import zmq
 
-from benchmarks.fleet import QUIET_END, SETUP_TIMEOUT, BenchError, Ctx, Json, Link, Sock, send_json
-
-# --- the wire shape shared by publishers and subscribers ------------------------------------
-
-ROOM = "bench"
-TOPIC = b"#bench:"
-#: Where the text starts in a feed event; the first letter of the text marks what it is.
-TEXT_KEY = b'"text":"'
-MEASURED, WARMUP = ord("M"), ord("W")
-#: The proxy's events carry a fixed timestamp of the length zchat's have.
-FAKE_TS = b"2000-01-01T00:00:00.000Z"
+from benchmarks import wire
+from benchmarks.devices import Counter, Replay
+from benchmarks.fleet import QUIET_END, SETUP_TIMEOUT, BenchError, Ctx, Json, Link, Sock
+from benchmarks.metrics import finish_ns
 
 # --- bounds: every loop and every wait ends by itself (and see fleet.SETUP_TIMEOUT, QUIET_END) ----
 
@@ -36,8 +34,17 @@ BATCH = 256
 PUSH_TIMEOUT_MS = 10_000
 #: Seconds between two warm-up messages of a publisher session.
 WARM_INTERVAL = 0.005
+#: Seconds between two readings of the devices' counters (subscribers) and of the replays'
+#: (publishers): when a stream ended is interpolated between two readings (metrics.finish_ns).
+COUNT_EVERY = 0.01
+REPLAY_EVERY = 0.002
+#: Seconds between two heartbeats of a publisher session while it waits.
+HEARTBEAT_EVERY = 1.0
 #: Rooms the idle clients are spread over.
 IDLE_ROOMS = 10
+
+#: Flags as plain ints: pyzmq converts enum flags on every call, which costs as much as a send.
+NOBLOCK, SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 
 
 # === worker processes ============================================================================
@@ -69,155 +76,154 @@ def worker_main(cfg: Json) -> int:
 # --- subscriber --------------------------------------------------------------------------------
 
 
-class SubStats:
-    """What one SUB socket saw of the measured messages."""
+class Inspected:
+    """A SUB socket read in Python: before the clock (warm-ups and fences), and after it when it
+    is one of the latency probes (distinct seqs, duplicates, publisher → here latency)."""
 
-    __slots__ = ("count", "dups", "first_ns", "last_ns", "lat", "other", "seen", "warm")
+    __slots__ = ("count", "dups", "fences", "last_ns", "lat", "seen", "warm")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self) -> None:
+        self.warm = False
+        self.fences = 0
         self.count = 0  # distinct measured seqs
         self.dups = 0
-        self.first_ns = 0
         self.last_ns = 0
-        self.other = 0  # events that are not bench messages (joins, ...) and warm-ups
-        self.warm = False
-        self.seen = bytearray(capacity)  # seen[seq] == 1: that measured seq arrived
-        self.lat = array("q")  # ns, latency scenarios only
+        self.seen = bytearray(65_536)  # seen[seq] == 1: that measured seq arrived
+        self.lat = array("q")  # ns
 
-    def report(self) -> Json:
-        return {
-            "count": self.count,
-            "dups": self.dups,
-            "first_ns": self.first_ns,
-            "last_ns": self.last_ns,
-            "other": self.other,
-        }
+    def drain(self, sock: Sock) -> bool:
+        """Take up to BATCH waiting messages. Returns whether a measured one came."""
+        measured = False
+        for _ in range(BATCH):
+            try:
+                payload = sock.recv_multipart(NOBLOCK)[-1]
+            except zmq.Again:
+                break
+            now = time.monotonic_ns()
+            mark, seq, stamp = wire.parse(payload)
+            if mark != wire.MEASURED:
+                self.warm |= mark == wire.WARMUP
+                self.fences += mark == wire.FENCE
+                continue
+            measured = True
+            if seq >= len(self.seen):
+                self.seen.extend(bytes(seq + 1 - len(self.seen) + 65_536))
+            if self.seen[seq]:
+                self.dups += 1
+                continue
+            self.seen[seq] = 1
+            self.count += 1
+            self.last_ns = now
+            if stamp:
+                self.lat.append(now - stamp)
+        return measured
 
 
-def drain(sock: Sock, st: SubStats, latency: bool) -> bool:
-    """Take up to BATCH waiting messages. Returns whether any measured one came."""
-    measured = False
-    for _ in range(BATCH):
-        try:
-            sock.recv(zmq.NOBLOCK)  # the topic; feed messages are always [topic, payload]
-        except zmq.Again:
-            break
-        payload = sock.recv()
-        now = time.monotonic_ns()
-        i = payload.find(TEXT_KEY, 8)
-        mark = payload[i + 8] if i > 0 else 0
-        if mark != MEASURED:
-            if mark == WARMUP:
-                st.warm = True
-            st.other += 1
-            continue
-        measured = True
-        seq = int(payload[7 : payload.index(b",", 7)])  # {"seq":123,...
-        seen = st.seen
-        if seq >= len(seen):
-            seen.extend(bytes(seq + 1 - len(seen) + 65_536))
-        if seen[seq]:
-            st.dups += 1
-            continue
-        seen[seq] = 1
-        st.count += 1
-        if not st.first_ns:
-            st.first_ns = now
-        st.last_ns = now
-        if latency:  # text: "M <monotonic_ns> padding"
-            start = i + 10
-            st.lat.append(now - int(payload[start : payload.index(b" ", start)]))
-    return measured
+def _poller(sockets: list[Sock]) -> zmq.Poller:
+    poller = zmq.Poller()
+    for s in sockets:
+        poller.register(s, zmq.POLLIN)
+    return poller
 
 
 def subscriber(cfg: Json, link: Link, ctx: Ctx) -> None:
-    """Many SUB sockets on the feed, polled together. Reports ``warm`` once every socket saw a
-    warm-up message, then ``result`` when every socket has all ``expected`` messages, the stream
-    went quiet for QUIET_END seconds after ``go``, or the deadline passed."""
-    expected, latency = int(cfg["expected"]), bool(cfg["latency"])
+    """SUB sockets on the feed, each a subscriber. Before the clock every socket is read here,
+    until it has seen a warm-up (then ``warm`` is reported, once for all) and every publisher
+    session's fence (then ``ready``). After it, the sockets listed in ``probes`` go on being
+    read here (latency); each of the others is handed to a :class:`~benchmarks.devices.Counter`.
+    Reports ``result`` when every socket has every measured message, when the stream went
+    quiet for QUIET_END seconds after ``go``, or at the deadline."""
+    expected, fences = int(cfg["expected"]), int(cfg["fences"])
     deadline = time.monotonic() + cfg["deadline"]
     socks: list[Sock] = []
     for _ in range(cfg["sockets"]):
         s = ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(cfg["endpoints"]["feed"])
-        s.setsockopt(zmq.SUBSCRIBE, TOPIC)
+        s.setsockopt(zmq.SUBSCRIBE, wire.TOPIC)
         socks.append(s)
-    stats = {s: SubStats(cfg["capacity"]) for s in socks}
-    poller = zmq.Poller()
-    for s in socks:
-        poller.register(s, zmq.POLLIN)
-    poller.register(link.sock, zmq.POLLIN)
+    seen = {s: Inspected() for s in socks}
     link.send("up")
-    warm_told = go = timed_out = False
-    last = 0.0
-    complete = 0
-    while complete < len(socks):
+    warm_told = False
+    setup_by = min(deadline, time.monotonic() + SETUP_TIMEOUT * 2)
+    poller = _poller(socks)
+    while not all(st.fences >= fences for st in seen.values()):
+        if time.monotonic() > setup_by:
+            raise BenchError("the warm-up and the fences did not all arrive")
+        for sock, _ in poller.poll(100):
+            seen[sock].drain(sock)
+        if not warm_told and all(st.warm for st in seen.values()):
+            link.send("warm")
+            warm_told = True
+    probes = [socks[i] for i in cfg["probes"]]
+    counters = [Counter(ctx, s, wire.FEED_FRAMES[cfg["shape"]]) for s in socks if s not in probes]
+    for c in counters:
+        c.start()
+    link.send("ready")
+    # (monotonic ns, count) readings of each counter from the go on.
+    readings: list[list[tuple[int, int]]] = [[] for _ in counters]
+    go = timed_out = False
+    last_progress = next_reading = 0.0
+    poller = _poller([*probes, link.sock])
+    while True:
         now = time.monotonic()
         if now > deadline:
             timed_out = True
             break
-        if go and now - last > QUIET_END:
+        complete = all(seen[s].count >= expected for s in probes) and all(r and r[-1][1] >= expected for r in readings)
+        if go and (complete or now - last_progress > QUIET_END):
             break
-        for sock, _ in poller.poll(100):
+        for sock, _ in poller.poll(int(COUNT_EVERY * 1000)):
             if sock is link.sock:
                 cmd = link.recv(0)
                 if cmd is not None and cmd["type"] == "go":
-                    go, last = True, time.monotonic()
-                continue
-            st = stats[sock]
-            before = st.count
-            if drain(sock, st, latency):
-                last = time.monotonic()
-            if before < expected <= st.count:
-                complete += 1
-        if not warm_told and all(st.warm for st in stats.values()):
-            link.send("warm")
-            warm_told = True
-    link.send(
-        "result",
-        timed_out=timed_out,
-        sockets=[st.report() for st in stats.values()],
-        latencies_ns=[list(st.lat) for st in stats.values()] if latency else [],
-    )
+                    go, last_progress = True, time.monotonic()
+            elif seen[sock].drain(sock):
+                last_progress = time.monotonic()
+        if go and time.monotonic() >= next_reading:
+            next_reading = time.monotonic() + COUNT_EVERY
+            t = time.monotonic_ns()
+            for c, r in zip(counters, readings, strict=True):
+                n = c.received()
+                if r and n > r[-1][1]:
+                    last_progress = time.monotonic()
+                r.append((t, n))
+    for c in counters:
+        c.stop()
+    results = [
+        {"mode": "probe", "count": seen[s].count, "dups": seen[s].dups, "last_ns": seen[s].last_ns} for s in probes
+    ]
+    for r in readings:
+        final = r[-1][1] if r else 0
+        results.append({"mode": "count", "count": final, "dups": 0, "last_ns": finish_ns(r, final) if final else 0})
+    link.send("result", timed_out=timed_out, sockets=results, latencies_ns=[list(seen[s].lat) for s in probes])
 
 
 # --- publisher -----------------------------------------------------------------------------------
 
 
 class Session:
-    """One publisher: a PUSH to ingest and, for zchat, a session (hello, heartbeats, token)."""
+    """One publisher: a PUSH to ingest and, for zchat, a session (hello, heartbeats, token).
+    Once a :class:`~benchmarks.devices.Replay` has taken its PUSH, only the replay uses it."""
 
     def __init__(self, ctx: Ctx, cfg: Json, index: int, per_session: int) -> None:
-        self.zchat = bool(cfg["zchat"])
-        self.nick = f"pub{index}".encode()
-        self.seq_base = index * per_session  # the proxy's seqs: distinct over all publishers
+        shape: wire.Shape = cfg["shape"]
+        self.poster = wire.Poster(shape, f"pub{index}".encode(), seq_base=index * per_session)
         self.text_bytes = int(cfg["text_bytes"])
         self.push = ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.LINGER, 0)
         self.push.setsockopt(zmq.SNDTIMEO, PUSH_TIMEOUT_MS)
         self.push.connect(cfg["endpoints"]["ingest"])
-        self.rpc: Sock | None = None
-        self.token = b""
+        self.rpc = wire.rpc_dealer(ctx, cfg["endpoints"]["rpc"]) if shape == "post" else None
         self._next_beat = 0.0
-        if self.zchat:
-            self.rpc = ctx.socket(zmq.DEALER)
-            self.rpc.setsockopt(zmq.LINGER, 0)
-            self.rpc.connect(cfg["endpoints"]["rpc"])
 
     def hello(self, timeout: float) -> None:
         if self.rpc is None:
             return
-        inbox = f"@{self.nick.decode()}:{secrets.token_urlsafe(18)}"
-        hello = {"type": "hello", "req": "hello", "nick": self.nick.decode(), "rooms": [ROOM], "inbox": inbox}
-        send_json(self.rpc, [b""], hello)
-        if not self.rpc.poll(int(timeout * 1000)):
-            raise BenchError("no answer to hello")
-        reply = json.loads(self.rpc.recv_multipart()[-1])
-        if not reply.get("ok"):
-            raise BenchError(f"hello refused: {reply}")
-        self.token = str(reply["token"]).encode()
-        self._next_beat = time.monotonic() + 1.0
+        nick = self.poster.nick.decode()
+        reply = wire.call(self.rpc, wire.hello(nick, [wire.ROOM], wire.new_inbox(nick)), timeout)
+        self.poster.token = wire.token_of(reply).encode()
+        self._next_beat = time.monotonic() + HEARTBEAT_EVERY
 
     def keepalive(self) -> None:
         """Heartbeat about once a second (while not posting) and drop the replies."""
@@ -226,24 +232,19 @@ class Session:
         while self.rpc.poll(0):
             self.rpc.recv_multipart()
         if time.monotonic() >= self._next_beat:
-            send_json(self.rpc, [b""], {"type": "heartbeat", "req": "hb", "token": self.token.decode()})
-            self._next_beat = time.monotonic() + 1.0
+            wire.send_request(self.rpc, wire.heartbeat(self.poster.token.decode()))
+            self._next_beat = time.monotonic() + HEARTBEAT_EVERY
 
-    def send(self, n: int, mark: bytes) -> None:
-        """Push message ``n`` (from 0) of this session: a Post for zchat, a feed event for the
-        proxy. The text is ``<mark> <monotonic_ns> xxx…``, ``text_bytes`` long. (Frame by frame:
-        ``send_multipart`` costs a few µs more per message in pyzmq.)"""
-        text = b"%s %d " % (mark, time.monotonic_ns())
-        text += b"x" * (self.text_bytes - len(text))
-        msg_id = b"%s%d" % (mark, n)
-        if self.zchat:
-            post = b'{"token":"%s","room":"bench","kind":"message","id":"%s","text":"%s"}'
-            self.push.send(post % (self.token, msg_id, text))
-            return
-        seq = self.seq_base + n + 1 if mark == b"M" else 0
-        event = b'{"seq":%d,"ts":"%s","room":"bench","kind":"message","nick":"%s","text":"%s","id":"%s"}'
-        self.push.send(TOPIC, zmq.SNDMORE)
-        self.push.send(event % (seq, FAKE_TS, self.nick, text, msg_id))
+    def message(self, mark: bytes, stamp_ns: int = 0) -> list[bytes]:
+        return self.poster.frames(mark, wire.text(mark, stamp_ns, self.text_bytes))
+
+    def send(self, mark: bytes) -> None:
+        """Build the next message, stamped now, and push it (frame by frame with plain-int
+        flags: send_multipart costs a few µs more per message in pyzmq)."""
+        *first, last = self.message(mark, time.monotonic_ns())
+        for frame in first:
+            self.push.send(frame, SNDMORE)
+        self.push.send(last)
 
 
 def _wait_for(link: Link, sessions: list[Session], want: str, deadline: float) -> Json:
@@ -258,8 +259,12 @@ def _wait_for(link: Link, sessions: list[Session], want: str, deadline: float) -
 
 
 def publisher(cfg: Json, link: Link, ctx: Ctx) -> None:
-    """Sessions in one process. Commands: warm (send warm-ups until stopwarm), go (send the
-    load, report done), stop (exit)."""
+    """Sessions in one process. Commands: warm (send warm-ups until stopwarm, then a fence per
+    session), go (send the load, report done), stop (exit). With the ``replay`` engine every
+    measured message is built and queued before the clock and a device per session sends them;
+    with ``loop`` Python builds and sends each one, stamped (the latency scenarios), paced at
+    ``rate`` messages a second or as fast as the broker takes them. Sending stops after
+    ``bound`` seconds in any case."""
     deadline = time.monotonic() + cfg["deadline"]
     per_session, rate = int(cfg["per_session"]), float(cfg["rate"])
     sessions = [Session(ctx, cfg, i, per_session) for i in cfg["sessions"]]
@@ -271,29 +276,64 @@ def publisher(cfg: Json, link: Link, ctx: Ctx) -> None:
     stop_by = min(deadline, time.monotonic() + SETUP_TIMEOUT)
     while time.monotonic() < stop_by:
         for s in sessions:
-            s.send(warm, b"W")
+            s.send(wire.WARMUP)
         warm += 1
         cmd = link.recv(WARM_INTERVAL)
         if cmd is not None and cmd["type"] == "stopwarm":
             break
+    for s in sessions:
+        s.send(wire.FENCE)
+    replays = []
+    if cfg["engine"] == "replay":
+        for s in sessions:
+            replay = Replay(ctx, s.push, wire.INGEST_FRAMES[cfg["shape"]])
+            for _ in range(per_session):
+                replay.queue(s.message(wire.MEASURED))
+            replays.append(replay)
     link.send("stopped", warm=warm * len(sessions))
     _wait_for(link, sessions, "go", deadline)
     total = per_session * len(sessions)
     t_start = time.monotonic_ns()
+    send_by = min(deadline, time.monotonic() + float(cfg["bound"]))
     error = None
     try:
-        sent = _paced(sessions, total, rate, deadline) if rate > 0 else _flood(sessions, per_session, deadline)
-    except zmq.Again:
-        sent, error = -1, f"a push blocked for {PUSH_TIMEOUT_MS} ms"
-    link.send("done", sent=sent, t_start=t_start, t_end=time.monotonic_ns(), error=error)
+        if replays:
+            sent, t_end = _replay(replays, sessions, total, send_by)
+        else:
+            sent = _paced(sessions, total, rate, send_by) if rate > 0 else _flood(sessions, per_session, send_by)
+            t_end = time.monotonic_ns()
+    except (zmq.Again, BenchError) as exc:
+        sent, t_end = -1, time.monotonic_ns()
+        error = f"a push blocked for {PUSH_TIMEOUT_MS} ms" if isinstance(exc, zmq.Again) else str(exc)
+    for replay in replays:
+        replay.stop()
+    link.send("done", sent=sent, t_start=t_start, t_end=t_end, error=error)
     _wait_for(link, sessions, "stop", deadline + QUIET_END + 30)
+
+
+def _replay(replays: list[Replay], sessions: list[Session], total: int, deadline: float) -> tuple[int, int]:
+    """Start the replays; return how many messages they sent and when they finished (when the
+    last one was handed to its PUSH socket, interpolated between two readings)."""
+    readings = [(time.monotonic_ns(), 0)]
+    for replay in replays:
+        replay.start()
+    sent = 0
+    while sent < total and time.monotonic() < deadline:
+        time.sleep(REPLAY_EVERY)
+        if any(not r.running for r in replays):
+            raise BenchError(f"a replay stopped: {next(r.error for r in replays if not r.running)}")
+        sent = sum(r.sent() for r in replays)
+        readings.append((time.monotonic_ns(), sent))
+        for s in sessions:
+            s.keepalive()
+    return sent, finish_ns(readings, sent)
 
 
 def _flood(sessions: list[Session], per_session: int, deadline: float) -> int:
     """Every session's messages, round robin, as fast as the broker takes them."""
     for n in range(per_session):
         for s in sessions:
-            s.send(n, b"M")
+            s.send(wire.MEASURED)
         if not n & 1023 and time.monotonic() > deadline:
             return n * len(sessions)
     return per_session * len(sessions)
@@ -312,8 +352,7 @@ def _paced(sessions: list[Session], total: int, rate: float, deadline: float) ->
             time.sleep((due - now) / 1e9)
             continue
         while i < total and start + int(i * interval) <= now:
-            s = sessions[i % len(sessions)]
-            s.send(i // len(sessions), b"M")
+            sessions[i % len(sessions)].send(wire.MEASURED)
             i += 1
         if time.monotonic() > deadline:
             break
@@ -335,7 +374,7 @@ def idle_clients(cfg: Json, link: Link, ctx: Ctx) -> None:
     tokens: dict[Sock, str] = {}
     for i in cfg["clients"]:
         nick = f"idle{i}"
-        inbox = f"@{nick}:{secrets.token_urlsafe(18)}"
+        inbox = wire.new_inbox(nick)
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.connect(ends["feed"])
@@ -348,14 +387,10 @@ def idle_clients(cfg: Json, link: Link, ctx: Ctx) -> None:
         push.connect(ends["ingest"])
         pushes.append(push)
         if zchat:
-            dealer = ctx.socket(zmq.DEALER)
-            dealer.setsockopt(zmq.LINGER, 0)
-            dealer.connect(ends["rpc"])
-            send_json(dealer, [b""], {"type": "hello", "req": "hello", "nick": nick, "rooms": [room], "inbox": inbox})
+            dealer = wire.rpc_dealer(ctx, ends["rpc"])
+            wire.send_request(dealer, wire.hello(nick, [room], inbox))
             dealers.append(dealer)
-    poller = zmq.Poller()
-    for s in (*subs, *dealers):
-        poller.register(s, zmq.POLLIN)
+    poller = _poller([*subs, *dealers])
     counts = {"feed_msgs": 0, "heartbeats": 0, "hb_ok": 0, "hb_errors": 0}
     # Hellos were pipelined; now collect every answer.
     setup_by = min(deadline, time.monotonic() + SETUP_TIMEOUT * 2)
@@ -366,11 +401,8 @@ def idle_clients(cfg: Json, link: Link, ctx: Ctx) -> None:
             if sock in tokens or sock not in dealers:
                 _drain_idle(sock, counts, "feed_msgs")
                 continue
-            reply = json.loads(sock.recv_multipart()[-1])
-            if not reply.get("ok"):
-                raise BenchError(f"hello refused: {reply}")
-            tokens[sock] = str(reply["token"])
-    link.send("up", clients=len(subs))
+            tokens[sock] = wire.token_of(wire.read_reply(sock))
+    link.send("up", clients=len(subs), connections=len(subs) + len(pushes) + len(dealers))
     # Ten ticks a second; each tick heartbeats a tenth of the sessions (one beat per session
     # per second, as zchat.Client does) and reads what came. Ticks, not a busy poll: this
     # process shares the CPUs with the broker under test and must cost it little.
@@ -387,11 +419,11 @@ def idle_clients(cfg: Json, link: Link, ctx: Ctx) -> None:
         for sock, _ in poller.poll(0):
             if sock in tokens:
                 for frames in _recv_all(sock):
-                    counts["hb_ok" if b'"ok":true' in frames[-1] else "hb_errors"] += 1
+                    counts["hb_ok" if wire.heartbeat_ok(frames[-1]) else "hb_errors"] += 1
             else:
                 _drain_idle(sock, counts, "feed_msgs")
         for dealer in dealers[tick % slices :: slices]:
-            send_json(dealer, [b""], {"type": "heartbeat", "req": "hb", "token": tokens[dealer]})
+            wire.send_request(dealer, wire.heartbeat(tokens[dealer]))
             counts["heartbeats"] += 1
         tick += 1
     raise BenchError("idle clients: no stop before the deadline")
@@ -400,7 +432,7 @@ def idle_clients(cfg: Json, link: Link, ctx: Ctx) -> None:
 def _recv_all(sock: Sock) -> Iterator[list[bytes]]:
     while True:
         try:
-            yield sock.recv_multipart(zmq.NOBLOCK)
+            yield sock.recv_multipart(NOBLOCK)
         except zmq.Again:
             return
 
