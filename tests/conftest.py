@@ -5,6 +5,7 @@ condition, never on a sleep."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import queue
@@ -135,8 +136,11 @@ class Lines(Generic[AnyStr]):
         stream = proc.stdout
 
         def pump() -> None:
-            for line in stream:
-                self.queue.put(line)
+            # A test may close the pipe (leaving its `with Popen`) before the last lines are read:
+            # that ends the reading too, instead of an exception in this thread failing a later test.
+            with contextlib.suppress(ValueError):
+                for line in stream:
+                    self.queue.put(line)
 
         threading.Thread(target=pump, daemon=True).start()
 
