@@ -1,9 +1,12 @@
-"""Shared fixtures: real brokers on loopback (in a thread, or as a `zchat broker` process) and
-connected clients. Every wait here is bounded and ends on a condition, never on a sleep."""
+"""Shared fixtures: real brokers on loopback (in a thread, or as a `zchat broker` process),
+connected clients, and a real PostgreSQL server. Every wait here is bounded and ends on a
+condition, never on a sleep."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import itertools
 import os
 import queue
 import re
@@ -17,8 +20,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, AnyStr, Generic
 
+import psycopg
 import pytest
 import zmq
+from pgserver import PgServer, find_bindir, where_searched
+from psycopg import sql
 
 from zchat.broker.config import BrokerConfig
 from zchat.broker.shell import Broker
@@ -132,8 +138,11 @@ class Lines(Generic[AnyStr]):
         stream = proc.stdout
 
         def pump() -> None:
-            for line in stream:
-                self.queue.put(line)
+            # A test may close the pipe (leaving its `with Popen`) before the last lines are read:
+            # that ends the reading too, instead of an exception in this thread failing a later test.
+            with contextlib.suppress(ValueError):
+                for line in stream:
+                    self.queue.put(line)
 
         threading.Thread(target=pump, daemon=True).start()
 
@@ -254,3 +263,50 @@ def child_env() -> dict[str, str]:
 
 _CONFIG_HOME = tempfile.mkdtemp(prefix="zchat-test-config-")
 atexit.register(shutil.rmtree, _CONFIG_HOME, True)
+
+
+# --- a real PostgreSQL server -------------------------------------------------------------------
+
+#: Set to 1 by .ci/run: there, a machine without the server binaries fails the PostgreSQL tests
+#: instead of skipping them.
+REQUIRE_POSTGRES = "ZCHAT_REQUIRE_POSTGRES"
+_test_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server for the whole session (about a second to start), started by the first
+    test that asks for it. Without the server binaries its tests are skipped, saying why."""
+    bindir = find_bindir()
+    if bindir is None:
+        reason = f"no PostgreSQL server binaries in {where_searched()} (Debian: apt-get install postgresql)"
+        if os.environ.get(REQUIRE_POSTGRES) == "1":
+            pytest.fail(f"{reason}, and {REQUIRE_POSTGRES}=1", pytrace=False)
+        pytest.skip(reason)
+    server = PgServer(bindir)
+    server.start(timeout=45)  # inside pytest-timeout's 60 s, so its own error, with the log, shows
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer) -> Iterator[str]:
+    """A libpq URI (TCP, password) for a new, empty database of this test's own, dropped after the
+    test together with any connection it left open."""
+    name = f"test_{next(_test_databases)}"
+    with psycopg.connect(pg_server.dsn("postgres", unix=True), autocommit=True, connect_timeout=10) as admin:
+        create = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+        if admin.info.server_version >= 150000:
+            # A file copy takes ~10 ms with fsync off; 15's default, WAL_LOG, ~100 ms.
+            create = sql.SQL("{} STRATEGY FILE_COPY").format(create)
+        admin.execute(create)
+    yield pg_server.dsn(name)
+    with psycopg.connect(pg_server.dsn("postgres", unix=True), autocommit=True, connect_timeout=10) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need the server, so that `pytest -m "not postgres"` leaves them out."""
+    for item in items:
+        if "pg_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
