@@ -259,13 +259,17 @@ class Post(msgspec.Struct, frozen=True):
     """
 
     token: Id
-    text: Text
+    text: Text = ""
     room: Name = ""
     kind: PostKind = "message"
     id: Id | None = None
     n: PostNumber | None = None
     #: A private message: the nick it is for (``room`` is then ignored).
     to: Name | None = None
+    #: Gives number ``n`` up: the broker uses it up and publishes nothing (a sender that gave up
+    #: on a message sends this for its number, so the posts after it go through; if the message
+    #: itself was still on its way and came first, it was delivered and this is a duplicate).
+    void: bool = False
 
 
 class _Req(msgspec.Struct, frozen=True, tag_field="type"):

@@ -408,6 +408,23 @@ def test_an_unnumbered_post_in_a_batch_that_is_not_stored_is_told_so() -> None:
     assert (err.code, err.id, err.expected) == ("unavailable", "plain", None)
 
 
+def test_a_void_post_uses_up_its_number_and_publishes_nothing(h: Harness) -> None:
+    token = h.hello("alice")
+    assert h.post(token, "general", "", n=1, void=True) == Sent()
+    assert h.beat(token, who="alice")["acked"] == 1
+    assert len(h.post(token, "general", "two", n=2).events) == 1
+    assert h.post(token, "general", "", n=2, void=True).to("alice")[0].kind == "duplicate"
+
+
+def test_replies_repeat_the_refused_numbers_beside_acked(h: Harness) -> None:
+    token = h.hello("alice")
+    h.post(token, "", "hi?", to="nobody", n=1)
+    h.post(token, "general", "fine", n=2)
+    reply = h.beat(token, who="alice")
+    assert (reply["acked"], reply["refused"]) == (2, {"1": "no one called 'nobody' is here"})
+    assert h.call(hello_req("alice", resume=token), who="alice")[0]["refused"] == reply["refused"]
+
+
 def test_posts_without_a_number_are_taken_as_they_come(h: Harness) -> None:
     token = h.hello("alice")
     assert len(h.post(token, "general", "a").events) == len(h.post(token, "general", "a").events) == 1

@@ -382,16 +382,61 @@ def test_unconfirmed_messages_expire_when_nothing_moves_but_not_while_behind() -
     assert expired[0].local
 
 
-def test_after_messages_expired_the_next_ones_are_renumbered_to_what_the_broker_wants() -> None:
+def test_a_message_given_up_on_keeps_its_number_which_goes_void() -> None:
     s = joined(0.0, send_timeout=5.0)
-    for i in range(3):
-        s.post(f"lost {i}", None, "message", 0.0)
-    s.tick(6.0)  # never confirmed: given up (numbers 1-3 were never pushed)
+    lost = s.post("lost", None, "message", 0.0)
+    s.tick(6.0)  # never confirmed: given up, reported not sent (never pushed: the broker was gone)
+    assert lost in s.failed
     later = s.post("later", None, "message", 7.0)
-    (post,) = pushed(s, 7.0)
-    assert post.n == 4
-    s.rpc_message(delivery(p.Event(0, "", "", "error", "*", "no", code="out_of_order", n=4, expected=1)), 7.1)
-    assert [(post.id, post.n) for post in pushed(s, 7.1)] == [(later, 1)]
+    # Number 1 is given up, not given to "later", and not sent either: it goes void.
+    sent = pushed(s, 7.0)
+    assert [(post.n, post.void, post.text, post.id) for post in sent] == [
+        (1, True, "", None),
+        (2, False, "later", later),
+    ]
+    assert lost in s.failed
+
+
+def test_a_message_given_up_on_that_was_on_its_way_is_delivered_after_all() -> None:
+    s = joined(0.0, send_timeout=5.0)
+    lost = s.post("slow", None, "message", 0.0)
+    pushed(s)  # it went, and the broker was stalled
+    s.tick(6.0)
+    assert lost in s.failed
+    s.feed_message(p.encode(event(2, "slow", nick="alice", id=lost, n=1)), 7.0)  # it arrived after all
+    assert lost not in s.failed
+    s.rpc_message(delivery(p.Event(0, "", "", "duplicate", "*", "already", n=1)), 7.1)  # (its void)
+    assert lost not in s.failed and not s.pending
+
+
+def test_a_reply_older_than_the_feed_never_sends_a_message_under_another_number() -> None:
+    s = joined(0.0)
+    ids = [s.post(f"m{i}", None, "message", 0.0) for i in range(1, 6)]
+    pushed(s)
+    for n in (1, 2, 3):  # the feed showed 1-3 ...
+        s.feed_message(p.encode(event(n + 1, f"m{n}", nick="alice", id=ids[n - 1], n=n)), 0.1)
+    s.tick(1.0)
+    (beat,) = requests(s.take_outgoing())
+    s.rpc_message(reply_to(beat, seqs={ROOM: 4}, acked=1), 1.1)  # ... the reply was taken before
+    s.rpc_message(delivery(p.Event(0, "", "", "error", "*", "x", code="out_of_order", n=5, expected=2)), 1.2)
+    # Nothing is sent again under a number it did not have, and 4 and 5 keep their own numbers.
+    assert [(post.id, post.n) for post in pushed(s, 1.2)] == [(ids[3], 4), (ids[4], 5)]
+    s.rpc_message(delivery(p.Event(0, "", "", "duplicate", "*", "already", n=4)), 1.3)
+    assert list(s.pending) == [ids[4]]
+
+
+def test_a_refusal_told_in_a_reply_fails_the_message_instead_of_confirming_it() -> None:
+    s = joined(0.0)
+    to_gone = s.post("are you there?", None, "message", 0.0, to="gone")
+    fine = s.post("hi", None, "message", 0.0)
+    pushed(s)
+    s.tick(1.0)
+    (beat,) = requests(s.take_outgoing())
+    # The refusal itself went to a connection that had just gone: the reply says it again.
+    s.rpc_message(reply_to(beat, seqs={ROOM: 2}, acked=2, refused={"1": "no one called 'gone' is here"}), 1.1)
+    assert s.failed == {to_gone: "no one called 'gone' is here"} and not s.pending
+    assert [(e.kind, e.code, e.id) for e in s.take_events()] == [("error", "rejected", to_gone)]
+    assert fine not in s.failed
 
 
 def test_a_new_session_renumbers_the_outbox_and_confirms_what_the_old_one_committed() -> None:

@@ -72,6 +72,9 @@ MOVES_BURST = 20
 SESSIONS_PER_KEY = 16
 #: Rooms kept in memory at once (rooms with members; an empty one is forgotten, its history stays).
 MAX_ACTIVE_ROOMS = 10_000
+#: Refused post numbers a session is reminded of in its replies (a burst of refusals is rare:
+#: a client that validates what it sends sees few).
+MAX_REFUSED = 32
 #: Ended sessions whose last post number is remembered (so their late resends are recognised).
 MAX_TOMBSTONES = 10_000
 #: A loop iteration this much later than the previous one means the broker itself was stalled
@@ -98,6 +101,10 @@ class Session:
     away: str | None = None
     #: The ``expected`` number it was last told (out of order, rate limited): told once.
     told: int = 0
+    #: Its latest posts refused for good (number -> why), told again in every hello and
+    #: heartbeat reply beside ``acked``: ``acked`` counts them too, and a refusal delivered to a
+    #: connection that just went away must not read as a confirmation.
+    refused: dict[int, str] = field(default_factory=dict)
 
     def record(self, ended: float | None = None) -> SessionRecord:
         rooms = sorted(self.rooms)
@@ -373,6 +380,10 @@ class BrokerCore:
             return
         session.expires = max(session.expires, now + self.lease)
         if post.n is not None and not self._its_turn(session, post.n, post.id):
+            return
+        if post.void:  # a number given up: used up, nothing published, never limited (it costs nothing)
+            if post.n is not None:
+                self._use_number(session, post.n)
             return
         if not self._posts.allow(session.identity or session.token, now):
             self.counters.rate_limited += 1
@@ -665,6 +676,7 @@ class BrokerCore:
             topics=topics,
             inbox=self._inbox_state(session),
             acked=session.acked,
+            refused=session.refused,
             prior_acked=prior_acked,
             epoch=self.epoch,
             history=self.history_id,
@@ -690,7 +702,7 @@ class BrokerCore:
         # its posts even if it missed them on the feed.
         seqs = {room: self.seq(room) for room in sorted(session.rooms)}
         seqs[session.inbox] = self._inbox_seq(session.inbox)
-        return _ok(req, seqs=seqs, acked=session.acked)
+        return _ok(req, seqs=seqs, acked=session.acked, refused=session.refused)
 
     def _join_request(self, req: p.Join, session: Session) -> dict[str, object]:
         room = p.check_room(p.normalize_room(req.room))
@@ -1000,6 +1012,10 @@ class BrokerCore:
     def _error(
         self, session: Session, code: str, text: str, *, room: str = "", ref: str | None = None, n: int | None = None
     ) -> None:
+        if n is not None:  # a refusal for good: its number is used up
+            session.refused[n] = text
+            while len(session.refused) > MAX_REFUSED:
+                del session.refused[next(iter(session.refused))]
         ev = self._notice("error", text, ref=ref, n=n, code=code)
         self._deliver(session, msgspec.structs.replace(ev, room=room if room in session.rooms else ""))
 

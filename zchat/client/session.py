@@ -17,13 +17,17 @@ Two rules hold everything here together, as in h11's ``_state.py``:
 The states and what moves between them are the table :data:`TRANSITIONS`; every change of
 :attr:`ClientSession.state` goes through it, so a test can walk it.
 
-**The outbox.** Each message gets the next post number ``n`` of the session. The broker accepts
-each number once and in order and reports the newest it committed (``acked``, in every hello and
-heartbeat reply): everything up to it is confirmed, whatever the feed showed. When the broker says
-a post came out of order, too fast, or could not be stored, it names the number it wants next and
-the outbox resends from there; if it says nothing while ``acked`` lags, the outbox resends from
-``acked + 1`` after :data:`RESEND_AFTER` seconds. Posts go out no faster than the broker's rate
-and burst (from the hello reply), so an honest pipe is delivered whole.
+**The outbox.** Each message gets the next post number ``n`` of the session, and within a session
+a number is never given to other content (a message given up on keeps its number and its text),
+so the broker's answer for a number can only mean one message. The broker accepts each number
+once and in order and reports the newest it processed (``acked``, in every hello and heartbeat
+reply, with ``refused``: those it refused for good): everything up to it is settled, whatever
+the feed showed. When the broker says a post came out of order, too fast, or could not be stored,
+it names the number it wants next and the outbox resends from there — never from before a post
+it knows processed, since an answer can be older than what the feed already showed; if the broker
+says nothing while ``acked`` lags, the outbox resends after :data:`RESEND_AFTER` seconds. Posts
+go out no faster than the broker's rate and burst (from the hello reply), so an honest pipe is
+delivered whole.
 """
 
 from __future__ import annotations
@@ -166,7 +170,11 @@ class ClientSession:
         self.behind = False
         self._next_n = 1
         self._sent_upto = 0  # highest post number handed to the shell
-        self._acked = 0  # highest post number the broker confirmed
+        self._acked = 0  # highest post number known to be processed by the broker
+        # Messages given up on (reported not sent) keep their numbers: a number is never given to
+        # other content in a session, so the broker's answer for it can only mean this message.
+        # If the broker wants one, it gets a void for it, not the message.
+        self._given_up: dict[str, Pending] = {}
         self._progress_at = 0.0  # when the outbox last moved (a confirmation, or it filled)
         self._hold_until = 0.0  # no posts before this (the broker asked for a pause)
         self._rate = 0.0  # posts a second the broker allows (0: no limit)
@@ -241,13 +249,19 @@ class ClientSession:
             self._tokens, self._tokens_at = self._burst, now
         acked = reply.get("acked")
         acked = acked if isinstance(acked, int) else 0
-        if not resumed:
-            # A new session numbers its posts from 1. What the old one committed (the broker
-            # remembers it for a while) is confirmed; the rest goes again, renumbered.
+        if resumed:
+            self._settle(acked, _refused(reply), now)
+        else:
+            # A new session numbers its posts from 1. What the old one processed (the broker
+            # remembers it for a while) is settled; the rest goes again, as this session's.
             prior = reply.get("prior_acked")
-            self._confirm_upto(prior if isinstance(prior, int) else 0, now)
+            self._settle(prior if isinstance(prior, int) else 0, {}, now)
+            self._given_up.clear()  # the old session's numbers: nothing can be sent under them now
+            for n, out in enumerate(self.pending.values(), 1):
+                out.n = n
+            self._next_n = len(self.pending) + 1
             self._acked = self._sent_upto = 0
-        self._rewind(acked + 1, now)
+        self._rewind(acked + 1)
 
     def close(self) -> None:
         if self.state != "closed":
@@ -331,7 +345,11 @@ class ClientSession:
             if out.n == n:
                 post = p.Post(token=self.token, room=out.room, text=out.text, kind=out.kind, id=msg_id, n=n, to=out.to)
                 return p.encode(post)
-        # Confirmed meanwhile (it has no pending entry): skip the number.
+        if any(out.n == n for out in self._given_up.values()):
+            # Given up on: its number goes void, so the posts after it go through (the message
+            # itself goes only if it was already on its way).
+            return p.encode(p.Post(token=self.token, n=n, void=True))
+        # Processed meanwhile (it has no entry any more): skip the number.
         self._sent_upto = n
         return self.next_post(now)
 
@@ -340,31 +358,32 @@ class ClientSession:
         if self._rate:
             self._tokens -= 1
 
-    def _rewind(self, n: int, now: float) -> None:
-        """The broker has every post before ``n`` and wants ``n`` next: send again from there.
+    def _processed(self, n: int) -> None:
+        """The broker has processed post ``n``, and so every post before it (it takes them in
+        order): never send them again."""
+        self._acked = max(self._acked, n)
+        self._sent_upto = max(self._sent_upto, n)
 
-        The broker is the truth: what it has is confirmed, and if no pending message has number
-        ``n`` (messages given up on left a gap), the pending ones are renumbered from ``n`` — a
-        broker accepts each number once and in order, so a gap would block everything after it.
-        """
-        self._confirm_upto(n - 1, now)
-        first = next((out.n for out in self.pending.values()), None)
-        if first != n:
-            for i, out in enumerate(self.pending.values()):
-                out.n = n + i
-            self._next_n = n + len(self.pending)
-        self._acked = self._sent_upto = n - 1
+    def _rewind(self, n: int) -> None:
+        """The broker wants post ``n`` next: send again from there. Never from before a post
+        known processed: an answer can be older than what the feed already showed."""
+        self._sent_upto = max(n, self._acked + 1) - 1
 
-    def _confirm_upto(self, acked: int, now: float) -> None:
-        """The broker committed every post up to ``acked``."""
-        done = [msg_id for msg_id, out in self.pending.items() if out.n <= acked]
-        for msg_id in done:
+    def _settle(self, acked: int, refused: dict[int, str], now: float) -> None:
+        """A reply's word: every post up to ``acked`` was processed, and those in ``refused``
+        were refused for good; the others are delivered (a message given up on, after all)."""
+        for msg_id, out in [(i, o) for i, o in self.pending.items() if o.n <= acked]:
             del self.pending[msg_id]
-        if done:
             self._progress_at = now
-        if acked > self._acked:
-            self._acked = acked
-            self._sent_upto = max(self._sent_upto, acked)
+            if out.n in refused and msg_id not in self.failed:
+                self.failed[msg_id] = refused[out.n]
+                ev = p.Event(0, p.format_ts(self._wallclock()), out.room, "error", p.SYSTEM_NICK, refused[out.n])
+                self._events.append(msgspec.structs.replace(ev, id=msg_id, code="rejected", n=out.n))
+        for msg_id in [i for i, o in self._given_up.items() if o.n <= acked]:
+            # Its number was used: by the message (then its own event clears the failure when it
+            # shows up) or by the void sent for it. Which one, only the event can tell.
+            del self._given_up[msg_id]
+        self._processed(acked)
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -528,11 +547,12 @@ class ClientSession:
                 self._offer(event)
             return
         if event.kind == "duplicate" and event.n is not None:
-            self._confirm_one(event.n, now)
+            # Post n was processed before: this session's number n is that message and no other.
+            self._settle_one(event.n, now)
             return
         if event.kind == "error" and event.n is not None and event.expected is not None:
             # Not sent, but it may be: resend from where the broker says, after a pause if asked.
-            self._rewind(event.expected, now)
+            self._rewind(event.expected)
             if event.code == "rate_limited":
                 self._tokens = 0.0
             elif event.code == "unavailable":
@@ -540,7 +560,10 @@ class ClientSession:
             return
         self._deliver(event)
 
-    def _confirm_one(self, n: int, now: float) -> None:
+    def _settle_one(self, n: int, now: float) -> None:
+        """A duplicate: post ``n`` was processed before, by this very message (a number is never
+        another's), or, for one given up on, by it or by its void."""
+        self._processed(n)
         for msg_id, out in self.pending.items():
             if out.n == n:
                 del self.pending[msg_id]
@@ -555,9 +578,9 @@ class ClientSession:
                     self.sequencer.observe(room, seq)
         acked = reply.get("acked")
         if isinstance(acked, int):
-            self._confirm_upto(acked, now)
-            if self._sent_upto > acked and now - self._progress_at > RESEND_AFTER:
-                self._rewind(acked + 1, now)  # the broker says nothing of them: send them again
+            self._settle(acked, _refused(reply), now)
+            if self._sent_upto > self._acked and now - self._progress_at > RESEND_AFTER:
+                self._rewind(self._acked + 1)  # the broker says nothing of them: send them again
                 self._progress_at = now
 
     def _on_history(self, room: str, reply: dict[str, object]) -> None:
@@ -589,14 +612,18 @@ class ClientSession:
         if not event.ts:
             event = msgspec.structs.replace(event, ts=p.format_ts(self._wallclock()))
         mine = self.nick is not None and event.nick.lower() == self.nick.lower()
-        if event.id is not None and event.id in self.pending:
+        out = self.pending.get(event.id or "") or self._given_up.get(event.id or "")
+        if out is not None and event.id is not None and (event.kind == "error" or mine):
+            # The broker's answer to one of our messages: refused (the error), or here it is (given
+            # up on, perhaps: then it was delivered after all).
+            self.pending.pop(event.id, None)
+            self._given_up.pop(event.id, None)
             if event.kind == "error":
-                del self.pending[event.id]
                 self.failed[event.id] = event.text
-            elif mine:
-                del self.pending[event.id]
-        elif event.id is not None and mine:
-            self.failed.pop(event.id, None)  # given up on, yet the broker had it: delivered after all
+            else:
+                self.failed.pop(event.id, None)
+            if event.n == out.n:  # this session's answer: every post before it is processed too
+                self._processed(out.n)
         self._events.append(event)
 
     def _start_rooms(self, seqs: object, history: object) -> None:
@@ -665,6 +692,7 @@ class ClientSession:
         for msg_id, out in self.pending.items():
             self.failed[msg_id] = why
             self._events.append(self._local("error", "not_sent", f"{why}: {out.text[:60]}", out.room, msg_id))
+        self._given_up.update(self.pending)
         self.pending.clear()
 
     def _fetch_missing(self, now: float) -> None:
@@ -694,6 +722,14 @@ class ClientSession:
         return p.Event(
             0, p.format_ts(self._wallclock()), room, kind, p.SYSTEM_NICK, text, id=msg_id, code=code, local=True
         )
+
+
+def _refused(reply: dict[str, object]) -> dict[int, str]:
+    """The post numbers a reply says were refused for good, with why."""
+    refused = reply.get("refused")
+    if not isinstance(refused, dict):
+        return {}
+    return {int(n): str(why) for n, why in refused.items() if isinstance(n, str) and n.isdecimal()}
 
 
 def _from_broker(event: p.Event) -> p.Event:
