@@ -101,6 +101,15 @@ def endpoint_options(f: F) -> F:
 
 def client_options(f: F) -> F:
     f = click.option(
+        "--broker",
+        "brokers",
+        multiple=True,
+        envvar="ZCHAT_BROKERS",
+        metavar="HOST[:PORT]",
+        help="A broker of the chat, instead of --host/--port: repeat it (or give a,b) for an active/standby"
+        " pair; the client moves to the next one when it loses one or is told it is the standby.",
+    )(f)
+    f = click.option(
         "--server-key",
         envvar="ZCHAT_SERVER_KEY",
         metavar="KEY|FILE",
@@ -152,7 +161,11 @@ def _connected(nick: str | None, rooms: Iterable[str], kw: dict[str, Any], **opt
         if default_server is not None:
             raise ZChatError(f"{exc} ({note})") from None
         raise
-    client = Client(nick, rooms, endpoints=_endpoints(kw), timeout=kw.pop("timeout"), curve=curve, **options)
+    brokers = [b for value in kw.pop("brokers") for b in value.split(",") if b.strip()]
+    if brokers and any(kw[name] for name in ("ingest", "feed", "rpc")):
+        raise click.UsageError("give --broker, or --ingest/--feed/--rpc, not both")
+    first, *failover = [_broker(b, "--broker") for b in brokers] or [_endpoints(kw)]
+    client = Client(nick, rooms, endpoints=first, failover=failover, timeout=kw.pop("timeout"), curve=curve, **options)
     try:
         return client.connect()
     except Refused as exc:
@@ -357,13 +370,15 @@ def broker_cmd(
             allowlist=load_allowlist(allow_file) if allow_file else {},
             open_registration=open_registration,
         )
-        with Broker(config) as broker:
+        broker = Broker(config)
+        # Before binding: a signal that comes once the sockets are up must find its handler.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: broker.stop())
+        with broker:
             if curve is not None:
                 log.info("public key: %s (clients pass it as --server-key)", curve[0])
             where = "none (--no-store)" if no_store else f"{db} (keeping {history_limit} events a room)"
             log.info("history: %s; epoch %s", where, broker.core.epoch)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: broker.stop())
             broker.run()
 
 
@@ -534,9 +549,12 @@ def _echo(line: str) -> None:
 @cli.command("relay")
 @click.option(
     "--upstream",
+    "upstreams",
     required=True,
+    multiple=True,
     metavar="HOST[:PORT]|ENDPOINT",
-    help="The broker or relay to relay from: its HOST[:PORT] (its feed is on PORT+1), or a full feed endpoint.",
+    help="The broker or relay to relay from: its HOST[:PORT] (its feed is on PORT+1), or a full feed endpoint;"
+    " repeat it for both brokers of an active/standby pair (only the active one publishes).",
 )
 @click.option(
     "--host", envvar="ZCHAT_RELAY_HOST", default=p.DEFAULT_HOST, show_default=True, help="Address to serve on."
@@ -565,7 +583,7 @@ def _echo(line: str) -> None:
 @log_level_option
 def relay_cmd(
     *,
-    upstream: str,
+    upstreams: tuple[str, ...],
     host: str,
     port: int,
     feed: str | None,
@@ -580,27 +598,30 @@ def relay_cmd(
     """
     _setup_logging(log_level, "text")
     with _clear_errors():
-        source = upstream if "://" in upstream else _feed_of(upstream)
+        sources = [u if "://" in u else _broker(u, "--upstream").feed for u in upstreams]
         bind = feed or p.Endpoints.from_host_port(host, port).feed
         if not keys.is_local(bind) and not insecure:
             raise ZChatError(
                 f"refusing to serve {bind}: a relay's traffic is not encrypted (--insecure if you mean it)"
             )
         curve = keys.client_curve(server_key, key_file)
-        with Relay(source, bind, curve=curve) as relay:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: relay.stop())
+        relay = Relay(sources, bind, curve=curve)
+        # Before binding: a signal that comes once the sockets are up must find its handler.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: relay.stop())
+        with relay:
             relay.run()
 
 
-def _feed_of(address: str) -> str:
-    """The feed endpoint of a broker given as HOST[:PORT] (IPv6 hosts in brackets)."""
+def _broker(address: str, option: str) -> p.Endpoints:
+    """The endpoints of a broker given as HOST[:PORT] (IPv6 hosts in brackets)."""
+    address = address.strip()
     host, sep, port = address.rpartition(":")
     if not sep or host.endswith(":") or (host.count(":") and not host.endswith("]")):
         host, port = address, str(p.DEFAULT_PORT)
-    if not port.isdigit():
-        raise ZChatError(f"--upstream {address!r}: expected HOST[:PORT] or an endpoint")
-    return p.Endpoints.from_host_port(host.strip("[]"), int(port)).feed
+    if not port.isdigit() or not host:
+        raise ZChatError(f"{option} {address!r}: expected HOST[:PORT]")
+    return p.Endpoints.from_host_port(host.strip("[]"), int(port))
 
 
 @cli.command("keygen")

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import secrets
 import threading
+from collections.abc import Sequence
 
 import zmq
 
@@ -46,15 +47,19 @@ class Relay(transport.Service):
 
     def __init__(
         self,
-        upstream: str,
+        upstream: str | Sequence[str],
         bind: str,
         *,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: transport.Curve | None = None,
         hwm: int = FEED_HWM,
     ) -> None:
+        """``upstream``: a feed, or the feeds of both brokers of an active/standby pair (only the
+        active one publishes, so the relay subscribes to all of them)."""
         super().__init__(context)
-        self.upstream = upstream
+        self._stopping = False
+        self._stopper: zmq.Socket[bytes] | None = None
+        self.upstreams = [upstream] if isinstance(upstream, str) else list(upstream)
         self.endpoint = bind
         self._curve = curve
         self._hwm = hwm
@@ -63,31 +68,40 @@ class Relay(transport.Service):
         """Bind the downstream PUB and connect upstream; returns the endpoint as bound."""
         self.down = self._socket(zmq.PUB, self.endpoint, SNDHWM=self._hwm, MAXMSGSIZE=MAX_SUBSCRIPTION_BYTES)
         self.endpoint = transport.bind(self.down, self.endpoint)
-        self.up = self._socket(zmq.SUB, self.upstream, self._curve, RCVHWM=self._hwm)
+        self.up = self._socket(zmq.SUB, self.upstreams[0], self._curve, RCVHWM=self._hwm)
         self.up.setsockopt(zmq.SUBSCRIBE, b"")
-        self.up.connect(self.upstream)
+        for upstream in self.upstreams:
+            self.up.connect(upstream)
         # The steerable proxy's control pair: stop() says TERMINATE on one end.
         address = f"inproc://zchat-relay-{secrets.token_hex(4)}"
         self._control = self._socket(zmq.PAIR, address)
         self._control.bind(address)
         self._stopper = self._socket(zmq.PAIR, address)
         self._stopper.connect(address)
-        log.info("zchat relay: %s -> %s (the public feed, in libzmq's proxy)", self.upstream, self.endpoint)
+        upstream = ", ".join(self.upstreams)
+        log.info("zchat relay: %s -> %s (the public feed, in libzmq's proxy)", upstream, self.endpoint)
         return self.endpoint
 
     def stop(self) -> None:
-        """Make :meth:`run` return. Safe from a signal handler and from one other thread."""
-        with contextlib.suppress(zmq.ZMQError):  # already closed: nothing to stop
-            self._stopper.send(b"TERMINATE", zmq.NOBLOCK)
+        """Make :meth:`run` return (at once if it has not started). Safe from a signal handler
+        and from one other thread."""
+        self._stopping = True
+        if self._stopper is not None:
+            with contextlib.suppress(zmq.ZMQError):  # already closed: nothing to stop
+                self._stopper.send(b"TERMINATE", zmq.NOBLOCK)
 
     def run(self) -> None:
         """Relay until :meth:`stop`. The proxy runs in a thread of its own: a signal that comes
         while it forwards (not blocked in poll) would never reach a Python handler from inside
         it; this thread waits in Python, where handlers always run."""
+        if self._stopping:
+            return
         proxy = threading.Thread(
             target=zmq.proxy_steerable, args=(self.up, self.down, None, self._control), name="zchat-relay-proxy"
         )
         proxy.start()
+        if self._stopping:  # stopped while the proxy started: its control socket may have missed it
+            self.stop()
         while proxy.is_alive():
             proxy.join(STOP_CHECK_SECONDS)
         log.info("zchat relay stopped")

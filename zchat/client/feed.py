@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import zmq
 
@@ -36,14 +36,17 @@ class Feed:
     def __init__(
         self,
         ctx: zmq.Context[zmq.Socket[bytes]],
-        endpoint: str,
+        endpoint: str | Sequence[str],
         topics: Iterable[bytes],
         curve: transport.Curve | None = None,
     ) -> None:
-        self.endpoint = endpoint
+        """``endpoint``: a feed, or the feeds of every broker of a pair (one publishes)."""
+        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self.endpoint = ", ".join(endpoints)
         # A deep receive queue: a client that stalls loses less, and repairs less from history.
-        self.socket = transport.socket(ctx, zmq.SUB, endpoint, curve, RCVHWM=100_000)
-        self.socket.connect(endpoint)
+        self.socket = transport.socket(ctx, zmq.SUB, endpoints[0], curve, RCVHWM=100_000)
+        for each in endpoints:
+            self.socket.connect(each)
         for topic in topics:
             self.subscribe(topic)
         self.subscribe(p.HEARTBEAT_TOPIC)  # last: a heartbeat proves the rooms live too

@@ -605,6 +605,8 @@ class ClientSession:
             self.joined(reply, now)
             self._outgoing.append(PROBE)
             self._events.append(self._local("system", "reconnected", "reconnected"))
+        elif reply.get("code") == "standby":
+            self._retry_at = now  # the other broker of a pair is the one to ask: at once
         elif self._backoff >= MAX_BACKOFF:
             self._events.append(self._local("system", "rejoin_failed", f"cannot rejoin yet: {reply.get('error')}"))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 
 import zmq
@@ -62,13 +62,19 @@ class Client:
         send_timeout: float = 30.0,
         dead_after: float = 3.0,
         curve: transport.Curve | None = None,
+        failover: Sequence[p.Endpoints] = (),
     ) -> None:
+        """``failover`` lists more brokers of the same chat (an active/standby pair): the client
+        reads the feeds of all of them (only the active one publishes) and moves its requests and
+        posts to the next one when it loses the one it uses, or is told it is a standby."""
         transport.require_libzmq()
         #: The rules of this session; the client only does its I/O.
         self.session = ClientSession(
             nick, rooms, backlog=backlog, since=since, send_timeout=send_timeout, dead_after=dead_after
         )
-        self.endpoints = endpoints or p.Endpoints.from_host_port(host, port)
+        #: Every broker of the chat; the client talks to one at a time (``endpoints``).
+        self.brokers = [endpoints or p.Endpoints.from_host_port(host, port), *failover]
+        self._current = 0
         self.timeout = timeout
         self.curve = curve
         self._own_context = context is None
@@ -76,6 +82,11 @@ class Client:
         self._feed: Feed | None = None
         self._push: zmq.Socket[bytes] | None = None
         self._rpc: zmq.Socket[bytes] | None = None
+
+    @property
+    def endpoints(self) -> p.Endpoints:
+        """The broker the client talks to now."""
+        return self.brokers[self._current]
 
     # The session's facts, as the client's own attributes.
 
@@ -130,31 +141,55 @@ class Client:
         self.close()
 
     def connect(self) -> Client:
-        """Subscribe, wait until the subscriptions are live, then join with ``hello``.
+        """Subscribe, wait until the subscriptions are live, then join with ``hello`` — at the
+        first broker that answers and is not a standby.
 
-        Raises :class:`Unreachable` if the broker does not answer within ``timeout`` and
-        :class:`Refused` if it turns the nick down.
+        Raises :class:`Unreachable` if no broker answers within ``timeout`` and :class:`Refused`
+        if one turns the nick down.
         """
         request = self.session.connect()
+        last: ZChatError | None = None
+        try:
+            for _ in self.brokers:
+                try:
+                    reply = self._join(request)
+                except Refused as exc:
+                    if exc.code != "standby":
+                        raise
+                    last = exc
+                except Unreachable as exc:
+                    last = exc
+                else:
+                    self.session.joined(reply, time.monotonic())
+                    return self
+                self._current = (self._current + 1) % len(self.brokers)
+        except BaseException:
+            self.session.close()
+            raise
+        self.session.close()
+        assert last is not None
+        raise last
+
+    def _join(self, request: p.Request) -> dict[str, object]:
+        """Open the sockets, prove the feed live and say ``request`` (hello) to the current broker;
+        on failure the sockets are closed again."""
         monitor = None
         try:
             monitor = self._open_sockets()
-            assert self._rpc is not None
-            assert self._feed is not None
+            assert self._rpc is not None and self._feed is not None
             try:
                 for _topic, payload in self._feed.wait_live(self.timeout):
                     self.session.feed_message(payload, time.monotonic())
-                self.session.joined(self._call(request), time.monotonic())
+                reply = self._call(request)
             except Unreachable:
                 self._diagnose(monitor)
                 raise
         except BaseException:
-            self._close_sockets(monitor)
-            self.session.close()
+            self._close_sockets(monitor, keep_context=True)
             raise
         self._rpc.disable_monitor()
         monitor.close()
-        return self
+        return reply
 
     def _diagnose(self, monitor: zmq.Socket[bytes]) -> None:
         """Turn a failed security handshake seen while connecting into a clear error."""
@@ -376,7 +411,8 @@ class Client:
         """Send what the session asks: rpc requests (on a new socket after REOPEN), then posts
         while the broker takes them."""
         for item in self.session.take_outgoing():
-            if item is REOPEN:
+            if item is REOPEN:  # a rejoin: at the next broker of a pair
+                self._next_broker()
                 self._reopen_rpc()
             elif item is PROBE:
                 if self._feed is not None:
@@ -399,7 +435,9 @@ class Client:
         """Open and connect the three sockets; returns a monitor of the rpc socket's handshakes,
         attached before it connects so that not even the first failure is missed."""
         e = self.endpoints
-        self._feed = Feed(self._ctx, e.feed, map(p.room_topic, self.rooms), curve=self.curve)
+        # Every broker's feed at once: only the active one of a pair publishes.
+        feeds = [b.feed for b in self.brokers]
+        self._feed = Feed(self._ctx, feeds, map(p.room_topic, self.rooms), curve=self.curve)
         # IMMEDIATE: never queue a message for a broker we are not connected to (the outbox
         # keeps it instead); LINGER: a last message may still leave after close.
         self._push = transport.socket(self._ctx, zmq.PUSH, e.ingest, self.curve, IMMEDIATE=1, LINGER=1000)
@@ -407,6 +445,14 @@ class Client:
         monitor = self._reopen_rpc(monitor=True)
         assert monitor is not None
         return monitor
+
+    def _next_broker(self) -> None:
+        """Move requests and posts to the next broker of the chat (the feed reads them all)."""
+        if len(self.brokers) == 1 or self._push is None:
+            return
+        self._push.disconnect(self.endpoints.ingest)
+        self._current = (self._current + 1) % len(self.brokers)
+        self._push.connect(self.endpoints.ingest)
 
     def _reopen_rpc(self, *, monitor: bool = False) -> zmq.Socket[bytes] | None:
         if self._rpc is not None:
@@ -418,7 +464,7 @@ class Client:
         self._rpc.connect(self.endpoints.rpc)
         return watcher
 
-    def _close_sockets(self, monitor: zmq.Socket[bytes] | None = None) -> None:
+    def _close_sockets(self, monitor: zmq.Socket[bytes] | None = None, *, keep_context: bool = False) -> None:
         if monitor is not None:
             monitor.close()
         for sock in (self._push, self._rpc):
@@ -427,6 +473,6 @@ class Client:
         if self._feed is not None:
             self._feed.close()
         self._feed, self._push, self._rpc = None, None, None
-        if self._own_context:
+        if self._own_context and not keep_context:
             self._ctx.term()
             self._own_context = False
