@@ -154,8 +154,10 @@ def test_a_relay_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     broker = start_broker_process()
     try:
         relay = RelayProcess(broker.endpoints.feed, f"ipc://{tmp_path}/relay")
-        relay.proc.terminate()
-        assert relay.proc.wait(5) == 0
-        relay.stop()
+        try:
+            relay.proc.terminate()
+            assert relay.proc.wait(5) == 0
+        finally:
+            relay.stop()
     finally:
         broker.stop()
