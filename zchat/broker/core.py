@@ -41,7 +41,7 @@ from zchat.broker.ratelimit import RateLimiter
 from zchat.broker.store import MAX_PAGE_BYTES, TOMBSTONE_SECONDS, SessionRecord, Store, TopicRecord
 from zchat.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["Batch", "BrokerCore", "Publish", "Session"]
+__all__ = ["Batch", "BrokerCore", "Publish", "Session", "standby_answer"]
 
 log = logging.getLogger("zchat.broker")
 
@@ -179,6 +179,8 @@ class BrokerCore:
         may be whom) are the ones the shell opened for it."""
         self.started = now
         self.config = config
+        #: "active", or "standby" once the broker gave way to the other one of a pair.
+        self.role = "active"
         #: Identifies this broker run: clients tell a restart from a gap by it changing.
         self.epoch = epoch or secrets.token_hex(6)
         self._store = store
@@ -861,6 +863,7 @@ class BrokerCore:
             "store_bytes": self._store.size() if self._store is not None else 0,
             "wal_bytes": self._store.wal_size() if self._store is not None else 0,
             "epoch": self.epoch,
+            "role": self.role,
             "secure": self._authority is not None,
             **vars(self.counters),
         }
@@ -1042,6 +1045,21 @@ class _Code(LocalProtocolError):
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
+
+
+def standby_answer(frames: Sequence[bytes]) -> list[bytes] | None:
+    """What a standby broker (one of a pair, not holding the lock) answers an rpc message: its
+    role to ``stats``, and ``standby`` to everything else, so clients move to the other one."""
+    if len(frames) != 3 or frames[1] != b"":
+        return None
+    try:
+        req = p.decode_request(frames[2])
+    except RemoteProtocolError as exc:
+        reply = _error(p.request_id(frames[2]), "invalid", str(exc))
+    else:
+        why = "this broker is the standby of a pair: ask the other one"
+        reply = _ok(req, role="standby") if isinstance(req, p.Stats) else _error(req.req, "standby", why)
+    return [frames[0], b"", p.encode(reply)]
 
 
 def _check_route(route: bytes, counters: Counters) -> None:

@@ -19,9 +19,9 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from zchat import transport
 from zchat.broker.config import BrokerConfig
-from zchat.broker.core import BrokerCore
+from zchat.broker.core import BrokerCore, standby_answer
 from zchat.broker.identity import Authority
-from zchat.broker.store import SQLiteStore, Store, StoreError
+from zchat.broker.store import LockingStore, SQLiteStore, Store, StoreError
 from zchat.protocol import MAX_FRAME_BYTES, Endpoints
 
 __all__ = ["Broker"]
@@ -42,7 +42,11 @@ FEED_HEARTBEAT = 1.0
 MAX_SUBSCRIPTION_BYTES = 1024
 #: The ZAP domain of the broker's sockets.
 ZAP_DOMAIN = "zchat"
-#: Seconds between two rounds of housekeeping: retention, tombstones, unused counters.
+#: How often a standby tries to take its store's lock (a takeover within a second of the
+#: active broker's death: its database session ends at once, and the lock with it).
+STANDBY_POLL_MS = 500
+#: Seconds between two rounds of housekeeping: retention, tombstones, unused counters, and for a
+#: broker of a pair the check that it still holds its store's lock.
 HOUSEKEEPING_INTERVAL = 1.0
 #: While the store keeps failing, how often the log says so.
 STORE_FAILURE_LOG_INTERVAL = 10.0
@@ -78,17 +82,31 @@ class Broker(transport.Service):
         super().__init__(context)
         self.config = config
         self.endpoints = config.endpoints
-        self._authority: Authority | None = None
-        if config.secure:
-            claims = store.claims() if store is not None else {}
-            self._authority = Authority(config.allowlist, open_registration=config.open_registration, claims=claims)
         self._auth: ThreadAuthenticator | None = None
         self._clock = clock
-        self.core = BrokerCore(clock(), config, store=store, authority=self._authority, wallclock=wallclock)
+        self._wallclock = wallclock
+        #: A store that more than one broker may open (PostgreSQL) has one active broker, the one
+        #: holding its lock; any other is the standby. A store only one broker can open at all
+        #: (an SQLite file) makes its broker the active one.
+        self._locking = store if isinstance(store, LockingStore) else None
+        self.role = "standby" if self._locking is not None else "active"
+        self._authority: Authority | None = None
+        self.core = self._new_core()
         self._next_beat = clock()
         self._failing_since: float | None = None
         self._next_failure_log = 0.0
         self._waker = transport.Waker()
+
+    def _new_core(self) -> BrokerCore:
+        """The core of an active broker, with what the store holds now (a broker that takes over
+        from another starts from what that one left)."""
+        store, config = self.store, self.config
+        if config.secure:
+            claims = store.claims() if store is not None else {}
+            self._authority = Authority(config.allowlist, open_registration=config.open_registration, claims=claims)
+        core = BrokerCore(self._clock(), config, store=store, authority=self._authority, wallclock=self._wallclock)
+        core.role = self.role
+        return core
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -118,9 +136,12 @@ class Broker(transport.Service):
         """ZAP, in pyzmq's authenticator thread: a key connects only if the authority knows it.
         Each accepted connection's frames then carry the key as their ``User-Id``."""
 
+        broker = self
+
         class Keys:
             def callback(self, domain: str, key: bytes) -> bool:
-                return authority.may_connect(key.decode("ascii"))
+                # The broker's authority of the moment: a broker that takes over reloads it.
+                return (broker._authority or authority).may_connect(key.decode("ascii"))
 
         self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("zchat.zap"))
         self._auth.start()
@@ -153,7 +174,49 @@ class Broker(transport.Service):
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until :meth:`stop`; then publish the shutdown notice to every room."""
+        """Serve until :meth:`stop` — as the standby until this broker holds its store's lock, if
+        it is one of a pair — then publish the shutdown notice."""
+        while True:
+            if self.role == "standby" and not self._standby():
+                break
+            if not self._serve():
+                break
+        log.info("zchat broker stopped")
+
+    def _standby(self) -> bool:
+        """Wait as the standby: bound, answering every request ``standby`` (so clients move on),
+        publishing nothing, until this broker takes the lock (True) or is stopped (False)."""
+        assert self._locking is not None
+        log.info("standby: another broker is active on %s; taking over when it goes", self._locking.where)
+        poller = zmq.Poller()
+        for sock in (self.ingest, self.rpc, self.feed):
+            poller.register(sock, zmq.POLLIN)
+        wake = self._waker.fileno()
+        poller.register(wake, zmq.POLLIN)
+        while not self._locking.try_lock_active():
+            ready = dict(poller.poll(STANDBY_POLL_MS))
+            if wake in ready:
+                return False
+            for sock in (self.ingest, self.feed):
+                while sock in ready and _drop(sock):
+                    pass  # posts and subscriptions: not a standby's business (clients move on)
+            for _ in range(BATCH if self.rpc in ready else 0):
+                try:
+                    frames = self.rpc.recv_multipart(transport.NOBLOCK)
+                except zmq.Again:
+                    break
+                reply = standby_answer(frames)
+                if reply is not None:
+                    self._route(reply[0], reply[2])
+        self.role = "active"
+        self.core = self._new_core()
+        self._next_beat = self._clock()
+        log.info("active: this broker holds %s now (epoch %s)", self._locking.where, self.core.epoch)
+        return True
+
+    def _serve(self) -> bool:
+        """Serve as the active broker until stopped (False: then the shutdown notice goes out) or,
+        on a store of a pair, until this broker no longer holds its lock (True: standby again)."""
         core, clock = self.core, self._clock
         poller = zmq.Poller()
         for sock in (self.ingest, self.rpc, self.feed):
@@ -167,6 +230,12 @@ class Broker(transport.Service):
             ready = dict(poller.poll(_timeout_ms(timer - now)))
             if wake in ready:
                 break
+            if self._locking is not None and not self._locking.holds_lock():
+                # The fence: nothing is published unless committed, and a broker that lost its
+                # lock (its database session ended) commits nothing more. Give way at once.
+                log.error("lost the lock on %s: another broker may be active; standing by", self._locking.where)
+                self.role = core.role = "standby"
+                return True
             now = clock()
             core.begin(now)
             if self.ingest in ready:
@@ -189,7 +258,7 @@ class Broker(transport.Service):
         core.shutdown()
         self._commit_and_send()
         self.feed.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
-        log.info("zchat broker stopped")
+        return False
 
     def _drain_ingest(self, now: float) -> None:
         ingest, core, secure = self.ingest, self.core, self.config.secure
@@ -287,6 +356,15 @@ class Broker(transport.Service):
         if self._failing_since is not None:
             log.warning("the store works again after %.1f s", self._clock() - self._failing_since)
             self._failing_since = None
+
+
+def _drop(sock: zmq.Socket[bytes]) -> bool:
+    """Read and drop one message from ``sock``; False when there was none."""
+    try:
+        sock.recv_multipart(transport.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
 
 
 @contextlib.contextmanager

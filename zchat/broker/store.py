@@ -41,7 +41,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from zchat.errors import ZChatError
 
@@ -50,6 +50,7 @@ log = logging.getLogger("zchat.broker")
 __all__ = [
     "DEFAULT_HISTORY_LIMIT",
     "MAX_PAGE_BYTES",
+    "LockingStore",
     "Page",
     "SQLiteStore",
     "SessionRecord",
@@ -222,6 +223,18 @@ class Store(Protocol):
         """Bytes of its write-ahead log (0 if it has none)."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class LockingStore(Store, Protocol):
+    """A store that several brokers may open at once (a database server): the one that holds its
+    lock is the active broker of the pair; the others stand by."""
+
+    def try_lock_active(self) -> bool:
+        """Take the lock if it is free (never waits); True if this store holds it now."""
+
+    def holds_lock(self) -> bool:
+        """Whether this store still holds the lock (False once its connection is gone; never raises)."""
 
 
 class SQLiteStore:
