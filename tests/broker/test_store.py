@@ -122,6 +122,14 @@ def test_search_finds_every_word_newest_first_and_keeps_to_its_room(make_store: 
     assert s.search(ROOM, '"', 10) == s.search(ROOM, "OR NEAR(", 10) == []  # no query syntax errors
 
 
+def test_a_nul_character_in_a_search_is_a_space(make_store: MakeStore) -> None:
+    s = make_store()
+    s.append(ROOM, 1, b'{"seq":1,"text":"deploy done"}', text="deploy done")
+    s.commit()
+    assert s.search(ROOM, "deploy\0done", 10) == s.search(ROOM, "\0deploy", 10) == [b'{"seq":1,"text":"deploy done"}']
+    assert s.search(ROOM, "\0", 10) == []
+
+
 def test_sessions_tombstones_claims_topics_and_reads_round_trip(make_store: MakeStore) -> None:
     s = make_store()
     alive = SessionRecord("t1", "alice", None, "10.0.0.1", "@alice~x", ["dev", "general"], 4, "lunch")

@@ -494,7 +494,8 @@ class SQLiteStore:
         return Page([bytes(d) for _, d in kept], max(after, self.last_seq(room)), False)
 
     def search(self, room: str, query: str, limit: int, before: int | None = None) -> list[bytes]:
-        words = query.split()
+        # A NUL ends an FTS5 string early ("unterminated string"): it separates words like a space.
+        words = query.replace("\0", " ").split()
         if not words:
             return []
         # Each word as a quoted FTS5 string: people type text, not FTS5 query syntax.
