@@ -21,7 +21,8 @@ from zchat import transport
 from zchat.broker.config import BrokerConfig
 from zchat.broker.core import BrokerCore
 from zchat.broker.identity import Authority
-from zchat.broker.store import SQLiteStore, Store, StoreError
+from zchat.broker.metrics import Metrics, Snapshot
+from zchat.broker.store import Store, StoreError, is_postgres, open_store
 from zchat.protocol import MAX_FRAME_BYTES, Endpoints
 
 __all__ = ["Broker"]
@@ -70,21 +71,29 @@ class Broker(transport.Service):
         wallclock: Callable[[], float] = time.time,
     ) -> None:
         """``clock`` (monotonic) times leases and timers; ``wallclock`` stamps events."""
-        # The store first: a store another broker holds is refused before anything else is made.
+        # Metrics first (its extra may be missing), then the store: a store another broker holds
+        # is refused before anything else is made.
+        self.metrics = Metrics(*config.metrics) if config.metrics is not None else None
         self._own_store = store is None and config.db is not None
         if store is None and config.db is not None:
-            store = SQLiteStore(config.db, history_limit=config.history_limit)
+            store = open_store(config.db, history_limit=config.history_limit)
         self.store = store
+        #: What this broker is: "active" (it serves; a pair's other broker is "standby").
+        self.role = "active"
+        self._authority: Authority | None = None
+        try:  # a store that cannot be read now is closed again (a PostgreSQL one frees its lock)
+            if config.secure:
+                claims = store.claims() if store is not None else {}
+                self._authority = Authority(config.allowlist, open_registration=config.open_registration, claims=claims)
+            self.core = BrokerCore(clock(), config, store=store, authority=self._authority, wallclock=wallclock)
+        except BaseException:
+            self._close_store()
+            raise
         super().__init__(context)
         self.config = config
         self.endpoints = config.endpoints
-        self._authority: Authority | None = None
-        if config.secure:
-            claims = store.claims() if store is not None else {}
-            self._authority = Authority(config.allowlist, open_registration=config.open_registration, claims=claims)
         self._auth: ThreadAuthenticator | None = None
         self._clock = clock
-        self.core = BrokerCore(clock(), config, store=store, authority=self._authority, wallclock=wallclock)
         self._next_beat = clock()
         self._failing_since: float | None = None
         self._next_failure_log = 0.0
@@ -109,6 +118,10 @@ class Broker(transport.Service):
         self.rpc, rpc = self._bind(zmq.ROUTER, e.rpc, ROUTER_MANDATORY=1, SNDHWM=RPC_HWM)
         e = self.endpoints = Endpoints(ingest, feed, rpc)
         log.info("zchat broker listening: ingest %s (PULL), feed %s (XPUB), rpc %s (ROUTER)", e.ingest, e.feed, e.rpc)
+        if self.metrics is not None:
+            host, port = self.metrics.start()
+            self._publish_snapshot(self._clock())
+            log.info("metrics: http://%s/metrics (Prometheus)", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         log.info(
             "security: %s", "CURVE on all sockets" if self.config.secure else "open (no authentication, no encryption)"
         )
@@ -144,8 +157,13 @@ class Broker(transport.Service):
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+        if self.metrics is not None:
+            self.metrics.close()
         super().close()  # LINGER is 0 but for the feed after a shutdown notice
         self._waker.close()
+        self._close_store()
+
+    def _close_store(self) -> None:
         if self._own_store and self.store is not None:
             self.store.close()
             self._own_store = False
@@ -179,12 +197,15 @@ class Broker(transport.Service):
             if now >= self._next_beat:
                 core.heartbeat()
                 self._next_beat = now + FEED_HEARTBEAT
-            if now >= next_housekeeping:
+            housekeeping = now >= next_housekeeping
+            if housekeeping:
                 core.housekeeping(now)
                 if self.store is not None:
                     self.store.retain(time.time())
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL
             self._commit_and_send()
+            if housekeeping:
+                self._publish_snapshot(now)
         core.begin(clock())
         core.shutdown()
         self._commit_and_send()
@@ -271,6 +292,24 @@ class Broker(transport.Service):
             return False
         return True
 
+    def _publish_snapshot(self, now: float) -> None:
+        """Hand the metrics endpoint this moment's numbers (between batches: nothing half done)."""
+        if self.metrics is None:
+            return
+        store = self.store
+        kind = "none" if store is None else "postgresql" if is_postgres(store.where) else "sqlite"
+        self.metrics.publish(
+            Snapshot(
+                taken=now,
+                stats=self.core.stats(now),
+                role=self.role,
+                history=self.core.history_id,
+                store=kind,
+                store_failing=self._failing_since is not None,
+                hwm={"feed": self.config.feed_hwm, "rpc": RPC_HWM},
+            )
+        )
+
     def _store_failed(self, exc: StoreError) -> None:
         """Say it once per interval while it lasts, not per batch."""
         now = self._clock()
@@ -294,6 +333,10 @@ def _contained() -> Iterator[None]:
     """A bug must cost one message, never the broker."""
     try:
         yield
+    except StoreError as exc:
+        # Not a bug: the store could not be read. The batch's commit fails for it too (see
+        # Store.commit), which says so in the log and tells everyone in the batch to try again.
+        log.debug("a read of the store failed: %s", exc)
     except Exception:
         log.exception("internal error on a message; dropped it")
 
