@@ -117,11 +117,11 @@ class Broker(transport.Service):
         # the broker knows a session's route is gone.
         self.rpc, rpc = self._bind(zmq.ROUTER, e.rpc, ROUTER_MANDATORY=1, SNDHWM=RPC_HWM)
         e = self.endpoints = Endpoints(ingest, feed, rpc)
-        log.info("zchat broker listening: ingest %s (PULL), feed %s (XPUB), rpc %s (ROUTER)", e.ingest, e.feed, e.rpc)
-        if self.metrics is not None:
+        if self.metrics is not None:  # before "listening", which says the broker is all there
             host, port = self.metrics.start()
             self._publish_snapshot(self._clock())
             log.info("metrics: http://%s/metrics (Prometheus)", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        log.info("zchat broker listening: ingest %s (PULL), feed %s (XPUB), rpc %s (ROUTER)", e.ingest, e.feed, e.rpc)
         log.info(
             "security: %s", "CURVE on all sockets" if self.config.secure else "open (no authentication, no encryption)"
         )
