@@ -375,14 +375,17 @@ def broker_cmd(
             open_registration=open_registration,
             metrics=metrics_at,
         )
-        with Broker(config) as broker:
+        broker = Broker(config)
+        # Before it binds: from the moment it says "listening", a signal stops it cleanly (one
+        # that came before run() makes run() return at once, with the shutdown notice).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: broker.stop())
+        with broker:
             if curve is not None:
                 log.info("public key: %s (clients pass it as --server-key)", curve[0])
             store = broker.store
             where = "none (--no-store)" if store is None else f"{store.where} (keeping {history_limit} events a room)"
             log.info("history: %s; epoch %s", where, broker.core.epoch)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: broker.stop())
             broker.run()
 
 
