@@ -487,7 +487,7 @@ class PostgresStore:
             # another writer, and the batch must fail rather than overwrite what was published.
             cur.execute(
                 "INSERT INTO events (room, seq, data, presence, text) SELECT * FROM"
-                " unnest(%s::text[], %s::bigint[], %s::bytea[], %s::boolean[], %s::text[])",
+                " unnest(%b::text[], %b::bigint[], %b::bytea[], %b::boolean[], %b::text[])",
                 (rooms, seqs, datas, presences, texts),
             )
         if self._sessions:
