@@ -11,11 +11,13 @@ index: words are lower-cased, not stemmed, and every word must match).
 
 One connection (psycopg 3, autocommit, each batch in an explicit transaction sent as one
 pipeline) does all the broker's reads and writes. When it is lost — the server restarted, the
-backend terminated, the network gone — the operation raises :class:`StoreError` (one line) and
-the next one, a second or more later, connects again. A store that held the active lock
-(:meth:`PostgresStore.try_lock_active`) takes it again on reconnecting, and refuses to go on
-(:class:`StoreLocked`) if another broker holds it, or held it meanwhile: this broker's idea of
-the rooms is then stale.
+backend terminated, the network gone — the operation that finds out connects again at once: a
+read asks again, a commit first asks whether its batch landed before the connection went, and
+sends it again if not. Only a server that cannot be reached fails the operation, with a
+:class:`StoreError` of one line, and is then tried once a second. A store that held the active
+lock (:meth:`PostgresStore.try_lock_active`) takes it again on reconnecting, and stops writing
+(:class:`StoreLocked`) if another broker holds it, or held it meanwhile: this broker's idea of the
+rooms is then stale.
 
 Durability is the server's: with its default ``synchronous_commit = on`` a committed batch
 survives a crash of the broker and of the database server alike. The server's write-ahead log
@@ -46,6 +48,7 @@ from zchat.broker.store import (
     StoreError,
     StoreLocked,
     TopicRecord,
+    _within,
     redact,
 )
 
@@ -338,11 +341,16 @@ class PostgresStore:
         def lock(db: Connection) -> int | None:
             if not _one(db, "SELECT pg_try_advisory_lock(%s)", LOCK_KEY):
                 return None
-            term = _one(
-                db,
-                "INSERT INTO meta (key, value) VALUES ('term', '1')"
-                " ON CONFLICT (key) DO UPDATE SET value = (meta.value::bigint + 1)::text RETURNING value",
-            )
+            try:
+                term = _one(
+                    db,
+                    "INSERT INTO meta (key, value) VALUES ('term', '1')"
+                    " ON CONFLICT (key) DO UPDATE SET value = (meta.value::bigint + 1)::text RETURNING value",
+                )
+            except psycopg.Error:
+                with contextlib.suppress(psycopg.Error):  # no term, no hold: let another have it
+                    db.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+                raise
             return int(str(term))
 
         try:
@@ -688,18 +696,6 @@ def _one(db: Connection, query: str, *params: object) -> object:
     row = db.execute(query, params).fetchone()
     assert row is not None
     return row[0]
-
-
-def _within(rows: list[TupleRow], max_bytes: int) -> list[tuple[int, bytes]]:
-    """The leading rows whose data fits in ``max_bytes`` (always at least one)."""
-    out: list[tuple[int, bytes]] = []
-    total = 0
-    for seq, data in rows:
-        total += len(data)
-        if out and total > max_bytes:
-            break
-        out.append((int(seq), bytes(data)))
-    return out
 
 
 def _no_nul(text: str | None) -> str | None:
