@@ -212,7 +212,7 @@ class Store(Protocol):
     def rollback(self) -> None:
         """Forget everything staged (and a failed read with it)."""
 
-    # --- reads: each raises StoreError if it cannot read ------------------------------------------
+    # --- reads ------------------------------------------------------------------------------------
 
     def last_seq(self, room: str) -> int: ...
 
