@@ -1,4 +1,5 @@
-"""The ``zchat`` command line: one click group with ``broker``, ``join``, ``tail`` and ``say``.
+"""The ``zchat`` command line: one click group with ``broker``, ``join``, ``tail``, ``say``, ``stats``,
+``relay``, ``keygen`` and ``store copy``.
 
 This module owns option parsing, environment variables (``ZCHAT_*``), logging setup and turning
 every expected failure into one clear line and a non-zero exit (click's ClickException, exit 1;
@@ -30,7 +31,8 @@ from zchat.broker.identity import load_allowlist
 from zchat.broker.ratelimit import DEFAULT_BURST, DEFAULT_RATE
 from zchat.broker.relay import Relay
 from zchat.broker.shell import Broker
-from zchat.broker.store import DEFAULT_HISTORY_LIMIT
+from zchat.broker.store import DEFAULT_HISTORY_LIMIT, is_postgres, open_store
+from zchat.broker.storecopy import copy_store
 from zchat.client.shell import Client
 from zchat.errors import LocalProtocolError, Refused, Unreachable, ZChatError
 from zchat.keys import CONFIG_DIR
@@ -210,8 +212,10 @@ def cli() -> None:
     "--db",
     default=DEFAULT_DB,
     show_default=True,
-    metavar="PATH",
-    help="SQLite file for history and dedupe (WAL mode); ':memory:' for a throwaway broker.",
+    metavar="PATH|URL",
+    help="Where history, sessions and dedupe live: a SQLite file (WAL mode), ':memory:' for a throwaway"
+    " broker, or a PostgreSQL database as postgresql://USER@HOST[:PORT]/DBNAME (needs zchat[postgres];"
+    " give the password in ~/.pgpass or PGPASSWORD rather than here, where ps shows it).",
 )
 @click.option(
     "--no-store",
@@ -273,6 +277,12 @@ def cli() -> None:
     help="Allow binding a non-loopback address without --secure (anyone there can read and post).",
 )
 @click.option(
+    "--metrics",
+    metavar="[HOST:]PORT",
+    help="Serve Prometheus metrics over HTTP at HOST:PORT/metrics (HOST defaults to 127.0.0.1; needs"
+    " zchat[metrics]). A non-loopback HOST needs --secure or --insecure, like the broker's sockets.",
+)
+@click.option(
     "--rate",
     type=click.FloatRange(0),
     default=DEFAULT_RATE,
@@ -329,6 +339,7 @@ def broker_cmd(
     allow_file: Path | None,
     open_registration: bool,
     insecure: bool,
+    metrics: str | None,
     rate: float,
     burst: int,
     hello_rate: float,
@@ -351,6 +362,12 @@ def broker_cmd(
             raise ZChatError("--allow and --open-registration need --secure")
         if secure and not (allow_file or open_registration):
             raise ZChatError("--secure needs --allow FILE, --open-registration, or both: who may connect?")
+        metrics_at = _metrics_address(metrics) if metrics is not None else None
+        if metrics_at is not None and not _loopback(metrics_at[0]) and not secure and not insecure:
+            raise ZChatError(
+                f"refusing to serve metrics on {metrics}, beyond this machine, without --secure or --insecure"
+                " (the endpoint is plain HTTP: numbers and ids, no messages, nicks or keys)"
+            )
         curve = keys.load_keypair(key_file) if secure else None
         if curve is not None and not curve[1]:
             raise ZChatError(f"{key_file} holds no secret key: pass the .key_secret file")
@@ -369,17 +386,32 @@ def broker_cmd(
             curve=curve,
             allowlist=load_allowlist(allow_file) if allow_file else {},
             open_registration=open_registration,
+            metrics=metrics_at,
         )
         broker = Broker(config)
-        # Before binding: a signal that comes once the sockets are up must find its handler.
+        # Before it binds: from the moment it says "listening", a signal stops it cleanly (one
+        # that came before run() makes run() return at once, with the shutdown notice).
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: broker.stop())
         with broker:
             if curve is not None:
                 log.info("public key: %s (clients pass it as --server-key)", curve[0])
-            where = "none (--no-store)" if no_store else f"{db} (keeping {history_limit} events a room)"
+            store = broker.store
+            where = "none (--no-store)" if store is None else f"{store.where} (keeping {history_limit} events a room)"
             log.info("history: %s; epoch %s", where, broker.core.epoch)
             broker.run()
+
+
+def _metrics_address(value: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` (an IPv6 HOST in brackets) as (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ZChatError(f"--metrics {value!r}: expected [HOST:]PORT, e.g. 127.0.0.1:9464")
+    return (host.strip("[]") if sep and host else "127.0.0.1"), int(port)
+
+
+def _loopback(host: str) -> bool:
+    return keys.is_local(f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0")
 
 
 @cli.command("join")
@@ -544,6 +576,49 @@ def _echo(line: str) -> None:
         # The reader went away (`zchat tail | head`): stop quietly, like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
+
+
+@cli.group("store")
+def store_group() -> None:
+    """Look after a broker's history store (a SQLite file or a PostgreSQL database)."""
+
+
+@store_group.command("copy")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="PATH|URL",
+    help="The store to copy: a SQLite file or a postgresql:// URL, as the broker's --db. No broker may run on it.",
+)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="PATH|URL",
+    help="The store to copy into (its file or schema is made if need be). It must hold nothing, unless --force.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="If the target holds a history, empty it first (that history is lost): a copy never mixes two.",
+)
+def store_copy_cmd(source: str, target: str, force: bool) -> None:
+    """Copy a broker's whole history to another store: SQLite to PostgreSQL, or back.
+
+    Events (room, seq, presence, search text), sessions and tombstones, claims, topics, read
+    marks and the history id move in batches; the copy is checked against the source and a
+    summary printed. A broker started on the copy shows clients the same history, and every
+    room's seq continues.
+    """
+    with _clear_errors():
+        if source == target:
+            raise ZChatError("--from and --to name the same store")
+        if not is_postgres(source) and (source == ":memory:" or not Path(source).is_file()):
+            raise ZChatError(f"--from {source}: no such file")
+        with contextlib.closing(open_store(source)) as src, contextlib.closing(open_store(target)) as dst:
+            report = copy_store(src, dst, force=force)
+    click.echo(report.summary())
 
 
 @cli.command("relay")

@@ -16,19 +16,34 @@ from pathlib import Path
 import pytest
 
 from zchat.broker import store as store_module
-from zchat.broker.store import SessionRecord, SQLiteStore, Store, StoreError, StoreLocked, TopicRecord
+from zchat.broker.store import (
+    Portable,
+    SessionRecord,
+    SQLiteStore,
+    Store,
+    StoredEvent,
+    StoreError,
+    StoreLocked,
+    TopicRecord,
+)
 
-MakeStore = Callable[..., Store]
+MakeStore = Callable[..., Portable]
 ROOM = "general"
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
-    """Stores of one implementation, closed after the test."""
-    made: list[Store] = []
+    """Stores of one implementation, closed after the test: each a new SQLite file, or a
+    PostgresStore on the test's own database (so one store a test)."""
+    made: list[Portable] = []
 
-    def make(history_limit: int = store_module.DEFAULT_HISTORY_LIMIT) -> Store:
-        made.append(SQLiteStore(tmp_path / f"h{len(made)}.db", history_limit=history_limit))
+    def make(history_limit: int = store_module.DEFAULT_HISTORY_LIMIT) -> Portable:
+        if request.param == "postgres":
+            from zchat.broker.pgstore import PostgresStore  # noqa: PLC0415 (an optional extra)
+
+            made.append(PostgresStore(request.getfixturevalue("pg_dsn"), history_limit=history_limit))
+        else:
+            made.append(SQLiteStore(tmp_path / f"h{len(made)}.db", history_limit=history_limit))
         return made[-1]
 
     yield make
@@ -122,6 +137,14 @@ def test_search_finds_every_word_newest_first_and_keeps_to_its_room(make_store: 
     assert s.search(ROOM, '"', 10) == s.search(ROOM, "OR NEAR(", 10) == []  # no query syntax errors
 
 
+def test_a_nul_character_in_a_search_is_a_space(make_store: MakeStore) -> None:
+    s = make_store()
+    s.append(ROOM, 1, b'{"seq":1,"text":"deploy done"}', text="deploy done")
+    s.commit()
+    assert s.search(ROOM, "deploy\0done", 10) == s.search(ROOM, "\0deploy", 10) == [b'{"seq":1,"text":"deploy done"}']
+    assert s.search(ROOM, "\0", 10) == []
+
+
 def test_sessions_tombstones_claims_topics_and_reads_round_trip(make_store: MakeStore) -> None:
     s = make_store()
     alive = SessionRecord("t1", "alice", None, "10.0.0.1", "@alice~x", ["dev", "general"], 4, "lunch")
@@ -158,6 +181,53 @@ def test_a_failing_commit_keeps_nothing_of_the_batch_and_raises(make_store: Make
         s.commit()
     assert not s.staged and s.last_seq(ROOM) == 2 and s.sessions() == []
     assert seqs(s.page(ROOM, 0, 10).events) == [1, 2]
+
+
+def test_a_nul_character_in_any_text_is_stored_not_a_failed_batch(make_store: MakeStore) -> None:
+    s = make_store()
+    data = json.dumps({"seq": 1, "text": "before\0after"}).encode()  # JSON may carry a NUL (\\u0000)
+    s.append(ROOM, 1, data, text="before\0after")
+    s.set_topic(ROOM, TopicRecord("x\0y", "alice", "2026-01-01T00:00:00.000Z"))
+    s.save_session(SessionRecord("t1", "alice", None, None, "@a", [ROOM], 1, away="out\0"))
+    s.commit()
+    assert s.page(ROOM, 0, 10).events == [data]  # the event exactly as published
+    assert s.search(ROOM, "after", 10) == s.search(ROOM, "before\0", 10) == [data]
+    topic, away = s.topic(ROOM), s.sessions()[0].away
+    assert topic is not None and (topic.text[0], topic.text[-1]) == ("x", "y")
+    assert away is not None and away.startswith("out")
+
+
+def test_export_and_the_rest_give_a_copy_everything_in_bounded_pieces(make_store: MakeStore) -> None:
+    s = make_store()
+    add(s, "b-room", 1, 3)
+    s.append("a-room", 1, event(1, "join"), presence=True)
+    s.append("a-room", 2, event(2, text="hello world"), text="hello world")
+    s.append("@bob~x", 1, b'{"seq":1,"kind":"private"}')
+    s.set_topic("a-room", TopicRecord("ship it", "alice", "2026-01-01T00:00:00.000Z"))
+    s.set_read("@bob~x", 1)
+    s.claim("bob", "K" * 40)
+    s.save_session(SessionRecord("t1", "alice", None, None, "@alice~x", ["a-room"], 2))
+    s.commit()
+    everything = s.export(None, 100)
+    assert [(e.room, e.seq) for e in everything] == [
+        ("@bob~x", 1), ("a-room", 1), ("a-room", 2), ("b-room", 1), ("b-room", 2), ("b-room", 3),
+    ]  # fmt: skip
+    assert everything[2] == StoredEvent("a-room", 2, event(2, text="hello world"), False, "hello world")
+    assert (everything[1].presence, everything[1].text, everything[0].text) == (True, None, None)
+    assert s.export(("a-room", 1), 2) == everything[2:4]  # a page after (room, seq)
+    assert s.export(("b-room", 3), 2) == []
+    assert s.streams() == {"@bob~x": (1, 1, 1), "a-room": (1, 2, 2), "b-room": (1, 3, 3)}
+    assert s.searchable() == 4
+    assert s.topics() == {"a-room": TopicRecord("ship it", "alice", "2026-01-01T00:00:00.000Z")}
+    assert s.reads() == {"@bob~x": 1}
+    history = s.id
+    s.set_id("copied-history")
+    assert s.id == "copied-history" != history
+    s.clear()
+    assert (s.streams(), s.searchable(), s.sessions(), s.claims(), s.topics(), s.reads()) == ({}, 0, [], {}, {}, {})
+    assert s.id == "copied-history"
+    add(s, "b-room", 1, 2)  # and it fills again
+    assert [json.loads(d)["seq"] for d in s.search("b-room", "m2", 10)] == [2]
 
 
 # --- the SQLite file -----------------------------------------------------------------------------------

@@ -31,8 +31,9 @@ class BrokerConfig:
     """What a broker is told to be. Times are seconds."""
 
     endpoints: Endpoints = field(default_factory=Endpoints.from_host_port)
-    #: SQLite file of history, sessions and claims; ``:memory:`` for a throwaway broker, None
-    #: for no store at all (no backlog, no gap repair, no dedupe across restarts).
+    #: Where history, sessions and claims live: a SQLite file, ``:memory:`` for a throwaway
+    #: broker, a ``postgresql://`` URL, or None for no store at all (no backlog, no gap repair,
+    #: no dedupe across restarts).
     db: str | None = DEFAULT_DB
     history_limit: int = DEFAULT_HISTORY_LIMIT
     feed_hwm: int = FEED_HWM
@@ -56,6 +57,8 @@ class BrokerConfig:
     allowlist: Mapping[str, set[str]] = field(default_factory=dict)
     #: Secure mode: any key may connect, and the first key to use a nick owns it.
     open_registration: bool = False
+    #: (host, port) to serve Prometheus metrics on over HTTP (port 0: any free one); None: none.
+    metrics: tuple[str, int] | None = None
 
     @property
     def secure(self) -> bool:

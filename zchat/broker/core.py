@@ -38,7 +38,7 @@ from zchat import protocol as p
 from zchat.broker.config import BrokerConfig
 from zchat.broker.identity import Authority
 from zchat.broker.ratelimit import RateLimiter
-from zchat.broker.store import MAX_PAGE_BYTES, TOMBSTONE_SECONDS, SessionRecord, Store, TopicRecord
+from zchat.broker.store import MAX_PAGE_BYTES, TOMBSTONE_SECONDS, SessionRecord, Store, StoreError, TopicRecord
 from zchat.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["Batch", "BrokerCore", "Publish", "Session", "standby_answer"]
@@ -510,6 +510,10 @@ class BrokerCore:
             reply = self._dispatch(req, now, route, identity, peer)
         except LocalProtocolError as exc:
             reply = _error(req.req, getattr(exc, "code", "invalid"), str(exc))
+        except StoreError:
+            # The store could not be read. What the request changed is taken back with its batch,
+            # whose commit fails for it too (see Store.commit); the asker hears it, and retries.
+            reply = _error(req.req, "unavailable", "the broker could not read its store: try again")
         self._reply(envelope, req.req, reply)
 
     def _reply(self, envelope: list[bytes], req_id: str | None, reply: dict[str, object]) -> None:

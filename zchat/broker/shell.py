@@ -21,7 +21,8 @@ from zchat import transport
 from zchat.broker.config import BrokerConfig
 from zchat.broker.core import BrokerCore, standby_answer
 from zchat.broker.identity import Authority
-from zchat.broker.store import LockingStore, SQLiteStore, Store, StoreError
+from zchat.broker.metrics import Metrics, Snapshot
+from zchat.broker.store import LockingStore, Store, StoreError, is_postgres, open_store
 from zchat.protocol import MAX_FRAME_BYTES, Endpoints
 
 __all__ = ["Broker"]
@@ -74,15 +75,16 @@ class Broker(transport.Service):
         wallclock: Callable[[], float] = time.time,
     ) -> None:
         """``clock`` (monotonic) times leases and timers; ``wallclock`` stamps events."""
-        # The store first: a store another broker holds is refused before anything else is made.
+        # Metrics first (its extra may be missing), then the store: a store another broker holds
+        # is refused before anything else is made.
+        self.metrics = Metrics(*config.metrics) if config.metrics is not None else None
         self._own_store = store is None and config.db is not None
         if store is None and config.db is not None:
-            store = SQLiteStore(config.db, history_limit=config.history_limit)
+            # A database two brokers share (an active/standby pair) is opened without its lock:
+            # which of them is active is decided in run().
+            store = open_store(config.db, history_limit=config.history_limit, lock=False)
         self.store = store
-        super().__init__(context)
         self.config = config
-        self.endpoints = config.endpoints
-        self._auth: ThreadAuthenticator | None = None
         self._clock = clock
         self._wallclock = wallclock
         #: A store that more than one broker may open (PostgreSQL) has one active broker, the one
@@ -91,7 +93,14 @@ class Broker(transport.Service):
         self._locking = store if isinstance(store, LockingStore) else None
         self.role = "standby" if self._locking is not None else "active"
         self._authority: Authority | None = None
-        self.core = self._new_core()
+        try:  # a store that cannot be read now is closed again
+            self.core = self._new_core()
+        except BaseException:
+            self._close_store()
+            raise
+        super().__init__(context)
+        self.endpoints = config.endpoints
+        self._auth: ThreadAuthenticator | None = None
         self._next_beat = clock()
         self._failing_since: float | None = None
         self._next_failure_log = 0.0
@@ -126,6 +135,10 @@ class Broker(transport.Service):
         # the broker knows a session's route is gone.
         self.rpc, rpc = self._bind(zmq.ROUTER, e.rpc, ROUTER_MANDATORY=1, SNDHWM=RPC_HWM)
         e = self.endpoints = Endpoints(ingest, feed, rpc)
+        if self.metrics is not None:  # before "listening", which says the broker is all there
+            host, port = self.metrics.start()
+            self._publish_snapshot(self._clock())
+            log.info("metrics: http://%s/metrics (Prometheus)", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         log.info("zchat broker listening: ingest %s (PULL), feed %s (XPUB), rpc %s (ROUTER)", e.ingest, e.feed, e.rpc)
         log.info(
             "security: %s", "CURVE on all sockets" if self.config.secure else "open (no authentication, no encryption)"
@@ -165,8 +178,13 @@ class Broker(transport.Service):
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+        if self.metrics is not None:
+            self.metrics.close()
         super().close()  # LINGER is 0 but for the feed after a shutdown notice
         self._waker.close()
+        self._close_store()
+
+    def _close_store(self) -> None:
         if self._own_store and self.store is not None:
             self.store.close()
             self._own_store = False
@@ -194,6 +212,7 @@ class Broker(transport.Service):
         wake = self._waker.fileno()
         poller.register(wake, zmq.POLLIN)
         while not self._locking.try_lock_active():
+            self._publish_snapshot(self._clock())
             ready = dict(poller.poll(STANDBY_POLL_MS))
             if wake in ready:
                 return False
@@ -230,12 +249,6 @@ class Broker(transport.Service):
             ready = dict(poller.poll(_timeout_ms(timer - now)))
             if wake in ready:
                 break
-            if self._locking is not None and not self._locking.holds_lock():
-                # The fence: nothing is published unless committed, and a broker that lost its
-                # lock (its database session ended) commits nothing more. Give way at once.
-                log.error("lost the lock on %s: another broker may be active; standing by", self._locking.where)
-                self.role = core.role = "standby"
-                return True
             now = clock()
             core.begin(now)
             if self.ingest in ready:
@@ -248,12 +261,18 @@ class Broker(transport.Service):
             if now >= self._next_beat:
                 core.heartbeat()
                 self._next_beat = now + FEED_HEARTBEAT
-            if now >= next_housekeeping:
+            housekeeping = now >= next_housekeeping
+            if housekeeping:
                 core.housekeeping(now)
                 if self.store is not None:
                     self.store.retain(time.time())
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL
-            self._commit_and_send()
+            failed = self._commit_and_send()
+            if (housekeeping or failed) and self._lost_lock():
+                self._publish_snapshot(now)
+                return True
+            if housekeeping:
+                self._publish_snapshot(now)
         core.begin(clock())
         core.shutdown()
         self._commit_and_send()
@@ -296,11 +315,13 @@ class Broker(transport.Service):
             with _contained():
                 self.core.subscription(msg)
 
-    def _commit_and_send(self) -> None:
+    def _commit_and_send(self) -> bool:
         """Store the batch in one transaction; then, only if that worked, publish it, deliver it
-        and send its replies. A failed commit sends the refusals instead (see BrokerCore.undo)."""
+        and send its replies. A failed commit sends the refusals instead (see BrokerCore.undo).
+        Returns whether the commit failed."""
         core, store = self.core, self.store
         batch = core.finish()
+        failed = False
         if store is not None and store.staged:
             try:
                 store.commit()
@@ -308,6 +329,7 @@ class Broker(transport.Service):
                 store.rollback()
                 batch = core.undo()
                 self._store_failed(exc)
+                failed = True
             else:
                 core.keep()
                 self._store_ok()
@@ -323,6 +345,17 @@ class Broker(transport.Service):
         for reply in batch.replies:
             if not self._route(*reply[::2]):
                 core.counters.replies_dropped += 1
+        return failed
+
+    def _lost_lock(self) -> bool:
+        """Whether this broker of a pair no longer holds its store's lock: then it gives way at
+        once. (The fence is the store: nothing is published before its commit, and a broker whose
+        database session ended commits nothing more.)"""
+        if self._locking is None or self._locking.holds_lock():
+            return False
+        log.error("lost the lock on %s: another broker may be active; standing by", self._locking.where)
+        self.role = self.core.role = "standby"
+        return True
 
     def _route(self, route: bytes, payload: bytes) -> bool:
         """Send ``payload`` to one connection; False if it could not go (its queue is full,
@@ -339,6 +372,24 @@ class Broker(transport.Service):
             self.core.unreachable(route)
             return False
         return True
+
+    def _publish_snapshot(self, now: float) -> None:
+        """Hand the metrics endpoint this moment's numbers (between batches: nothing half done)."""
+        if self.metrics is None:
+            return
+        store = self.store
+        kind = "none" if store is None else "postgresql" if is_postgres(store.where) else "sqlite"
+        self.metrics.publish(
+            Snapshot(
+                taken=now,
+                stats=self.core.stats(now),
+                role=self.role,
+                history=self.core.history_id,
+                store=kind,
+                store_failing=self._failing_since is not None,
+                hwm={"feed": self.config.feed_hwm, "rpc": RPC_HWM},
+            )
+        )
 
     def _store_failed(self, exc: StoreError) -> None:
         """Say it once per interval while it lasts, not per batch."""
@@ -372,6 +423,10 @@ def _contained() -> Iterator[None]:
     """A bug must cost one message, never the broker."""
     try:
         yield
+    except StoreError as exc:
+        # Not a bug: the store could not be read. The batch's commit fails for it too (see
+        # Store.commit), which says so in the log and tells everyone in the batch to try again.
+        log.debug("a read of the store failed: %s", exc)
     except Exception:
         log.exception("internal error on a message; dropped it")
 

@@ -16,10 +16,14 @@ and :class:`zchat.broker.pgstore.PostgresStore`. What a store owns:
 - **Sessions** (so a restarted broker lets clients resume silently) and, for an hour after a
   session ends, its tombstone (the last post number it had committed, so a late resend is still
   recognised); nicks registered by CURVE keys; room topics; how far each inbox has been read.
-- **Search**: the text of room messages in a full-text index (SQLite FTS5).
+- **Search**: the text of room messages in a full-text index (SQLite FTS5; PostgreSQL's own).
 
 Pages of history are bounded in bytes as well as in events. A store knows nothing of sockets
 or of the protocol beyond (room, seq, JSON bytes).
+
+:func:`open_store` opens the store a ``--db`` value names (a file, ``:memory:``, or a
+``postgresql://`` URL) for one broker to own; both stores are also :class:`Portable`, what
+``zchat store copy`` reads one with and fills the other.
 
 SQLite durability, with ``journal_mode=WAL`` and ``synchronous=NORMAL``: a committed batch
 survives a crash of the broker process (it is in the WAL, which the OS writes out); a power loss
@@ -41,7 +45,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from zchat.errors import ZChatError
 
@@ -52,12 +57,17 @@ __all__ = [
     "MAX_PAGE_BYTES",
     "LockingStore",
     "Page",
+    "Portable",
     "SQLiteStore",
     "SessionRecord",
     "Store",
     "StoreError",
     "StoreLocked",
+    "StoredEvent",
     "TopicRecord",
+    "is_postgres",
+    "open_store",
+    "redact",
 ]
 
 #: Events kept per room (messages; presence is kept apart, see the module docstring).
@@ -154,6 +164,17 @@ class Page:
     more: bool = False
 
 
+class StoredEvent(NamedTuple):
+    """One stored event as a copy moves it: where it is, what it is, and its search text."""
+
+    room: str
+    seq: int
+    data: bytes
+    presence: bool
+    #: The text in the search index (room messages), None for events that are not searchable.
+    text: str | None
+
+
 class Store(Protocol):
     """What the broker needs of a history store (see the module docstring)."""
 
@@ -186,10 +207,11 @@ class Store(Protocol):
 
     def commit(self) -> None:
         """Write everything staged in one transaction; raises :class:`StoreError` if it could not,
-        leaving nothing of the batch behind."""
+        leaving nothing of the batch behind. A read that raised :class:`StoreError` since the last
+        commit or rollback makes it fail too: the batch may rest on what could not be read."""
 
     def rollback(self) -> None:
-        """Forget everything staged."""
+        """Forget everything staged (and a failed read with it)."""
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -235,6 +257,77 @@ class LockingStore(Store, Protocol):
 
     def holds_lock(self) -> bool:
         """Whether this store still holds the lock (False once its connection is gone; never raises)."""
+
+
+class Portable(Store, Protocol):
+    """A store as ``zchat store copy`` reads and fills it: everything it holds, in bounded
+    pieces, and the means to check a copy. The broker needs none of this."""
+
+    def export(self, after: tuple[str, int] | None, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` events after ``(room, seq)`` ``after`` in (room, seq) order (of the
+        store's own ordering of room names); with ``after`` None, from the first."""
+
+    def streams(self) -> dict[str, tuple[int, int, int]]:
+        """Every room and inbox holding events: its (first seq, last seq, number of events)."""
+
+    def searchable(self) -> int:
+        """Events in the search index."""
+
+    def topics(self) -> dict[str, TopicRecord]: ...
+
+    def reads(self) -> dict[str, int]: ...
+
+    def set_id(self, history: str) -> None:
+        """Name the store's history ``history`` from now on (a copy keeps its source's name)."""
+
+    def clear(self) -> None:
+        """Delete everything the store holds but its id."""
+
+
+def is_postgres(db: str) -> bool:
+    """Whether a ``--db`` value names a PostgreSQL database rather than a SQLite file."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def redact(db: str) -> str:
+    """``db`` fit to show: a PostgreSQL URL without its password (in the user part or the
+    query), anything else as it is."""
+    if not is_postgres(db):
+        return db
+    parts = urlsplit(db)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}@{hosts}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def open_store(db: str, *, history_limit: int = DEFAULT_HISTORY_LIMIT, lock: bool = True) -> Portable:
+    """The store ``db`` names — a SQLite file, ``:memory:``, or a ``postgresql://`` (or
+    ``postgres://``) URL — opened for one broker (or one copy) to own: a store that another
+    broker holds raises :class:`StoreLocked`, any other failure :class:`StoreError`, one line.
+    ``lock=False`` opens a PostgreSQL store without taking its lock: the broker of a pair takes
+    it when it becomes the active one (an SQLite file is always locked: one broker per file)."""
+    if not is_postgres(db):
+        return SQLiteStore(db, history_limit=history_limit)
+    try:
+        from zchat.broker.pgstore import PostgresStore  # noqa: PLC0415 (psycopg is an optional extra)
+    except ImportError as exc:
+        if not (exc.name or "").startswith("psycopg"):
+            raise
+        raise StoreError(
+            f"{redact(db)} is a PostgreSQL database, and the PostgreSQL store needs psycopg:"
+            " pip install 'zchat[postgres]'"
+        ) from None
+    store = PostgresStore(db, history_limit=history_limit)
+    if lock and not store.try_lock_active():
+        holder = store.lock_holder()
+        store.close()
+        raise StoreLocked(
+            f"the history store {store.where} is in use by another broker ({holder}); one store, one broker"
+        )
+    return store
 
 
 class SQLiteStore:
@@ -507,7 +600,8 @@ class SQLiteStore:
         return Page([bytes(d) for _, d in kept], max(after, self.last_seq(room)), False)
 
     def search(self, room: str, query: str, limit: int, before: int | None = None) -> list[bytes]:
-        words = query.split()
+        # A NUL ends an FTS5 string early ("unterminated string"): it separates words like a space.
+        words = query.replace("\0", " ").split()
         if not words:
             return []
         # Each word as a quoted FTS5 string: people type text, not FTS5 query syntax.
@@ -536,6 +630,45 @@ class SQLiteStore:
     def read(self, inbox: str) -> int:
         row = self._db.execute("SELECT seq FROM reads WHERE inbox = ?", (inbox,)).fetchone()
         return int(row[0]) if row else 0
+
+    # --- copying (Portable) -------------------------------------------------------------------------
+
+    def export(self, after: tuple[str, int] | None, limit: int) -> list[StoredEvent]:
+        room, seq = after if after is not None else ("", 0)  # before any room: names are never empty
+        # A range scan of the primary key (row values compare in its order), each message's text
+        # from the search index by its rowid.
+        rows = self._db.execute(
+            "SELECT e.room, e.seq, e.data, e.presence, s.text FROM events e LEFT JOIN search s ON s.rowid = e.gid"
+            " WHERE (e.room, e.seq) > (?, ?) ORDER BY e.room, e.seq LIMIT ?",
+            (room, seq, limit),
+        ).fetchall()
+        return [StoredEvent(r, q, bytes(d), bool(p), t) for r, q, d, p, t in rows]
+
+    def streams(self) -> dict[str, tuple[int, int, int]]:
+        rows = self._db.execute("SELECT room, MIN(seq), MAX(seq), COUNT(*) FROM events GROUP BY room")
+        return {room: (first, last, count) for room, first, last, count in rows}
+
+    def searchable(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM search").fetchone()[0])
+
+    def topics(self) -> dict[str, TopicRecord]:
+        rows = self._db.execute("SELECT room, text, nick, ts FROM topics")
+        return {room: TopicRecord(text, nick, ts) for room, text, nick, ts in rows}
+
+    def reads(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT inbox, seq FROM reads").fetchall())
+
+    def set_id(self, history: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('id', ?)", (history,))
+        self.id = history
+
+    def clear(self) -> None:
+        with self._transaction() as db:
+            for table in ("events", "search", "sessions", "owners", "topics", "reads"):
+                db.execute(f"DELETE FROM {table}")
+        self._gid = 0
+        self._touched.clear()
+        self._bound_wal()
 
     # --- retention --------------------------------------------------------------------------------
 
