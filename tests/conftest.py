@@ -117,6 +117,16 @@ def wait_for(client: Client, pred: Callable[[Event], bool], timeout: float = 5.0
     raise AssertionError(f"no matching event in {timeout} s; saw {seen}")
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Until ``condition()`` holds (checked every 10 ms); fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met in {timeout} s")
+        pause.wait(0.01)
+
+
 def collect(client: Client, count: int, pred: Callable[[Event], bool], timeout: float = 10.0) -> list[Event]:
     """The first ``count`` events matching ``pred``; fails if they do not arrive in time."""
     got: list[Event] = []

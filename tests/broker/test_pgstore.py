@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 import zmq
-from conftest import Lines, ThreadBroker, collect, wait_for
+from conftest import Lines, ThreadBroker, collect, wait_for, wait_until
 from pgserver import PgServer, find_bindir
 from psycopg import sql
 
@@ -24,6 +24,7 @@ from zchat.broker import pgstore
 from zchat.broker.pgstore import LOCK_KEY, PostgresStore
 from zchat.broker.store import StoreError, StoreLocked, open_store
 from zchat.client.shell import Client
+from zchat.errors import Refused
 
 pytestmark = pytest.mark.postgres
 
@@ -396,9 +397,13 @@ def test_a_broker_on_postgresql_serves_clients_and_a_restarted_one_continues(
     ctx: zmq.Context[zmq.Socket[bytes]], pg_dsn: str
 ) -> None:
     first = ThreadBroker(ctx, db=pg_dsn)
+    second = None
     try:
-        with pytest.raises(StoreLocked, match="in use by another broker"):
-            ThreadBroker(ctx, db=pg_dsn)  # one store, one broker
+        wait_until(lambda: first.broker.role == "active")
+        second = ThreadBroker(ctx, db=pg_dsn)  # the same database: the standby of a pair
+        with pytest.raises(Refused) as refused:
+            Client("eve", [ROOM], endpoints=second.endpoints, context=ctx, timeout=2).connect()
+        assert refused.value.code == "standby" and second.broker.role == "standby"
         with Client("alice", [ROOM], endpoints=first.endpoints, context=ctx) as alice:
             bob = Client("bob", [ROOM], endpoints=first.endpoints, context=ctx).connect()
             for n in range(5):
@@ -410,9 +415,10 @@ def test_a_broker_on_postgresql_serves_clients_and_a_restarted_one_continues(
             history = first.store.id
             last = got[-1].seq
     finally:
-        first.stop()
-    second = ThreadBroker(ctx, db=pg_dsn)
+        first.stop()  # the standby takes over
+    assert second is not None
     try:
+        wait_until(lambda: second.broker.role == "active")
         with Client("carol", [ROOM], endpoints=second.endpoints, context=ctx) as carol:
             assert [e.text for e in carol.history(ROOM, 50) if e.kind == "message"] == [f"hello {n}" for n in range(5)]
             carol.say("after the restart")

@@ -41,7 +41,7 @@ from zchat.broker.ratelimit import RateLimiter
 from zchat.broker.store import MAX_PAGE_BYTES, TOMBSTONE_SECONDS, SessionRecord, Store, StoreError, TopicRecord
 from zchat.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["Batch", "BrokerCore", "Publish", "Session", "standby_answer"]
+__all__ = ["Batch", "BrokerCore", "Publish", "Session", "probe_answer", "standby_answer"]
 
 log = logging.getLogger("zchat.broker")
 
@@ -480,9 +480,8 @@ class BrokerCore:
         is answered with ``ready``) or anything else a peer sent, which is dropped."""
         if not msg or msg[0] not in (0, 1):
             self._drop("a feed peer sent a message that is not a subscription")
-        elif msg[0] == 1 and p.is_probe_topic(msg[1:]):
-            ev = p.Event(0, self._ts(), "", "ready", p.SYSTEM_NICK, "subscriptions are live")
-            self._signals.append((msg[1:], p.encode(ev)))
+        elif (answer := probe_answer(msg, self._ts())) is not None:
+            self._signals.append(answer)
 
     # --- rpc (ROUTER) -----------------------------------------------------------------------
 
@@ -1049,6 +1048,14 @@ class _Code(LocalProtocolError):
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
+
+
+def probe_answer(msg: bytes, ts: str) -> Publish | None:
+    """The answer to a subscription message from the feed, if it subscribes to a readiness probe:
+    ``ready`` on the probe's own topic (every subscription made before it is live by then)."""
+    if msg[:1] != b"\x01" or not p.is_probe_topic(msg[1:]):
+        return None
+    return msg[1:], p.encode(p.Event(0, ts, "", "ready", p.SYSTEM_NICK, "subscriptions are live"))
 
 
 def standby_answer(frames: Sequence[bytes]) -> list[bytes] | None:

@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from zchat import protocol as p
 from zchat import transport
 from zchat.broker.config import BrokerConfig
-from zchat.broker.core import BrokerCore, standby_answer
+from zchat.broker.core import BrokerCore, probe_answer, standby_answer
 from zchat.broker.identity import Authority
 from zchat.broker.metrics import Metrics, Snapshot
 from zchat.broker.store import LockingStore, Store, StoreError, is_postgres, open_store
@@ -203,9 +204,11 @@ class Broker(transport.Service):
 
     def _standby(self) -> bool:
         """Wait as the standby: bound, answering every request ``standby`` (so clients move on),
-        publishing nothing, until this broker takes the lock (True) or is stopped (False)."""
+        publishing nothing but answers to readiness probes, until this broker takes the lock
+        (True) or is stopped (False)."""
         assert self._locking is not None
-        log.info("standby: another broker is active on %s; taking over when it goes", self._locking.where)
+        if not self._locking.try_lock_active():
+            log.info("standby: another broker is active on %s; taking over when it goes", self._locking.where)
         poller = zmq.Poller()
         for sock in (self.ingest, self.rpc, self.feed):
             poller.register(sock, zmq.POLLIN)
@@ -216,9 +219,17 @@ class Broker(transport.Service):
             ready = dict(poller.poll(STANDBY_POLL_MS))
             if wake in ready:
                 return False
-            for sock in (self.ingest, self.feed):
-                while sock in ready and _drop(sock):
-                    pass  # posts and subscriptions: not a standby's business (clients move on)
+            while self.ingest in ready and _drop(self.ingest):
+                pass  # posts: not a standby's business (clients move on)
+            for _ in range(BATCH if self.feed in ready else 0):
+                try:
+                    msg = self.feed.recv(transport.NOBLOCK)
+                except zmq.Again:
+                    break
+                # It answers probes, so a client that asks it first hears "standby" at once.
+                if (answer := probe_answer(msg, p.format_ts(self._wallclock()))) is not None:
+                    self.feed.send(answer[0], _SNDMORE)
+                    self.feed.send(answer[1])
             for _ in range(BATCH if self.rpc in ready else 0):
                 try:
                     frames = self.rpc.recv_multipart(transport.NOBLOCK)
@@ -228,7 +239,9 @@ class Broker(transport.Service):
                 if reply is not None:
                     self._route(reply[0], reply[2])
         self.role = "active"
-        self.core = self._new_core()
+        before, self.core = self.core, self._new_core()
+        # The broker's counters and uptime are the process's: they go on across roles.
+        self.core.counters, self.core.started = before.counters, before.started
         self._next_beat = self._clock()
         log.info("active: this broker holds %s now (epoch %s)", self._locking.where, self.core.epoch)
         return True
