@@ -455,3 +455,13 @@ def test_a_call_gets_its_reply_and_a_late_one_after_giving_up_is_dropped() -> No
     s.forget_call(late)
     s.rpc_message(reply_to(stats), 0.3)
     assert s.take_reply(late) is None
+
+
+def test_a_new_sessions_topics_replace_the_old_ones() -> None:
+    s = joined(0.0, reply={"topics": {ROOM: "ship it"}})
+    assert s.topics == {ROOM: "ship it"}
+    s.feed_message(p.encode(p.Event(0, "", "", "heartbeat", "*", "", epoch="e2")), 0.1)  # a restart
+    s.tick(0.1)
+    hello = requests(s.take_outgoing())[0]
+    s.rpc_message(hello_reply(hello, epoch="e2", resumed=True, topics={}), 0.2)  # cleared meanwhile
+    assert s.topics == {}

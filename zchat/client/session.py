@@ -233,7 +233,8 @@ class ClientSession:
             self.nick = nick
         topics = reply.get("topics")
         if isinstance(topics, dict):
-            self.topics.update({str(r): str(t) for r, t in topics.items()})
+            # The topics now, whole: a topic cleared while we were away is gone.
+            self.topics = {str(r): str(t) for r, t in topics.items()}
         rate, burst = reply.get("rate"), reply.get("burst")
         if isinstance(rate, int | float) and isinstance(burst, int):
             self._rate = rate * PACE_MARGIN if rate > 0 else 0.0
