@@ -798,13 +798,12 @@ class BrokerCore:
     def _search(self, req: p.Search) -> dict[str, object]:
         room = p.check_room(p.normalize_room(req.room))
         found = self._store.search(room, req.text, req.limit, req.before) if self._store is not None else []
-        return _ok(
-            req,
-            room=room,
-            history=self.history_id,
-            more=len(found) == req.limit,
-            events=[msgspec.Raw(e) for e in found],
-        )
+        more = len(found) == req.limit
+        if found and not more and self._store is not None:
+            # Fewer than asked: none left, or the page was cut at its byte bound. Only a look
+            # past the oldest one tells which.
+            more = bool(self._store.search(room, req.text, 1, p.decode_event(found[-1]).seq))
+        return _ok(req, room=room, history=self.history_id, more=more, events=[msgspec.Raw(e) for e in found])
 
     # --- leases, heartbeats, housekeeping, shutdown -------------------------------------------------
 
