@@ -269,8 +269,8 @@ class Client:
     def search(self, text: str, room: str | None = None, limit: int = 20, before: int | None = None) -> list[p.Event]:
         """Stored messages and actions of ``room`` (default: the first room joined; any room)
         holding every word of ``text`` (whole words, any case), newest first: at most ``limit``
-        (1 to ``MAX_SEARCH``). Fewer than ``limit`` means there are no more; otherwise the next
-        page is ``before`` the smallest ``seq`` returned."""
+        (1 to ``MAX_SEARCH``; fewer if they pass the 64 KiB a reply holds). The next page is
+        ``before`` the smallest ``seq`` returned; an empty page means there are no more."""
         reply = self._call(self.session.search_request(text, room, limit, before))
         return broker_events(reply.get("events"))
 
