@@ -130,7 +130,7 @@ def test_the_commands_irssi_users_type(broker: ThreadBroker, connect: ClientFact
     bob.wait(lambda t: t.input_line == "#dev>")
     bob.send("/part #dev back later\r")
     left = wait_for(alice, lambda e: e.kind == "leave" and e.nick == "bob")
-    assert (left.room, left.reason) == ("dev", "part")  # (the reason waits for the broker to take it)
+    assert (left.room, left.reason, left.text) == ("dev", "part", "bob left (part: back later)")
     bob.wait(lambda t: t.input_line == "#general>" and "#dev" not in t.status_line())
 
 
