@@ -752,9 +752,9 @@ def test_a_private_message_opens_its_query_window_with_the_conversation_so_far(s
     screen.add_events([private(6, "bob", "alice", "yes, here", id="id-1")])  # our copy confirms it
     assert lines_of(alice)[-1].endswith("[bob → alice] yes, here") and alice.find((INBOX, 6)) is not None
     for line, error in [
-        ("/me waves", "!! private messages have no actions: this is @alice's window"),
-        ("/who", "!! that needs a room: this is @alice's window"),
-        ("/search lunch", "!! that needs a room: this is @alice's window"),
+        ("/me waves", "!! private messages have no actions: @alice is a private window"),
+        ("/who", "!! that needs a room: @alice is a private window"),
+        ("/search lunch", "!! that needs a room: @alice is a private window"),
     ]:
         screen.run_line(line)
         assert shown(screen).splitlines()[-1].startswith(error)

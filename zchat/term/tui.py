@@ -722,7 +722,7 @@ class Screen:
         if isinstance(command, rooms) and command.room is None:
             if self.query is not None:
                 what = "private messages have no actions" if isinstance(command, c.Me) else "that needs a room"
-                self.error(f"{what}: this is @{self.query}'s window (Alt-1 and on: the rooms)")
+                self.error(f"{what}: @{self.query} is a private window (go to a room's window for it)")
                 return
             if self.current is None:
                 self.error("not in any room: /join #ROOM")
