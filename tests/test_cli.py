@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import signal
 import socket
@@ -145,7 +146,61 @@ def test_duplicate_nick_refused_by_cli(broker: ThreadBroker, connect: ClientFact
     assert done.stderr.strip() == "Error: nick 'ALICE' is in use by a live session"
 
 
-@pytest.mark.parametrize("command", [["say", "--nick", "bob", "hi"], ["tail"], ["tail", "--json"]])
+def search(broker: ThreadBroker, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    e = broker.endpoints
+    cmd = [*ZCHAT, "search", *args, "--ingest", e.ingest, "--feed", e.feed, "--rpc", e.rpc]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, env={**child_env(), **(env or {})})
+
+
+def test_search_prints_the_newest_matches_oldest_first_as_lines_or_json(
+    broker: ThreadBroker, connect: ClientFactory
+) -> None:
+    alice = connect("alice", ["general", "dev"])
+    for text in ["deploy at noon", "lunch", "Deploy done, at last", "redeploy", "deploy again"]:
+        alice.say(text)
+    alice.me("ships the deploy", room="dev")
+    alice.wait_sent()
+    done = search(broker, "deploy")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" alice: ")[1] for line in lines] == ["deploy at noon", "Deploy done, at last", "deploy again"]
+    seqs = [int(line.split()[0].removeprefix("#")) for line in lines]
+    assert seqs == sorted(seqs) and all(re.fullmatch(r"#\d+ \d{4}-\d\d-\d\d \d\d:\d\d alice: .*", x) for x in lines)
+
+    done = search(broker, "DEPLOY", "at", "--json", "--limit", "1")  # every word; the newest match
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(e["seq"], e["kind"], e["nick"], e["text"]) for e in events] == [
+        (seqs[1], "message", "alice", "Deploy done, at last")
+    ]
+    done = search(broker, "deploy", "--before", str(seqs[1]), "--json")  # the next page
+    assert [json.loads(line)["text"] for line in done.stdout.splitlines()] == ["deploy at noon"]
+    done = search(broker, "deploy", env={"ZCHAT_SEARCH_ROOM": "#Dev"})  # options from the environment too
+    assert done.stdout.strip().endswith("* alice ships the deploy") and done.stdout.count("\n") == 1
+    done = search(broker, "nothing-like-it")
+    assert (done.returncode, done.stdout) == (0, "")
+    assert done.stderr == "zchat search: no message in #general holds all of: nothing-like-it\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "error"),
+    [
+        (["   "], 1, "Error: nothing to search for"),
+        (["x" * 201], 1, "Error: search text too long (201 characters; limit 200)"),
+        (["deploy", "--room", "No Room"], 1, "Error: invalid room 'no room'"),
+        (["deploy", "--limit", "101"], 2, "Error: Invalid value for '--limit'"),
+        ([], 2, "Error: Missing argument 'WORDS...'"),
+    ],
+)
+def test_search_mistakes_are_one_line(broker: ThreadBroker, args: list[str], status: int, error: str) -> None:
+    done = search(broker, *args)
+    assert done.returncode == status and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].startswith(error), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [["say", "--nick", "bob", "hi"], ["tail"], ["tail", "--json"], ["search", "deploy"]]
+)
 def test_no_broker_exits_1_fast_with_one_line(command: list[str]) -> None:
     start = time.monotonic()
     done = subprocess.run(

@@ -1,5 +1,5 @@
-"""The ``zchat`` command line: one click group with ``broker``, ``join``, ``tail``, ``say``, ``stats``,
-``relay``, ``keygen`` and ``store copy``.
+"""The ``zchat`` command line: one click group with ``broker``, ``join``, ``tail``, ``say``, ``search``
+and the tools around them (``stats``, ``relay``, ``keygen``, ``store copy``).
 
 This module owns option parsing, environment variables (``ZCHAT_*``), logging setup and turning
 every expected failure into one clear line and a non-zero exit (click's ClickException, exit 1;
@@ -522,6 +522,57 @@ def tail_cmd(rooms: tuple[str, ...], as_json: bool, backlog: int, since: int | N
                     _echo(p.encode(event).decode() if as_json else render.format_event(event, show_room=show_room))
         finally:
             reader.close()
+
+
+#: How ``zchat search`` shows times: matches come from any day.
+SEARCH_TIME_FORMAT = "%Y-%m-%d %H:%M"
+
+
+@cli.command("search")
+@click.argument("words", nargs=-1, required=True)
+@click.option(
+    "--room", default=p.DEFAULT_ROOM, show_default=True, help="Room to search (any room: you need not be in it)."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, p.MAX_SEARCH),
+    default=20,
+    show_default=True,
+    help="Most matches to print: the newest ones.",
+)
+@click.option(
+    "--before",
+    type=click.IntRange(1),
+    metavar="SEQ",
+    help="Only messages older than SEQ: the next page is --before the first seq printed.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON event per line (JSON Lines), as stored; otherwise lines as tail prints them, after their seq.",
+)
+@client_options
+def search_cmd(words: tuple[str, ...], room: str, limit: int, before: int | None, as_json: bool, **kw: Any) -> None:
+    """Print a room's stored messages and actions that hold every one of WORDS, oldest first.
+
+    Words match whole, in any case (deploy finds "Deploy," but not "redeploy"); search syntax is
+    not interpreted. Only what the broker still keeps (its --history-limit) can be found.
+    """
+    text = " ".join(words)
+    with _clear_errors():
+        reader = _connected(None, [], kw)
+        try:
+            found = reader.search(text, room=room, limit=limit, before=before)
+        finally:
+            reader.close()
+    if not found:
+        click.echo(
+            render.inert(f"zchat search: no message in #{p.normalize_room(room)} holds all of: {text}"), err=True
+        )
+    for event in reversed(found):
+        line = render.format_event(event, time_format=SEARCH_TIME_FORMAT)
+        _echo(p.encode(event).decode() if as_json else f"#{event.seq} {line}")
 
 
 class _JsonLogFormatter(logging.Formatter):

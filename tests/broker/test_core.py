@@ -735,6 +735,17 @@ def test_search_finds_room_messages_newest_first_and_pages(stored: Harness) -> N
     assert bob
 
 
+def test_a_search_page_cut_at_its_byte_bound_says_there_is_more(stored: Harness) -> None:
+    h = stored
+    alice = h.hello("alice")
+    for n in range(30):
+        h.post(alice, "general", f"deploy {n} " + "x" * 3000)  # 30 x 3 KB: more than a page holds
+    reply, _ = h.call(p.Search(room="general", text="deploy", limit=100))
+    assert 10 < len(reply["events"]) < 30 and reply["more"]
+    rest, _ = h.call(p.Search(room="general", text="deploy", limit=100, before=reply["events"][-1]["seq"]))
+    assert len(reply["events"]) + len(rest["events"]) == 30 and not rest["more"]
+
+
 # --- bounds ------------------------------------------------------------------------------------------------
 
 

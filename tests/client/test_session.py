@@ -13,7 +13,7 @@ import pytest
 
 from zchat import protocol as p
 from zchat.client.session import MAX_BACKOFF, PROBE, REOPEN, TRANSITIONS, Action, ClientSession, Outgoing, State
-from zchat.errors import ZChatError
+from zchat.errors import LocalProtocolError, ZChatError
 
 ROOM = "general"
 INBOX = "@alice~s1"
@@ -500,3 +500,97 @@ def test_a_call_gets_its_reply_and_a_late_one_after_giving_up_is_dropped() -> No
     s.forget_call(late)
     s.rpc_message(reply_to(stats), 0.3)
     assert s.take_reply(late) is None
+
+
+def test_a_new_sessions_topics_replace_the_old_ones() -> None:
+    s = joined(0.0, reply={"topics": {ROOM: "ship it"}})
+    assert s.topics == {ROOM: "ship it"}
+    s.feed_message(p.encode(p.Event(0, "", "", "heartbeat", "*", "", epoch="e2")), 0.1)  # a restart
+    s.tick(0.1)
+    hello = requests(s.take_outgoing())[0]
+    s.rpc_message(hello_reply(hello, epoch="e2", resumed=True, topics={}), 0.2)  # cleared meanwhile
+    assert s.topics == {}
+
+
+# --- nick, away, topics, search and the inbox's history ---------------------------------------
+
+
+def test_a_nick_reply_renames_and_a_new_inbox_is_read_from_where_it_stands() -> None:
+    s = joined(0.0)
+    nick = s.nick_request("alicia")
+    assert isinstance(nick, p.Nick) and (nick.token, nick.nick) == ("t1", "alicia")
+    with pytest.raises(LocalProtocolError, match="invalid nick"):
+        s.nick_request("9lives")
+    # Secure mode: the new nick's inbox, with one message waiting there, unread.
+    s.renamed({"type": "nick", "ok": True, "nick": "alicia", "inbox": {"name": "@alicia", "seq": 1, "read": 0}})
+    assert (s.nick, s.inbox) == ("alicia", "@alicia")
+    s.tick(0.1)
+    fetch = [r for r in requests(s.take_outgoing()) if isinstance(r, p.History)]
+    assert [(r.room, r.after, r.token) for r in fetch] == [("@alicia", 0, "t1")]
+    with pytest.raises(ZChatError, match="reader cannot change its nick"):
+        ClientSession(None, [ROOM]).nick_request("bob")
+
+
+def test_away_is_trimmed_blank_means_back_and_a_new_session_says_it_again() -> None:
+    s = joined(0.0)
+    away = s.away_request("  lunch ")
+    assert isinstance(away, p.Away) and away.text == "lunch"
+    back = s.away_request("   ")
+    assert isinstance(back, p.Away) and back.text is None
+    with pytest.raises(LocalProtocolError, match="away message too long"):
+        s.away_request("x" * (p.MAX_AWAY_CHARS + 1))
+    assert s.away_set({"type": "away", "ok": True, "away": "lunch"}) == "lunch"
+    for resumed, again in ((True, []), (False, [("t2", "lunch")])):
+        s.feed_message(p.encode(p.Event(0, "", "", "heartbeat", "*", "", epoch=f"e{resumed}")), 1.0)  # a restart
+        s.tick(1.0)
+        hello = requests(s.take_outgoing())[0]
+        s.rpc_message(hello_reply(hello, token="t1" if resumed else "t2", epoch=f"e{resumed}", resumed=resumed), 1.1)
+        sent = [(r.token, r.text) for r in requests(s.take_outgoing()) if isinstance(r, p.Away)]
+        assert sent == again
+    assert s.away_set({"type": "away", "ok": True, "away": None}) is None
+
+
+def test_topics_follow_replies_events_and_who_for_our_rooms_only() -> None:
+    s = joined(0.0)
+    ask = s.topic_request("#Elsewhere", None)  # asking: any room
+    assert isinstance(ask, p.Topic) and (ask.room, ask.text) == ("elsewhere", None)
+    set_ = s.topic_request(None, " plans ")
+    assert isinstance(set_, p.Topic) and (set_.room, set_.text) == (ROOM, "plans")
+    with pytest.raises(ZChatError, match="not in room 'elsewhere'"):
+        s.topic_request("elsewhere", "mine now")  # setting: only in a room of ours
+    with pytest.raises(LocalProtocolError, match="topic too long"):
+        s.topic_request(None, "x" * (p.MAX_TOPIC_CHARS + 1))
+    assert s.topic_answered({"type": "topic", "ok": True, "room": ROOM, "topic": "plans"}) == "plans"
+    assert s.topic_answered({"type": "topic", "ok": True, "room": "elsewhere", "topic": "theirs"}) == "theirs"
+    assert s.topics == {ROOM: "plans"}
+    s.feed_message(p.encode(event(2, "cleared", kind="topic", reason="cleared")), 0.1)
+    assert s.topics == {}
+    s.feed_message(p.encode(event(3, "ship it", kind="topic")), 0.2)
+    assert s.topics == {ROOM: "ship it"}
+    names = s.who_answered(
+        {"type": "who", "ok": True, "room": ROOM, "nicks": ["alice", "bob"], "away": {"bob": "lunch"}, "topic": None}
+    )
+    assert (names.nicks, names.away, names.topic, names.exists) == (["alice", "bob"], {"bob": "lunch"}, None, True)
+    assert s.topics == {}
+
+
+def test_the_inbox_history_carries_the_token_and_search_requests_are_checked() -> None:
+    s = joined(0.0)
+    inbox = s.history_request(INBOX, 100, after=3)
+    assert isinstance(inbox, p.History) and (inbox.room, inbox.after, inbox.limit, inbox.token) == (INBOX, 3, 100, "t1")
+    room = s.history_request("#Dev", 5)
+    assert isinstance(room, p.History) and (room.room, room.token) == ("dev", None)  # any room, no token
+    with pytest.raises(LocalProtocolError, match="not this session's inbox"):
+        s.history_request("@bob~x", 5)
+    with pytest.raises(LocalProtocolError, match="history limit"):
+        s.history_request(None, 0)
+    search = s.search_request("deploy friday", "#Dev", 10, 99)
+    assert isinstance(search, p.Search) and (search.room, search.text, search.limit, search.before) == (
+        "dev",
+        "deploy friday",
+        10,
+        99,
+    )
+    for text, limit, why in [("  ", 5, "nothing to search"), ("x" * 201, 5, "too long"), ("x", 101, "limit")]:
+        with pytest.raises(LocalProtocolError, match=why):
+            s.search_request(text, None, limit, None)

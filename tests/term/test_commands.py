@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zchat.protocol import MAX_HISTORY, ROOM_RULE
+from zchat.protocol import MAX_HISTORY, NICK_RULE, ROOM_RULE
 from zchat.term import commands as c
 
 
@@ -44,6 +44,25 @@ from zchat.term import commands as c
         ("/clear", c.Clear()),
         ("/quit", c.Quit()),
         ("/quit gone fishing", c.Quit("gone fishing")),
+        ("/nick robert", c.Nick("robert")),
+        ("/away", c.Away()),
+        ("/away  gone to lunch ", c.Away("gone to lunch")),
+        ("/topic", c.Topic()),
+        ("/topic plans for Friday", c.Topic(None, "plans for Friday")),
+        ("/topic #Dev", c.Topic("dev")),
+        ("/topic #dev ship it", c.Topic("dev", "ship it")),
+        ("/topic -delete", c.Topic(None, "")),
+        ("/topic #dev -delete", c.Topic("dev", "")),
+        ("/t #dev", c.Topic("dev")),
+        ("/query alice", c.Query("alice")),
+        ("/q Alice", c.Query("Alice")),
+        ("/ignore", c.Ignore()),
+        ("/ignore carol", c.Ignore("carol")),
+        ("/unignore carol", c.Unignore("carol")),
+        ("/search deploy friday", c.Search("deploy friday")),
+        ("/search -before 812 deploy", c.Search("deploy", before=812)),
+        ("/goto 812", c.Goto(812)),
+        ("/goto #812", c.Goto(812)),
     ],
 )
 def test_parse(line: str, command: c.Command) -> None:
@@ -74,6 +93,22 @@ def test_blank_lines_are_nothing(line: str) -> None:
         ("/rooms all", "usage: /rooms"),
         ("/clear now", "usage: /clear"),
         ("/help me", "usage: /help"),
+        ("/nick", "usage: /nick NICK"),
+        ("/nick a b", "usage: /nick NICK"),
+        ("/query", "usage: /query NICK"),
+        ("/unignore", "usage: /unignore NICK"),
+        ("/ignore a b", "usage: /ignore [NICK]"),
+        ("/search", "usage: /search [-before SEQ] WORDS"),
+        ("/search -before x deploy", "usage: /search [-before SEQ] WORDS"),
+        ("/search -before 12", "usage: /search [-before SEQ] WORDS"),
+        ("/search -before", "usage: /search [-before SEQ] WORDS"),
+        ("/goto", "usage: /goto SEQ"),
+        ("/goto 0", "usage: /goto SEQ"),
+        ("/goto twelve", "usage: /goto SEQ"),
+        ("/goto 1 2", "usage: /goto SEQ"),
+        ("/nick 9lives", f"/nick: invalid nick '9lives': {NICK_RULE}"),
+        ("/query no!", f"/query: invalid nick 'no!': {NICK_RULE}"),
+        ("/topic #no! x", f"/topic: invalid room 'no!': {ROOM_RULE}"),
     ],
 )
 def test_mistakes_give_one_helpful_line(line: str, message: str) -> None:
@@ -138,6 +173,9 @@ ROOMS = ["general", "dev", "devops"]
         ("/switch ", 8, ["#dev", "#devops", "#general"]),
         ("/part #g", 6, ["#general"]),
         ("/msg al", 5, ["Albert ", "alice "]),
+        ("/query b", 7, ["bob "]),
+        ("/ignore A", 8, ["Albert ", "alice "]),
+        ("/topic #d", 7, ["#dev", "#devops"]),
         ("/me greets al", 11, ["Albert ", "alice "]),
     ],
 )
@@ -159,6 +197,14 @@ def test_complete(before: str, start: int, candidates: list[str]) -> None:
         c.Part("dev", "lunch"),
         c.Say("hi", "general", ref=7),
         c.Msg("alice", "psst", ref=8),
+        c.Nick("robert"),
+        c.Away(),
+        c.Away("lunch"),
+        c.Topic("dev", ""),
+        c.Topic(None, None),
+        c.Query("alice"),
+        c.Search("deploy", "general", before=12),
+        c.Goto(812, "general"),
     ],
 )
 def test_network_commands_survive_the_hand_over(command: c.NetworkCommand) -> None:

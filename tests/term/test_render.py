@@ -40,6 +40,29 @@ def test_parts_of_each_kind(event: Event, reads: tuple[str, str | None, str | No
     assert (parts.ts, parts.clock, parts.text) == (TS, render.clock(TS), event.text)
 
 
+@pytest.mark.parametrize(
+    ("event", "text"),
+    [
+        (
+            Event(4, TS, "general", "nick", "carol", "carol is now known as caroline", new_nick="caroline"),
+            "carol is now known as caroline",
+        ),
+        (Event(4, TS, "general", "nick", "carol", "what a newer broker says"), "what a newer broker says"),
+        (Event(5, TS, "general", "topic", "alice", "plans for Friday"), "alice set the topic: plans for Friday"),
+        (
+            Event(6, TS, "general", "topic", "alice", "alice cleared the topic", reason="cleared"),
+            "alice cleared the topic",
+        ),
+        (Event(7, TS, "general", "topic", "alice", "\x1b[2J\u202e"), "alice set the topic: ␛[2J\\u202e"),
+    ],
+    ids=["nick", "nick-without-new-nick", "topic", "topic-cleared", "topic-inert"],
+)
+def test_nick_changes_and_topics_read_as_sentences_and_are_kept(event: Event, text: str) -> None:
+    parts = render.event_parts(event)
+    assert (parts.shape, parts.nick, parts.style, parts.logged, parts.text) == ("notice", None, "system", True, text)
+    assert render.format_event(event) == f"{parts.clock} -- {text}"
+
+
 def test_marks_of_errors_and_notices() -> None:
     assert render.event_parts(ev("error")).mark == "!!"
     assert render.event_parts(ev("join")).mark == "--"
@@ -69,6 +92,8 @@ ALL_KINDS = [
     ev("error", "*", "not sent"),
     ev("join", text="alice joined"),
     ev("leave", text="alice left"),
+    Event(1, TS, "general", "nick", "alice", "alice is now known as al", new_nick="al"),
+    ev("topic", text="plans"),
     ev("system", "*", "shutting down"),
     ev("heartbeat", "*", ""),
     ev("duplicate", "*", "already delivered"),

@@ -67,7 +67,8 @@ def test_typed_line_reaches_the_room_and_incoming_shows_as_time_nick_text(
     alice = connect("alice")
     bob = pty_join(broker.endpoints)
     wait_for(alice, bob_joined)
-    assert bob.lines[0] == "-- joined #general as bob; /help for commands"
+    assert bob.lines[0] == " #general"  # the title line: the window, and its topic when it has one
+    assert bob.lines[1] == "-- joined #general as bob; /help for commands"
 
     bob.send("hello from the pty\r")
     said = wait_for(alice, from_bob())

@@ -132,6 +132,9 @@ def test_talk_commands_me_msg_who_history_help_clear_mistakes_and_the_transcript
     private = wait_for(alice, from_bob())
     assert (private.kind, private.to, private.text) == ("private", "alice", "just between us")
     bob.wait(re.escape("[bob → alice] just between us"))
+    bob.wait(lambda t: t.input_line == "@alice>")  # in the window of that conversation
+    bob.send("\x1b1")  # Alt-1: back to #general
+    bob.wait(lambda t: t.input_line == "#general>")
 
     bob.send("/who\r")
     bob.wait(r"-- in #general: \w+, \w+")
@@ -148,8 +151,11 @@ def test_talk_commands_me_msg_who_history_help_clear_mistakes_and_the_transcript
     ]
 
     bob.send("/help\r")
-    bob.wait(re.escape("/history [N]"))
-    assert "/join #ROOM" in bob.text and "Alt-Enter" in bob.text
+    bob.wait(re.escape("Ctrl-D, Ctrl-C"))  # its end: taller than the screen, its start is a PageUp away
+    assert "/goto SEQ" in bob.text and "Alt-Enter" in bob.text
+    bob.send(PAGE_UP)
+    bob.wait(re.escape("/join #ROOM"))
+    bob.send(PAGE_DOWN)
 
     bob.send("/clear\r")
     bob.wait(lambda t: "/join #ROOM" not in t.text and "waves" not in t.text)

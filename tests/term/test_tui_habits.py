@@ -130,7 +130,7 @@ def test_the_commands_irssi_users_type(broker: ThreadBroker, connect: ClientFact
     bob.wait(lambda t: t.input_line == "#dev>")
     bob.send("/part #dev back later\r")
     left = wait_for(alice, lambda e: e.kind == "leave" and e.nick == "bob")
-    assert (left.room, left.reason) == ("dev", "part")  # (the reason waits for the broker to take it)
+    assert (left.room, left.reason, left.text) == ("dev", "part", "bob left (part: back later)")
     bob.wait(lambda t: t.input_line == "#general>" and "#dev" not in t.status_line())
 
 
@@ -181,7 +181,7 @@ def test_long_lines_wrap_at_words_under_the_text_and_fill_the_view(
     last = wait_for(alice, lambda e: e.text.startswith("last"))
     bob.wait(r"tempor\n")
 
-    area = bob.lines[:12]  # the message area: every row above the status line
+    area = bob.lines[1:12]  # the message area: every row between the title line and the status line
     assert all(area), "\n".join(area)  # no row left blank while older lines are cut off
     head = f"{render.clock(last.ts)} alice: "
     first = next(i for i, row in enumerate(area) if row.startswith(head + "last"))

@@ -272,6 +272,79 @@ def test_status_line_keeps_the_connection_apart_from_the_windows() -> None:
     assert long == " [1:#a-room-name-of-thirty…]  connected "
 
 
+def test_status_line_says_you_are_away_and_still_fits_40_columns() -> None:
+    assert status(BUSY[:2], 1, 60, away=True).startswith(" bob(away) [1:#general] 2:#dev(3) ")
+    assert status(BUSY, 1, 40, away=True) == " [1:#general] 3:#ops(1) +3    connected "  # news first
+
+
+@pytest.mark.parametrize(
+    ("name", "topic", "columns", "title"),
+    [
+        ("#general", None, 20, " #general           "),
+        ("#general", "plans for Friday", 40, " #general: plans for Friday             "),
+        ("#general", "plans for Friday, and for the weekend too", 40, " #general: plans for Friday, and for th…"),
+        ("#general", "two\nlines \x1b[2J", 30, " #general: two lines ␛[2J     "),
+        ("@bob", "private messages with bob", 12, " @bob: priv…"),
+        ("#general", "日本語のトピック", 18, " #general: 日本語…"),  # wide characters: cells, not characters
+        ("#general", "日本語のトピック", 19, " #general: 日本語… "),  # (no half of a wide one)
+    ],
+)
+def test_the_title_line_is_the_window_and_its_topic_cut_to_fit(
+    name: str, topic: str | None, columns: int, title: str
+) -> None:
+    line = ui.title_fragments(name, topic, columns)
+    assert ui.plain(line) == title
+    assert ui.width(line) == columns
+
+
+@pytest.mark.parametrize(
+    ("text", "query", "found"),
+    [
+        ("deploy done", "deploy", ["deploy"]),
+        ("Deploy, then re-deploy; redeploy", "DEPLOY", ["Deploy", "deploy"]),
+        ("café au lait", "cafe", ["café"]),
+        ("deploy_now deploy", "deploy", ["deploy", "deploy"]),  # "_" separates words, for the broker too
+        ("friday deploy", "deploy friday", ["friday", "deploy"]),
+        ("nothing here", "deploy", []),
+    ],
+)
+def test_the_words_found_are_those_the_broker_matches(text: str, query: str, found: list[str]) -> None:
+    assert [text[a:b] for a, b in ui.match_spans(text, query)] == found
+
+
+def test_a_search_match_reads_with_its_seq_day_and_the_words_highlighted() -> None:
+    event = ev("message", "alice", "did the Deploy go out?", seq=812, ts="2026-11-30T14:55:00.000Z")
+    today = render.local_day(event.ts)
+    assert today is not None
+    line, indent = ui.found_fragments(event, "deploy", me="bob", today=today)
+    head = f"#812 {render.clock(event.ts)} alice: "
+    assert ui.plain(line) == head + "did the Deploy go out?"
+    assert indent == len(head)
+    assert ("class:found", "Deploy") in line and line[0] == ("class:seq", "#812 ")
+    later, _ = ui.found_fragments(event, "deploy", me="bob", today=today + dt.timedelta(days=3))
+    assert ui.plain(later).startswith(f"#812 {today:%d %b} {render.clock(event.ts)} alice: ")
+    next_year, _ = ui.found_fragments(event, "deploy", me="bob", today=today + dt.timedelta(days=400))
+    assert ui.plain(next_year).startswith(f"#812 {today:%d %b %Y} ")
+    mention = ui.highlight(ui.event_fragments(ev("message", "alice", "bob: deploy"), me="bob"), "deploy")
+    assert mention[-2:] == [("class:mention", "bob: "), ("class:mention class:found", "deploy")]
+
+
+def test_ignoring_hides_messages_joins_and_private_messages_and_follows_a_nick_change() -> None:
+    ignored = ui.IgnoreList()
+    assert ignored.add("Carol") and not ignored.add("carol")
+    assert "CAROL" in ignored and list(ignored) == ["Carol"]
+    for kind in ("message", "action", "private", "join", "leave", "nick"):
+        assert ignored.hides(ev(kind, "carol", "x")), kind
+    assert not ignored.hides(ev("topic", "carol", "her topic"))  # the room's: shown
+    assert not ignored.hides(ev("message", "alice", "carol: hi"))
+    renamed = ev("nick", "carol", "carol is now known as caz", new_nick="caz")
+    ignored.follow(renamed)
+    assert list(ignored) == ["caz"] and "carol" not in ignored
+    ignored.follow(ev("nick", "alice", "alice is now known as al", new_nick="al"))
+    assert list(ignored) == ["caz"]
+    assert ignored.remove("CAZ") and not ignored.remove("caz") and len(ignored) == 0
+
+
 # --- transcripts ------------------------------------------------------------------------------
 
 
@@ -387,12 +460,11 @@ def test_no_bell_option(monkeypatch: pytest.MonkeyPatch) -> None:
         quiet.add_events([ev("join", "bob", "bob joined"), ev("message", "alice", "bob!", seq=2)])
 
 
-def test_private_messages_and_local_notices_show_in_the_current_window(screen: Screen) -> None:
+def test_local_notices_show_in_the_current_window(screen: Screen) -> None:
     screen.switch("dev")
-    screen.add_events([ev("private", "alice", "psst", room="", seq=0, to="bob")])
     screen.add_events([ev("system", "*", "connection lost — reconnecting…", room="", seq=0)])
-    assert "[alice → bob] psst" in shown(screen)
-    assert "-- connection lost" in shown(screen)
+    screen.add_events([ev("system", "*", "alice is away: lunch", room="", seq=0, code="away")])
+    assert shown(screen).endswith("10:00 -- connection lost — reconnecting…\n10:00 -- alice is away: lunch")
 
 
 def test_windows_keep_their_numbers(screen: Screen) -> None:
@@ -628,6 +700,210 @@ def test_a_message_not_sent_says_so_and_alt_r_sends_it_again(screen: Screen) -> 
     assert shown(screen).endswith("!! not sent: text too long")
     screen.resend()
     assert shown(screen).endswith("-- no unsent message in this window")
+
+
+# --- queries, nick changes, away, ignore, topics, search --------------------------------------------
+
+INBOX = "@bob~s1"
+
+
+def private(seq: int, nick: str, to: str, text: str, **kw: str) -> Event:
+    return ev("private", nick, text, room=INBOX, seq=seq, to=to, **kw)
+
+
+def window_named(screen: Screen, name: str) -> Window:
+    found = [w for w in screen.windows if w.name == name]
+    assert len(found) == 1, [w.name for w in screen.windows]
+    return found[0]
+
+
+def lines_of(window: Window) -> list[str]:
+    return [ui.plain(entry.fragments) for entry in window.entries]
+
+
+def test_a_private_message_opens_its_query_window_with_the_conversation_so_far(screen: Screen) -> None:
+    sent = sent_commands(screen)
+    screen.add_events([ev("join", "bob", "bob joined")])
+    screen.add_events([private(5, "alice", "bob", "are you there?")])
+    alice = window_named(screen, "@alice")
+    assert screen.windows.number(alice) == 3 and (alice.unread, alice.mentioned) == (1, True)
+    assert screen.current == "general"  # opened in the background, as irssi does
+    assert sent == [c.Query("alice")]  # the network thread: what the inbox holds of it
+    assert "3:@alice(1)" in ui.plain(screen.status_line(80))
+    history = [
+        private(2, "alice", "bob", "lunch?"),
+        private(3, "bob", "alice", "sure"),
+        private(5, "alice", "bob", "are you there?"),
+    ]
+    screen.add_conversation("alice", history)
+    screen.add_events([private(5, "alice", "bob", "are you there?")])  # delivered again: shown once
+    assert [line.split(" ", 1)[1] for line in lines_of(alice) if "→" in line] == [
+        "[alice → bob] lunch?",
+        "[bob → alice] sure",
+        "[alice → bob] are you there?",
+    ]
+    screen.go_to(3)
+    assert ui.plain(screen._prompt()) == "@alice> " and ui.plain(screen.title_line(40)).startswith(
+        " @alice: private messages with alice"
+    )
+    screen.run_line("yes, here")  # a plain line in a query is for its nick
+    assert sent[-1] == c.Msg("alice", "yes, here", ref=1)
+    screen.sent(1, "id-1")
+    screen.add_events([private(6, "bob", "alice", "yes, here", id="id-1")])  # our copy confirms it
+    assert lines_of(alice)[-1].endswith("[bob → alice] yes, here") and alice.find((INBOX, 6)) is not None
+    for line, error in [
+        ("/me waves", "!! private messages have no actions: @alice is a private window"),
+        ("/who", "!! that needs a room: @alice is a private window"),
+        ("/search lunch", "!! that needs a room: @alice is a private window"),
+    ]:
+        screen.run_line(line)
+        assert shown(screen).splitlines()[-1].startswith(error)
+    screen.run_line("/part")  # closes the query, nothing else
+    assert [w.name for w in screen.windows] == ["#general", "#dev"] and screen.current == "dev"
+    assert not any(isinstance(command, c.Part) for command in sent)
+    screen.add_events([private(7, "alice", "bob", "bye")])  # and it opens again
+    assert window_named(screen, "@alice").unread == 1 and sent[-1:] == [c.Query("alice")]
+
+
+def test_msg_and_query_go_to_the_window_of_the_conversation(screen: Screen) -> None:
+    sent = sent_commands(screen)
+    screen.run_line("/query bob")
+    assert shown(screen).endswith("-- that is you: /query someone else") and len(screen.windows) == 2
+    screen.run_line("/msg Carol hi")  # opens the window, goes there, shows the line pending
+    carol = window_named(screen, "@Carol")
+    assert screen.windows.current is carol
+    assert sent == [c.Query("Carol"), c.Msg("Carol", "hi", ref=1)]
+    assert lines_of(carol)[-1].endswith("[bob → Carol] hi")
+    screen.sent(1, "id-1")
+    screen.add_conversation("carol", [private(4, "bob", "Carol", "hi", id="id-1")])  # the fetch was quicker
+    screen.add_events([private(4, "bob", "Carol", "hi", id="id-1")])
+    assert [line for line in lines_of(carol) if "→" in line] == [f"{render.clock(TS)} [bob → Carol] hi"]
+    screen.go_to(1)
+    screen.run_line("/q carol")  # there already: only a switch
+    assert screen.windows.current is carol and sent[-1] == c.Msg("Carol", "hi", ref=1)
+    screen.run_line("/query dave")
+    assert screen.query == "dave" and sent[-1:] == [c.Query("dave")]
+
+
+def test_nick_changes_follow_the_rooms_the_queries_and_you(screen: Screen) -> None:
+    sent = sent_commands(screen)
+    screen.add_events([ev("join", "bob", "bob joined"), ev("join", "carol", "carol joined", seq=2)])
+    screen.add_events([private(1, "carol", "bob", "psst")])
+    screen.add_events([ev("nick", "carol", "carol is now known as caz", seq=3, new_nick="caz")])
+    assert shown(screen).endswith("-- carol is now known as caz")
+    general = room(screen, "general")
+    assert "caz" in general.nicks.values() and "carol" not in general.nicks
+    query = window_named(screen, "@caz")
+    assert query.query == "caz" and screen.windows.query("carol") is None
+    screen.run_line("/nick bob")
+    assert shown(screen).endswith("-- you are bob already") and sent == [c.Query("carol")]
+    screen.go_to(1)
+    screen.run_line("said just before")
+    screen.run_line("/nick robert")
+    assert sent[-2:] == [c.Say("said just before", "general", ref=1), c.Nick("robert")]
+    assert screen.nick == "bob"  # until the broker says so
+    screen.renamed("robert")
+    assert ui.plain(screen.status_line(60)).startswith(" robert ")
+    screen.sent(1, "id-1")
+    screen.add_events([ev("message", "bob", "said just before", seq=4, id="id-1")])  # under the old nick
+    assert shown(screen).endswith("bob: said just before") and shown(screen).count("said just before") == 1
+    assert not screen._pending
+    screen.go_to(3)
+    screen.renamed("rob")  # in a query (or no room), where no room's nick event shows it
+    assert shown(screen).endswith("-- you are now known as rob")
+
+
+def test_ignore_hides_someone_everywhere_until_unignore(screen: Screen) -> None:
+    screen.add_events([ev("join", "bob", "bob joined")])
+    screen.run_line("/ignore")
+    assert shown(screen).endswith("-- you ignore nobody (/ignore NICK hides someone)")
+    screen.run_line("/ignore bob")
+    assert shown(screen).endswith("!! you cannot ignore yourself")
+    screen.run_line("/ignore Carol")
+    assert "-- ignoring Carol: their messages, private messages, joins and leaves are hidden" in shown(screen)
+    screen.run_line("/ignore carol")
+    assert shown(screen).endswith("-- you already ignore carol")
+    before = shown(screen)
+    screen.add_events(
+        [
+            ev("join", "carol", "carol joined", seq=2),
+            ev("message", "carol", "bob: look at me", seq=3),
+            ev("nick", "carol", "carol is now known as caz", seq=4, new_nick="caz"),
+            ev("action", "caz", "waves", seq=5),
+        ]
+    )
+    screen.add_events([private(1, "caz", "bob", "psst")])
+    assert shown(screen) == before and len(screen.windows) == 2  # not a line, not a window
+    assert room(screen, "general").unread == 0 and "caz" in room(screen, "general").nicks.values()
+    screen.add_events([ev("topic", "caz", "mine now", seq=6)])  # the room's topic: shown
+    assert shown(screen).endswith("-- caz set the topic: mine now")
+    screen.run_line("/ignore")
+    assert shown(screen).endswith("-- you ignore: caz")
+    screen.run_line("/unignore carol")
+    assert shown(screen).endswith("-- you do not ignore carol")
+    screen.run_line("/unignore caz")
+    assert shown(screen).endswith("-- you no longer ignore caz: what they say from now on shows")
+    screen.add_events([ev("message", "caz", "hello again", seq=7)])
+    assert shown(screen).endswith("caz: hello again")
+
+
+def test_topics_show_in_the_title_and_on_joining_and_away_in_the_status_line(screen: Screen) -> None:
+    sent = sent_commands(screen)
+    screen.set_status("connected", ["general", "dev"], {"general": "plans for Friday"})
+    assert ui.plain(screen.title_line(40)) == " #general: plans for Friday" + " " * 13
+    screen.add_events([ev("join", "bob", "bob joined")])
+    assert shown(screen).endswith("-- bob joined\n-- topic: plans for Friday")
+    screen.add_events([ev("topic", "alice", "alice cleared the topic", seq=2, reason="cleared")])
+    screen.set_status("connected", ["general", "dev"], {})
+    assert (
+        shown(screen).endswith("-- alice cleared the topic") and ui.plain(screen.title_line(20)).strip() == "#general"
+    )
+    for line, command in [
+        ("/topic", c.Topic("general")),
+        ("/topic ship it", c.Topic("general", "ship it")),
+        ("/topic -delete", c.Topic("general", "")),
+        ("/topic #dev", c.Topic("dev")),
+        ("/away lunch", c.Away("lunch")),
+        ("/away", c.Away()),
+    ]:
+        screen.run_line(line)
+        assert sent[-1] == command
+    screen.set_away("lunch")
+    assert "-- you are away: lunch" in shown(screen) and ui.plain(screen.status_line(60)).startswith(" bob(away) ")
+    screen.set_away(None)
+    assert shown(screen).endswith("-- you are back") and ui.plain(screen.status_line(60)).startswith(" bob [")
+
+
+def test_search_shows_the_matches_and_goto_scrolls_to_one_fetching_it_if_need_be(screen: Screen) -> None:
+    sent = sent_commands(screen)
+    screen._size = (60, 8)
+    for seq in range(40, 60):
+        screen.add_events([ev("message", "alice", "the deploy is out" if seq == 45 else f"line {seq}", seq=seq)])
+    screen.run_line("/search -before 100 deploy")
+    assert sent[-1] == c.Search("deploy", "general", before=100)
+    found = [ev("message", "alice", "the deploy is out", seq=45), ev("action", "carol", "deploys again", seq=12)]
+    screen.add_search("general", "deploy", found, None)
+    text = shown(screen)
+    assert "-- 2 found in #general for: deploy (newest first; /goto SEQ shows one in its place)" in text
+    day = render.local_day(TS)
+    assert day is not None and f"#45 {day:%d %b} {render.clock(TS)} alice: the deploy is out" in text
+    general = room(screen, "general")
+    screen.run_line("/goto 45")  # in the window: scrolled there, its words highlighted
+    target = general.find(("general", 45))
+    assert target is not None and general.anchor is not None
+    assert any(style.endswith("class:found") for style, _ in target.fragments)
+    assert any(ui.plain(row).endswith("alice: the deploy is out") for row in general.view(60, 8).rows)
+    screen.run_line("/goto 12")  # not in the window: fetched
+    assert sent[-1:] == [c.Goto(12, "general")]
+    around = [ev("message", "carol", f"old {seq}", seq=seq) for seq in range(2, 23)]
+    screen.add_around("general", 12, around)
+    rows = [ui.plain(row) for row in general.view(60, 8).rows]
+    assert any(row.endswith("carol: old 12") for row in rows), rows
+    assert "17 not shown" in lines_of(general)  # a rule: 23 to 39, between the two
+    screen.add_around("general", 99999, [])
+    assert shown(screen).endswith("-- #99999 is not among the events of #general the broker keeps")
+    screen.add_search("general", "nothing", [], 12)
+    assert shown(screen).endswith("-- no message in #general older than #12 has all of: nothing")
 
 
 # --- Client.history -------------------------------------------------------------------------------

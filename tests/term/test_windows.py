@@ -7,7 +7,7 @@ import datetime as dt
 
 from zchat.protocol import Event
 from zchat.term import ui
-from zchat.term.windows import Entry, Window, Windows
+from zchat.term.windows import MARKER, Entry, Window, Windows, conversation
 
 
 def line(text: str, indent: int = 0) -> Entry:
@@ -174,3 +174,125 @@ def test_entry_rows_follow_the_width_and_changes() -> None:
     assert texts(entry.rows(40)) == ["one two three"]
     entry.set([("", "changed")], 0)
     assert texts(entry.rows(40)) == ["changed"]
+
+
+# --- lines of events: earlier ones put in their place, scrolling to one ------------------------
+
+DAY1, DAY2 = dt.date(2026, 11, 30), dt.date(2026, 12, 1)
+
+
+def said(seq: int, day: dt.date = DAY2, stream: str = "general") -> Entry:
+    return Entry([("", f"m{seq}")], keys=[(stream, seq)], day=day)
+
+
+def shows(window: Window) -> list[str]:
+    """Each line: ``m<seq>``, a day line (``-- Monday …``), a rule (``[5 not shown]``)…"""
+    out = []
+    for entry in window.entries:
+        text = ui.plain(entry.fragments)
+        out.append(f"[{text}]" if entry.rule else text)
+    return out
+
+
+def test_earlier_events_go_in_their_place_once_with_day_lines_and_gaps() -> None:
+    window = Window("#general", "general")
+    window.append(line("-- joined #general"))
+    for seq in (50, 51):
+        window.append(said(seq))
+    window.insert([said(20, DAY1), said(21, DAY1), said(22)], gaps=True)
+    assert shows(window) == [
+        "-- Monday 30 November 2026 --",
+        "m20",
+        "m21",
+        "-- Tuesday 1 December 2026 --",
+        "m22",
+        "[27 not shown]",  # 23 to 49
+        "-- joined #general",
+        "m50",
+        "m51",
+    ]
+    # 21 and 22 are there already: 23 and 49 go in their places, and the rule says what is left.
+    window.insert([said(21, DAY1), said(22), said(23), said(49)], gaps=True)
+    assert shows(window)[4:] == ["m22", "m23", "[25 not shown]", "m49", "-- joined #general", "m50", "m51"]
+    window.insert([said(30)], gaps=True)
+    window.insert([said(29), said(30), said(31)], gaps=True)  # around 30, which is shown: each in its place
+    assert shows(window)[4:] == [
+        "m22",
+        "m23",
+        "[5 not shown]",
+        "m29",
+        "m30",
+        "m31",
+        "[17 not shown]",
+        "m49",
+        "-- joined #general",
+        "m50",
+        "m51",
+    ]
+    assert window.find(("general", 23)) is window.entries[5]
+    assert window.find(("dev", 23)) is None
+
+
+def test_a_query_takes_the_conversation_above_the_new_message_and_below_the_marker_it_keeps() -> None:
+    window = Window("@alice", query="alice")
+    window.leave()  # in the background: the new message gets the marker
+    window.append(said(9, DAY2, "@bob~x"), new=True)
+    window.insert([said(2, DAY1, "@bob~x"), said(7, DAY2, "@bob~x"), said(9, DAY2, "@bob~x")])  # (no gaps: an inbox)
+    assert shows(window) == [
+        "-- Monday 30 November 2026 --",
+        "m2",
+        "-- Tuesday 1 December 2026 --",
+        "m7",
+        f"[{MARKER}]",
+        "m9",
+    ]
+    empty = Window("@carol", query="carol")
+    empty.insert([said(3, DAY1, "@bob~x")])
+    assert (shows(empty), empty.day) == (["-- Monday 30 November 2026 --", "m3"], DAY1)  # the newest day now
+
+
+def test_an_insert_keeps_a_scrolled_view_and_a_full_scrollback_makes_room() -> None:
+    window = Window("#general", "general")
+    for seq in range(100, 130):
+        window.append(said(seq))
+    window.page(up=True, columns=20, height=5)
+    before = texts(window.view(20, 5).rows)
+    window.insert([said(10), said(11)], gaps=True)
+    assert texts(window.view(20, 5).rows) == before
+    small = Window("#general", "general")
+    small.entries = type(small.entries)(maxlen=10)
+    for seq in range(100, 110):
+        small.append(said(seq))
+    small.insert([said(10)], gaps=True)  # room for it, a day line and rules: the 6 oldest lines go
+    assert shows(small) == ["-- Tuesday 1 December 2026 --", "m10", "[95 not shown]", "m106", "m107", "m108", "m109"]
+    assert small.find(("general", 100)) is None  # its line went, and its key with it
+
+
+def test_scroll_to_puts_the_line_a_third_down_the_view() -> None:
+    window = Window("#general", "general")
+    for seq in range(1, 41):
+        window.append(said(seq))
+    target = window.find(("general", 10))
+    assert target is not None
+    window.scroll_to(target, 20, 9)
+    assert texts(window.view(20, 9).rows) == [f"m{n}" for n in range(7, 16)]
+    assert window.anchor is not None
+    newest = window.find(("general", 39))
+    assert newest is not None
+    window.scroll_to(newest, 20, 9)
+    assert window.anchor is None  # the end: the view follows new lines again
+
+
+def test_queries_are_found_by_nick_in_any_case_and_show_their_conversation() -> None:
+    windows = Windows()
+    windows.open(Window("#general", "general"))
+    alice = windows.open(Window("@Alice", query="Alice"))
+    assert windows.query("alice") is alice and windows.query("bob") is None
+    assert windows.room("general") is not alice and windows.number(alice) == 2
+    inbox = [
+        Event(1, "", "@bob~x", "private", "Alice", "hi", to="bob"),
+        Event(2, "", "@bob~x", "private", "carol", "psst", to="bob"),
+        Event(3, "", "@bob~x", "private", "bobby", "hello", to="alice"),  # bob, under the nick he had then
+        Event(0, "", "", "system", "*", "alice is away", code="away"),
+    ]
+    assert [e.seq for e in conversation(inbox, "ALICE")] == [1, 3]

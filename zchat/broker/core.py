@@ -461,11 +461,12 @@ class BrokerCore:
         inbox = recipient.inbox if recipient is not None else p.inbox_name(to)
         name = recipient.nick if recipient is not None else to
         self.counters.private += 1
-        ev = self._stream_event(inbox, session.nick, post.text, id=post.id, n=post.n, to=name)
+        ts = self._ts()  # one message, one time: both copies carry it
+        ev = self._stream_event(inbox, ts, session.nick, post.text, id=post.id, n=post.n, to=name)
         if recipient is not None:
             self._deliver(recipient, ev)
         if recipient is not session:  # the sender's copy, in its own inbox
-            copy = self._stream_event(session.inbox, session.nick, post.text, id=post.id, n=post.n, to=name)
+            copy = self._stream_event(session.inbox, ts, session.nick, post.text, id=post.id, n=post.n, to=name)
             self._deliver(session, copy)
         if recipient is None:
             notice = self._notice("system", f"{name} is offline: the message waits for them", code="offline")
@@ -815,13 +816,12 @@ class BrokerCore:
     def _search(self, req: p.Search) -> dict[str, object]:
         room = p.check_room(p.normalize_room(req.room))
         found = self._store.search(room, req.text, req.limit, req.before) if self._store is not None else []
-        return _ok(
-            req,
-            room=room,
-            history=self.history_id,
-            more=len(found) == req.limit,
-            events=[msgspec.Raw(e) for e in found],
-        )
+        more = len(found) == req.limit
+        if found and not more and self._store is not None:
+            # Fewer than asked: none left, or the page was cut at its byte bound. Only a look
+            # past the oldest one tells which.
+            more = bool(self._store.search(room, req.text, 1, p.decode_event(found[-1]).seq))
+        return _ok(req, room=room, history=self.history_id, more=more, events=[msgspec.Raw(e) for e in found])
 
     # --- leases, heartbeats, housekeeping, shutdown -------------------------------------------------
 
@@ -998,13 +998,15 @@ class BrokerCore:
         self.counters.published += 1
         self._batch.publish.append((p.room_topic(room), payload))
 
-    def _stream_event(self, inbox: str, nick: str, text: str, *, id: str | None, n: int | None, to: str) -> bytes:
+    def _stream_event(
+        self, inbox: str, ts: str, nick: str, text: str, *, id: str | None, n: int | None, to: str
+    ) -> bytes:
         """Stamp and stage one private message in an inbox; returns it encoded (for delivery:
         an inbox is never published)."""
         seq = self._inbox_seq(inbox)
         self._seq_before.setdefault(inbox, seq)
         self._inboxes[inbox] = seq + 1
-        payload = p.encode(p.Event(seq + 1, self._ts(), inbox, "private", nick, text, id=id, n=n, to=to))
+        payload = p.encode(p.Event(seq + 1, ts, inbox, "private", nick, text, id=id, n=n, to=to))
         if self._store is not None:
             self._store.append(inbox, seq + 1, payload)
         return payload

@@ -67,7 +67,9 @@ class Bot:
                     return
 
     def dispatch(self, event: Event) -> None:
-        if event.kind not in ("message", "action") or event.nick.lower() == self.nick.lower():
+        # The client's nick, not the one the bot started with: it follows a set_nick().
+        me = self.client.nick or self.nick
+        if event.kind not in ("message", "action") or event.nick.lower() == me.lower():
             return
         for handler in self._handlers:
             try:

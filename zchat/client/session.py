@@ -5,8 +5,9 @@ Two rules hold everything here together, as in h11's ``_state.py``:
 - Everything that decides what the client does next lives in this module: joining and
   resuming, lease and heartbeat timing, judging the broker lost, backoff, the outbox (numbered
   posts, pacing to the broker's rate, resending from where the broker says, expiry), matching
-  replies to requests, trusting the feed again after a reconnect, and what to fetch to repair a
-  gap (the ordering itself is :class:`~zchat.client.sequencer.RoomSequencer`).
+  replies to requests, trusting the feed again after a reconnect, what to fetch to repair a
+  gap (the ordering itself is :class:`~zchat.client.sequencer.RoomSequencer`), the nick, away
+  message and room topics the session keeps, and every request it makes and how its reply reads.
 - This module never touches a socket or reads a clock. :class:`ClientSession` takes what
   arrived (feed payloads, rpc messages) and the monotonic time, and hands back what to send
   (:meth:`ClientSession.take_outgoing`: requests, :data:`REOPEN` when the rpc socket must be
@@ -54,6 +55,7 @@ __all__ = [
     "TRANSITIONS",
     "Action",
     "ClientSession",
+    "Names",
     "Outgoing",
     "Pending",
     "State",
@@ -123,6 +125,19 @@ class Pending:
     to: str | None = None  # a private message's recipient
 
 
+@dataclass(frozen=True)
+class Names:
+    """A ``who`` answer: who is in a room (sorted as the broker sorts them), who of them is
+    away and why, and the room's topic."""
+
+    room: str
+    nicks: list[str]
+    away: dict[str, str]
+    topic: str | None
+    #: The room has members or history (a room nobody ever used does not).
+    exists: bool
+
+
 class ClientSession:
     """The rules of one client session (or, with ``nick=None``, of a reader of rooms).
 
@@ -156,7 +171,10 @@ class ClientSession:
         self.epoch: str | None = None
         self.history_id: str | None = None
         self.heartbeat = MAX_HEARTBEAT
+        #: The topic of each of our rooms that has one, as the broker last said.
         self.topics: dict[str, str] = {}
+        #: Our away message (None: here), kept so that a new session after a reconnect says it again.
+        self.away: str | None = None
         # Message ids: unique per client run, so a message can be told apart on the feed.
         prefix = id_prefix or secrets.token_hex(4)
         self._ids = (f"{prefix}-{n}" for n in itertools.count(1))
@@ -241,7 +259,8 @@ class ClientSession:
             self.nick = nick
         topics = reply.get("topics")
         if isinstance(topics, dict):
-            self.topics.update({str(r): str(t) for r, t in topics.items()})
+            # The topics now, whole: a topic cleared while we were away is gone.
+            self.topics = {str(r): str(t) for r, t in topics.items()}
         rate, burst = reply.get("rate"), reply.get("burst")
         if isinstance(rate, int | float) and isinstance(burst, int):
             self._rate = rate * PACE_MARGIN if rate > 0 else 0.0
@@ -317,8 +336,7 @@ class ClientSession:
     def post(self, text: str, room: str | None, kind: p.PostKind, now: float, to: str | None = None) -> str:
         """Queue a message (or, with ``to``, a private message); returns its id. It stays
         pending until the broker confirms it; :meth:`next_post` hands it to the shell."""
-        if self.nick is None:
-            raise ZChatError("a reader cannot speak: give a nick")
+        self._speaking("speak")
         if self.state not in ("connected", "reconnecting"):
             raise ZChatError(f"the client is {self.state}")
         room = "" if to is not None else self.room(room)
@@ -434,12 +452,104 @@ class ClientSession:
         self.sequencer.stop(room)
         self.topics.pop(room, None)
 
+    def nick_request(self, nick: str) -> p.Request:
+        """The request that renames this session; its reply goes to :meth:`renamed`."""
+        self._speaking("change its nick")
+        return p.Nick(token=self.token, nick=p.check_nick(nick))
+
     def renamed(self, reply: dict[str, object]) -> None:
         """A nick reply: the session's new nick (and, in secure mode, its new inbox)."""
         nick = reply.get("nick")
         if isinstance(nick, str):
             self.nick = nick
         self._start_inbox(reply.get("inbox"))
+
+    def away_request(self, text: str | None) -> p.Request:
+        """The request that sets our away message, or with ``text`` None or blank says we are
+        back; its reply goes to :meth:`away_set`."""
+        self._speaking("be away")
+        text = text.strip() if text is not None else ""
+        if len(text) > p.MAX_AWAY_CHARS:
+            raise LocalProtocolError(f"away message too long ({len(text)} characters; limit {p.MAX_AWAY_CHARS})")
+        return p.Away(token=self.token, text=text or None)
+
+    def away_set(self, reply: dict[str, object]) -> str | None:
+        """An away reply: the away message the broker keeps (None: back)."""
+        away = reply.get("away")
+        self.away = away if isinstance(away, str) else None
+        return self.away
+
+    def topic_request(self, room: str | None, text: str | None) -> p.Request:
+        """The request that sets ``room``'s topic to ``text``, clears it (``""``) or, with
+        ``text`` None, asks what it is. Setting and clearing need us in the room; asking does
+        not. Its reply goes to :meth:`topic_answered`."""
+        if text is None:
+            return p.Topic(token=self.token, room=self.room(room, member=False))
+        self._speaking("set a topic")
+        text = text.strip()
+        if len(text) > p.MAX_TOPIC_CHARS:
+            raise LocalProtocolError(f"topic too long ({len(text)} characters; limit {p.MAX_TOPIC_CHARS})")
+        return p.Topic(token=self.token, room=self.room(room), text=text)
+
+    def topic_answered(self, reply: dict[str, object]) -> str | None:
+        """A topic reply: the room's topic now (None: it has none)."""
+        room, topic = reply.get("room"), reply.get("topic")
+        topic = topic if isinstance(topic, str) and topic else None
+        if isinstance(room, str):
+            self._note_topic(room, topic)
+        return topic
+
+    def who_answered(self, reply: dict[str, object]) -> Names:
+        """A who reply, as :class:`Names` (and the topic it shows, if the room is ours)."""
+        room, nicks, away, topic = (reply.get(k) for k in ("room", "nicks", "away", "topic"))
+        names = Names(
+            room=room if isinstance(room, str) else "",
+            nicks=[str(n) for n in nicks] if isinstance(nicks, list) else [],
+            away={str(n): str(a) for n, a in away.items()} if isinstance(away, dict) else {},
+            topic=topic if isinstance(topic, str) and topic else None,
+            exists=reply.get("exists") is not False,
+        )
+        self._note_topic(names.room, names.topic)
+        return names
+
+    def _note_topic(self, room: str, topic: str | None) -> None:
+        if room not in self.rooms:
+            return  # only our rooms' topics are followed (their events keep them current)
+        if topic is None:
+            self.topics.pop(room, None)
+        else:
+            self.topics[room] = topic
+
+    def history_request(self, room: str | None, limit: int, after: int | None = None) -> p.Request:
+        """The request for ``room``'s stored events (default: the first room joined), or with
+        our inbox's name for our private messages (a session request: it carries the token).
+        Without ``after``: the newest ``limit``; with it, the ``limit`` oldest after that seq."""
+        check_history_limit(limit)
+        if after is not None and not 0 <= after <= p.MAX_SEQ:
+            raise LocalProtocolError(f"after must be 0-{p.MAX_SEQ}, not {after}")
+        if room is not None and p.is_inbox(room):
+            self._speaking("have an inbox")
+            if room != self.inbox:
+                raise LocalProtocolError(f"{room!r} is not this session's inbox ({self.inbox!r})")
+            return p.History(room=room, after=after, limit=limit, token=self.token)
+        return p.History(room=self.room(room, member=False), after=after, limit=limit)
+
+    def search_request(self, text: str, room: str | None, limit: int, before: int | None) -> p.Request:
+        """The request for ``room``'s stored messages and actions holding every word of
+        ``text`` (newest first; ``before``: only older than that seq)."""
+        if not text.strip():
+            raise LocalProtocolError("nothing to search for")
+        if len(text) > p.MAX_QUERY_CHARS:
+            raise LocalProtocolError(f"search text too long ({len(text)} characters; limit {p.MAX_QUERY_CHARS})")
+        if not 1 <= limit <= p.MAX_SEARCH:
+            raise LocalProtocolError(f"search limit must be 1-{p.MAX_SEARCH}, not {limit}")
+        if before is not None and not 0 <= before <= p.MAX_SEQ:
+            raise LocalProtocolError(f"before must be 0-{p.MAX_SEQ}, not {before}")
+        return p.Search(room=self.room(room, member=False), text=text, limit=limit, before=before)
+
+    def _speaking(self, what: str) -> None:
+        if self.nick is None:
+            raise ZChatError(f"a reader cannot {what}: give a nick")
 
     def leave_request(self, reason: str) -> p.Request | None:
         """The goodbye, if there is a session to end."""
@@ -602,7 +712,11 @@ class ClientSession:
     def _on_rejoin(self, reply: dict[str, object], now: float) -> None:
         self._rejoin_req = None
         if reply.get("ok"):
+            resumed = reply.get("resumed") is True
             self.joined(reply, now)
+            if self.away is not None and not resumed:
+                # A new session starts "here": say again that we are not.
+                self._send(p.Away(token=self.token, text=self.away, req=next(self._reqs)), now)
             self._outgoing.append(PROBE)
             self._events.append(self._local("system", "reconnected", "reconnected"))
         elif reply.get("code") == "standby":
@@ -626,6 +740,9 @@ class ClientSession:
                 self.failed.pop(event.id, None)
             if event.n == out.n:  # this session's answer: every post before it is processed too
                 self._processed(out.n)
+        if event.kind == "topic" and event.seq > 0:
+            # Events come in seq order, so the newest topic event says what the topic is now.
+            self._note_topic(event.room, None if event.reason == "cleared" else event.text)
         self._events.append(event)
 
     def _start_rooms(self, seqs: object, history: object) -> None:

@@ -23,10 +23,10 @@ from zmq.utils.monitor import recv_monitor_message
 from zchat import protocol as p
 from zchat import transport
 from zchat.client.feed import DRAIN_BATCH, Feed
-from zchat.client.session import PROBE, REOPEN, ClientSession, Pending, State, broker_events, check_history_limit
+from zchat.client.session import PROBE, REOPEN, ClientSession, Names, Pending, State, broker_events
 from zchat.errors import Refused, Unreachable, ZChatError
 
-__all__ = ["Client", "Feed"]
+__all__ = ["Client", "Feed", "Names"]
 
 _HANDSHAKE_FAILURES = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -273,9 +273,41 @@ class Client:
 
     def who(self, room: str | None = None) -> list[str]:
         """Nicks in ``room`` (default: the first room joined)."""
-        reply = self._call(p.Who(room=self.session.room(room, member=False)))
-        nicks = reply.get("nicks")
-        return [str(n) for n in nicks] if isinstance(nicks, list) else []
+        return self.names(room).nicks
+
+    def names(self, room: str | None = None) -> Names:
+        """Who is in ``room`` (default: the first room joined), who of them is away, and its
+        topic: any room, ours or not."""
+        return self.session.who_answered(self._call(p.Who(room=self.session.room(room, member=False))))
+
+    def set_nick(self, nick: str) -> str:
+        """Change this session's nick; returns it. Each of our rooms gets a ``nick`` event.
+
+        Raises :class:`Refused` with the broker's code: ``nick_taken``, ``no_change`` (it is our
+        nick already), and in secure mode ``nick_not_allowed`` (our key may not use it).
+        """
+        self.session.renamed(self._call(self.session.nick_request(nick)))
+        assert self.nick is not None
+        return self.nick
+
+    def away(self, text: str | None = None) -> str | None:
+        """Say we are away, with ``text`` (whoever sends us a private message is told it, and
+        ``who`` shows it), or with no text that we are back; returns the away message kept."""
+        return self.session.away_set(self._call(self.session.away_request(text)))
+
+    def topic(self, room: str | None = None, text: str | None = None) -> str | None:
+        """``room``'s topic (default: the first room joined): set to ``text``, cleared with
+        ``""``, or with no ``text`` only asked. Returns the topic now (None: it has none).
+        Setting and clearing need us in the room; asking works for any room."""
+        return self.session.topic_answered(self._call(self.session.topic_request(room, text)))
+
+    def search(self, text: str, room: str | None = None, limit: int = 20, before: int | None = None) -> list[p.Event]:
+        """Stored messages and actions of ``room`` (default: the first room joined; any room)
+        holding every word of ``text`` (whole words, any case), newest first: at most ``limit``
+        (1 to ``MAX_SEARCH``; fewer if they pass the 64 KiB a reply holds). The next page is
+        ``before`` the smallest ``seq`` returned; an empty page means there are no more."""
+        reply = self._call(self.session.search_request(text, room, limit, before))
+        return broker_events(reply.get("events"))
 
     def join(self, room: str) -> None:
         """Join another room (its backlog comes as for the first ones)."""
@@ -300,10 +332,12 @@ class Client:
         if self._feed is not None:
             self._feed.unsubscribe(p.room_topic(room))
 
-    def history(self, room: str | None = None, limit: int = 50) -> list[p.Event]:
-        """The last ``limit`` (1 to ``MAX_HISTORY``) stored events of ``room`` (default: the
-        first room joined), oldest first. They are not delivered as events."""
-        request = p.History(room=self.session.room(room, member=False), limit=check_history_limit(limit))
+    def history(self, room: str | None = None, limit: int = 50, after: int | None = None) -> list[p.Event]:
+        """Stored events of ``room`` (default: the first room joined; any room, or
+        :attr:`inbox` for our private messages), oldest first: the last ``limit`` (1 to
+        ``MAX_HISTORY``), or with ``after`` the first ``limit`` after that ``seq``. They are not
+        delivered as events."""
+        request = self.session.history_request(room, limit, after)
         return broker_events(self._call(request).get("events"))
 
     def stats(self) -> dict[str, object]:

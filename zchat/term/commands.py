@@ -21,23 +21,32 @@ from zchat.term.render import inert
 
 __all__ = [
     "ALIASES",
+    "CLEAR_TOPIC",
     "DEFAULT_HISTORY",
     "HELP",
     "NAMES",
+    "Away",
     "Clear",
     "Command",
+    "Goto",
     "Help",
     "History",
+    "Ignore",
     "Join",
     "Me",
     "Message",
     "Msg",
     "NetworkCommand",
+    "Nick",
     "Part",
+    "Query",
     "Quit",
     "Rooms",
     "Say",
+    "Search",
     "Switch",
+    "Topic",
+    "Unignore",
     "Usage",
     "Who",
     "complete",
@@ -48,6 +57,8 @@ __all__ = [
 
 #: Events ``/history`` shows without a count.
 DEFAULT_HISTORY = 20
+#: What ``/topic`` takes to clear the topic, as in irssi and WeeChat.
+CLEAR_TOPIC = "-delete"
 
 
 class _Command(msgspec.Struct, frozen=True, tag=str.lower):
@@ -94,6 +105,42 @@ class Part(_Command, frozen=True):
     reason: str | None = None
 
 
+class Nick(_Command, frozen=True):
+    nick: str
+
+
+class Away(_Command, frozen=True):
+    #: None: back.
+    text: str | None = None
+
+
+class Topic(_Command, frozen=True):
+    room: str | None = None
+    #: The new topic; ``""`` clears it; None only asks.
+    text: str | None = None
+
+
+class Query(_Command, frozen=True):
+    """Open (or go to) the private conversation with ``nick``: the UI opens the window, the
+    network thread fetches what the inbox holds of it."""
+
+    nick: str
+
+
+class Search(_Command, frozen=True):
+    text: str
+    room: str | None = None
+    #: Only matches older than this seq (the next page).
+    before: int | None = None
+
+
+class Goto(_Command, frozen=True):
+    """Show event ``seq`` of the room in its window (fetched from history if it is not there)."""
+
+    seq: int
+    room: str | None = None
+
+
 # Commands the UI carries out by itself.
 class Rooms(_Command, frozen=True):
     pass
@@ -115,8 +162,17 @@ class Quit(_Command, frozen=True):
     reason: str = "quit"
 
 
-NetworkCommand = Say | Me | Msg | Who | History | Join | Part
-Command = NetworkCommand | Rooms | Switch | Help | Clear | Quit
+class Ignore(_Command, frozen=True):
+    #: None: list who is ignored.
+    nick: str | None = None
+
+
+class Unignore(_Command, frozen=True):
+    nick: str
+
+
+NetworkCommand = Say | Me | Msg | Who | History | Join | Part | Nick | Away | Topic | Query | Search | Goto
+Command = NetworkCommand | Rooms | Switch | Help | Clear | Quit | Ignore | Unignore
 #: The messages: what the UI shows as pending until the broker has them.
 Message = Say | Me | Msg
 
@@ -135,8 +191,16 @@ _USAGE = {
     "rooms": "/rooms",
     "me": "/me TEXT",
     "msg": "/msg NICK TEXT",
+    "query": "/query NICK",
     "who": "/who [#ROOM]",
+    "topic": f"/topic [#ROOM] [TEXT | {CLEAR_TOPIC}]",
+    "nick": "/nick NICK",
+    "away": "/away [MESSAGE]",
+    "ignore": "/ignore [NICK]",
+    "unignore": "/unignore NICK",
     "history": f"/history [N]  (N: 1-{p.MAX_HISTORY})",
+    "search": "/search [-before SEQ] WORDS",
+    "goto": "/goto SEQ",
     "clear": "/clear",
     "quit": "/quit [REASON]",
     "help": "/help",
@@ -144,18 +208,29 @@ _USAGE = {
 #: The command names, for completion.
 NAMES = tuple(_USAGE)
 #: Other names irssi and WeeChat users type: alias -> command.
-ALIASES = {"j": "join", "names": "who"}
+ALIASES = {"j": "join", "names": "who", "q": "query", "t": "topic"}
 
 HELP = f"""\
 commands:
   /join #ROOM             join a room and make it the current one (also /j)
-  /part [#ROOM] [REASON]  leave a room (default: the current one)
+  /part [#ROOM] [REASON]  leave a room (default: the current one); in a @NICK
+                          window: close it
   /switch #ROOM           make ROOM the current window (also Alt-1...)
   /rooms                  your windows, numbered, with unread counts
   /me TEXT                send an action (* alice waves)
-  /msg NICK TEXT          a private message: only NICK sees it
-  /who [#ROOM]            who is in the room (also /names)
+  /msg NICK TEXT          a private message only NICK sees (in @NICK's window)
+  /query NICK             a @NICK window: your private messages with NICK (/q)
+  /who [#ROOM]            who is in the room, and who is away (also /names)
+  /topic [#ROOM] [TEXT]   show or set the topic; /topic {CLEAR_TOPIC} clears it (/t)
+  /nick NICK              change your nick
+  /away [MESSAGE]         say you are away (whoever writes to you is told);
+                          no message: you are back
+  /ignore [NICK]          hide NICK's messages, joins and leaves (this run);
+                          no NICK: the list; /unignore NICK shows them again
   /history [N]            the room's last N events (default {DEFAULT_HISTORY})
+  /search WORDS           the room's stored messages with all the words, and
+                          their seqs (/search -before SEQ WORDS: older ones)
+  /goto SEQ               scroll the room's window to message SEQ
   /clear                  clear the message area
   /quit [REASON]          leave (also: exit, Ctrl-D on an empty line, Ctrl-C)
   /help                   this text
@@ -204,7 +279,7 @@ def _parse(name: str, arg: str, words: list[str], rooms: Collection[str]) -> Com
     if name not in _USAGE:
         return Usage(f"unknown command /{inert(name)[:40]}: /help lists the commands")
     usage = Usage(f"usage: {_USAGE[name]}")
-    if name in ("me", "msg") and not arg:
+    if name in ("me", "msg", "search") and not arg:
         return usage
     if name == "me":
         return Me(arg)
@@ -213,6 +288,29 @@ def _parse(name: str, arg: str, words: list[str], rooms: Collection[str]) -> Com
         return Msg(p.check_nick(m.group(1)), m.group(2)) if m else usage
     if name == "quit":
         return Quit(arg or "quit")
+    if name == "away":
+        return Away(arg or None)
+    if name == "topic":
+        room = p.check_room(p.normalize_room(words[0])) if words and words[0].startswith("#") else None
+        text = arg.removeprefix(words[0]).strip() if room is not None else arg
+        return Topic(room, "" if text == CLEAR_TOPIC else text or None)
+    if name == "search":
+        if words[0] != "-before":
+            return Search(arg)
+        if len(words) < 3 or not _is_seq(words[1]):
+            return usage
+        return Search(arg.split(None, 2)[2], before=int(words[1]))
+    if name in ("nick", "query", "ignore", "unignore", "goto"):
+        if len(words) > 1 or (not words and name != "ignore"):
+            return usage
+        if name == "goto":
+            seq = words[0].removeprefix("#")
+            return Goto(int(seq)) if _is_seq(seq) else usage
+        nick = p.check_nick(words[0]) if words else None
+        if name == "ignore":
+            return Ignore(nick)
+        assert nick is not None
+        return Nick(nick) if name == "nick" else Query(nick) if name == "query" else Unignore(nick)
     if name in ("rooms", "help", "clear"):
         return usage if words else Rooms() if name == "rooms" else Help() if name == "help" else Clear()
     if name == "history":
@@ -232,6 +330,10 @@ def _parse(name: str, arg: str, words: list[str], rooms: Collection[str]) -> Com
         return Who(room)
     assert room is not None
     return Join(room) if name == "join" else Switch(room)
+
+
+def _is_seq(word: str) -> bool:
+    return word.isascii() and word.isdecimal() and 1 <= int(word) <= p.MAX_SEQ
 
 
 def complete(before: str, *, nicks: Iterable[str], rooms: Iterable[str]) -> tuple[int, list[str]]:

@@ -2,7 +2,8 @@
 
 This module owns how each kind of event reads: :func:`event_parts` is the one place that says
 which shape an event takes (``nick: text``, ``* nick waves``, ``[alice → bob] psst``, ``!! error``,
-``-- alice joined``), its style and whether transcripts keep it. :func:`format_event` (terminal
+``-- alice joined``, ``-- bob is now known as robert``, ``-- alice set the topic: …``), its style
+and whether transcripts keep it. :func:`format_event` (terminal
 lines), :func:`zchat.term.ui.event_fragments` (styled text) and
 :func:`zchat.term.transcript.transcript_line` (log files) only lay those parts out. The lines a
 screen makes of several events or of the calendar read here too: a burst of joins and leaves
@@ -137,6 +138,8 @@ _KINDS: dict[str, tuple[Shape, Style | None, bool]] = {
     "error": ("error", "error", True),
     "join": ("notice", "system", True),
     "leave": ("notice", "system", True),
+    "nick": ("notice", "system", True),
+    "topic": ("notice", "system", True),
     "system": ("notice", "system", True),
 }
 _OTHER_KIND: tuple[Shape, Style | None, bool] = ("notice", "system", False)
@@ -152,10 +155,24 @@ def event_parts(event: Event, *, time_format: str = DEFAULT_TIME_FORMAT) -> Even
         shape=shape,
         nick=inert(event.nick) if shape in ("message", "action", "private") else None,
         to=inert(event.to or "") if shape == "private" else None,
-        text=inert(event.text),
+        text=inert(_sentence(event)),
         style=style,
         logged=logged,
     )
+
+
+def _sentence(event: Event) -> str:
+    """What a notice says. A topic event's text is the topic itself, so the sentence around it is
+    made here; a nick change is said from its fields (the text is only the broker's wording)."""
+    if event.kind == "topic":
+        return (
+            f"{event.nick} cleared the topic"
+            if event.reason == "cleared"
+            else f"{event.nick} set the topic: {event.text}"
+        )
+    if event.kind == "nick" and event.new_nick:
+        return f"{event.nick} is now known as {event.new_nick}"
+    return event.text
 
 
 def fold_text(events: Iterable[Event]) -> str:

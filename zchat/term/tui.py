@@ -1,11 +1,15 @@
-"""The full-screen chat: a message area, a status line and an input line no message disturbs.
+"""The full-screen chat: a title line, a message area, a status line and an input line no message
+disturbs.
 
 Two halves, one per thread, talking only by messages. :class:`Screen` is the prompt_toolkit
-Application on the main thread's asyncio loop: the message area (the current window of the
-numbered :class:`~zchat.term.windows.Windows`), the status line (the windows by number, with
-unread counts, and the connection) and the input line, with its keys, commands, tab completion
-and paste handling. It shows what you send at once, as pending, until the broker has it (or
-refused it: then one key sends it again). It never touches the :class:`~zchat.client.shell.Client`:
+Application on the main thread's asyncio loop: the title line (the current window and its
+topic), the message area (the current window of the numbered
+:class:`~zchat.term.windows.Windows`: rooms, and private conversations that open as messages
+come), the status line (the windows by number, with unread counts, and the connection) and the
+input line, with its keys, commands, tab completion and paste handling. It shows what you send at
+once, as pending, until the broker has it (or refused it: then one key sends it again), hides
+whom you ignore, and shows search matches and, on ``/goto``, the message itself in its room's
+window. It never touches the :class:`~zchat.client.shell.Client`:
 what needs the broker it hands to the network thread as an encoded command. :class:`Front` is
 what the network thread (:mod:`zchat.term.plain`) drives: it carries out those commands on the
 client it owns and passes events, results and state to the screen, only ever through
@@ -46,7 +50,7 @@ from prompt_toolkit.styles import Style
 
 from zchat import protocol as p
 from zchat.client.shell import Client
-from zchat.errors import LocalProtocolError, ZChatError
+from zchat.errors import LocalProtocolError, Refused, ZChatError
 from zchat.protocol import Event
 from zchat.term import commands as c
 from zchat.term import render, ui, windows
@@ -57,6 +61,12 @@ __all__ = ["Front", "Screen"]
 MAX_INPUT_ROWS = 6
 #: Unsent messages that Alt-R can still send again (older ones are only shown).
 MAX_FAILED = 100
+#: Matches one ``/search`` shows (the broker gives at most 100).
+SEARCH_LIMIT = 20
+#: Events fetched on each side of a ``/goto`` target that is not in its window.
+AROUND = 10
+#: Messages of a conversation a query window opens with, from the newest of the inbox.
+QUERY_BACKLOG = 100
 
 _STYLE = {
     "time": "ansibrightblack",
@@ -72,6 +82,9 @@ _STYLE = {
     "mention": "ansiyellow bold reverse",
     "prompt": "bold",
     "confirm": "ansiyellow bold",
+    "found": "ansicyan bold reverse",
+    "seq": "ansibrightblack",
+    "title": "bg:ansiblue ansiwhite",
     "status": "bg:ansiblue ansiwhite",
     "status.nick": "bold",
     "status.current": "bold",
@@ -83,6 +96,8 @@ _STYLE = {
 }
 #: Without colour: the same emphasis with attributes only.
 _MONO = {
+    "found": "bold underline",
+    "title": "reverse",
     "status": "reverse",
     "status.mention": "bold underline",
     "mention": "bold reverse",
@@ -167,9 +182,18 @@ class Screen:
         self._handed: dict[int, _Outgoing] = {}
         self._pending: dict[str, _Outgoing] = {}
         self._failed: collections.deque[_Outgoing] = collections.deque(maxlen=MAX_FAILED)
+        #: Your away message (None: here), for the status line.
+        self.away: str | None = None
+        #: Every nick you had in this run: a message sent just before a /nick comes back under
+        #: the old one.
+        self._nicks = {nick.lower()}
+        self.ignored = ui.IgnoreList()
+        #: Each room's last search: its words are highlighted in the message ``/goto`` shows.
+        self._searched: dict[str, str] = {}
 
         self.input = Buffer(multiline=True, history=InMemoryHistory(), accept_handler=self._accept)
         self.messages = Window(_Sized(self._message_rows), style="class:messages")
+        title = Window(_Sized(self._title_rows), height=1, style="class:title")
         status = Window(_Sized(self._status_rows), height=1, style="class:status")
         input_window = Window(
             BufferControl(self.input, input_processors=[BeforeInput(lambda: FormattedText(self._prompt()))]),
@@ -184,7 +208,7 @@ class Screen:
         if not color:
             style.update(_MONO)
         self.app: Application[None] = Application(
-            layout=Layout(HSplit([self.messages, status, input_window]), focused_element=input_window),
+            layout=Layout(HSplit([title, self.messages, status, input_window]), focused_element=input_window),
             key_bindings=self._key_bindings(),
             style=Style.from_dict(style),
             include_default_pygments_style=False,
@@ -200,6 +224,11 @@ class Screen:
     def current(self) -> str | None:
         """The room of the current window."""
         return self.windows.current.room if self.windows.current else None
+
+    @property
+    def query(self) -> str | None:
+        """The other party of the current window, if it is a query."""
+        return self.windows.current.query if self.windows.current else None
 
     # --- running ---------------------------------------------------------------------------
 
@@ -254,13 +283,18 @@ class Screen:
     def _add_event(self, event: Event, *, backlog: bool = False) -> bool:
         """Show ``event`` where it belongs; True if it should ring the bell."""
         own = event.nick.lower() == self.nick.lower()
-        if event.id in self._pending and (event.kind == "error" or own):
+        if event.id in self._pending and (event.kind == "error" or event.nick.lower() in self._nicks):
             self._settle(self._pending.pop(event.id), event)  # (only the broker sends errors)
             return False
-        window = self.windows.room(event.room) if event.room and event.kind != "private" else None
-        mention = ui.is_mention(event, self.nick)
-        if window is None:  # private, local, or from a room no longer shown
-            self._show(self._view(), event, show_room=bool(event.room))
+        hidden = self.ignored.hides(event)
+        self.ignored.follow(event)
+        if event.kind == "private":
+            return not hidden and self._add_private(event)
+        window = self.windows.room(event.room) if event.room else None
+        mention = ui.is_mention(event, self.nick) and not hidden
+        if window is None:  # local, or from a room no longer shown
+            if not hidden:
+                self._show(self._view(), event, show_room=bool(event.room))
             return mention
         key = event.nick.lower()
         if event.kind == "join":
@@ -269,33 +303,89 @@ class Screen:
         elif event.kind == "leave":
             window.nicks.pop(key, None)
             window.live &= not own
+        elif event.kind == "nick" and event.new_nick:
+            window.nicks.pop(key, None)
+            window.nicks[event.new_nick.lower()] = event.new_nick
         elif event.kind in ("message", "action"):
             window.nicks.setdefault(key, event.nick)
         live = window.live and not backlog
+        if event.kind == "nick" and live and event.new_nick and (query := self.windows.query(event.nick)):
+            query.name, query.query = f"@{event.new_nick}", event.new_nick  # the conversation goes on
+            query.nicks = {event.new_nick.lower(): event.new_nick}
+        if hidden:
+            return False
         # Your own coming and going is the edge of what you read, not something new in it.
         new = live and not (own and event.kind in ("join", "leave"))
         self._show(window, event, new=new, fold=event.kind in ("join", "leave") and not own)
+        if own and event.kind == "join" and live and window.topic:
+            self._say(window, f"-- topic: {window.topic}")
         if window is not self._view() and live and event.kind in ("message", "action"):
             window.unread += 1
             window.mentioned |= mention
         return mention and live
+
+    def _add_private(self, event: Event) -> bool:
+        """A private message goes to the query window of the other party, opened (with what the
+        inbox holds of the conversation) if need be, as irssi does; True if it should ring."""
+        other = (event.to or event.nick) if event.nick.lower() == self.nick.lower() else event.nick
+        window = self.windows.query(other) or self._open_query(other)
+        if event.seq > 0 and window.find((event.room, event.seq)) is not None:
+            return False  # shown already: the conversation fetched for the window had it
+        mention = ui.is_mention(event, self.nick)
+        self._show(window, event, new=True)
+        if window is not self._view():
+            window.unread += 1
+            window.mentioned |= mention
+        return mention
+
+    def _open_query(self, nick: str, *, switch: bool = False) -> windows.Window:
+        """A new query window with ``nick`` (the next number); the network thread is asked for
+        the conversation so far (:meth:`add_conversation`)."""
+        window = self.windows.open(windows.Window(f"@{nick}", query=nick, nicks={nick.lower(): nick}))
+        if switch:
+            self._go(window)
+        self._hand_over(c.Query(nick))
+        return window
+
+    def add_conversation(self, nick: str, events: list[Event]) -> None:
+        """What the inbox holds of the conversation with ``nick`` (oldest first): it goes above
+        what the query window shows, each message once."""
+        window = self.windows.query(nick)
+        if window is not None:
+            window.insert([self._entry(e) for e in events if not self.ignored.hides(e)])
+            self.app.invalidate()
 
     def _show(
         self, window: windows.Window, event: Event, *, new: bool = False, fold: bool = False, show_room: bool = False
     ) -> None:
         """Add ``event``'s line to ``window`` (a join or leave to the burst it folds into), after
         a line saying the day changed if it did."""
-        if window.new_day(render.local_day(event.ts)) and window.day is not None:
-            window.append(windows.Entry(ui.day_fragments(window.day)), new=new)
+        day = render.local_day(event.ts)
+        if window.new_day(day) and window.day is not None:
+            window.append(windows.day_entry(window.day), new=new)
         if fold:
-            window.fold(event, lambda burst: ui.fold_fragments(burst, time_format=self.time_format), new=new)
+            window.fold(event, self._fold_line, new=new, key=_key(event), day=day)
             return
-        line = ui.event_fragments(event, me=self.nick, show_room=show_room, time_format=self.time_format)
-        window.append(windows.Entry(line, ui.text_column(line)), new=new)
+        window.append(self._entry(event, show_room=show_room), new=new)
 
-    def set_status(self, state: str, rooms: list[str]) -> None:
-        """The client's connection state and rooms (the first time, and whenever they change):
-        a room joined gets the next window number, a room left loses its window."""
+    def _fold_line(self, burst: list[Event]) -> ui.Fragments:
+        return ui.fold_fragments(burst, time_format=self.time_format)
+
+    def _entry(self, event: Event, *, show_room: bool = False) -> windows.Entry:
+        """``event``'s line, knowing where the event stands and its day."""
+        line = ui.event_fragments(event, me=self.nick, show_room=show_room, time_format=self.time_format)
+        key = _key(event)
+        return windows.Entry(line, ui.text_column(line), keys=[key] if key else (), day=render.local_day(event.ts))
+
+    def _say(self, window: windows.Window, text: str, style: str = "class:system") -> None:
+        """A line for the person in ``window`` (made inert: it may quote the network)."""
+        indent = 3 if text.startswith(("-- ", "!! ")) else 0  # wrapped rows go under the text
+        window.append(windows.Entry([(style, render.inert(text))], indent))
+        self.app.invalidate()
+
+    def set_status(self, state: str, rooms: list[str], topics: dict[str, str] | None = None) -> None:
+        """The client's connection state, rooms and their topics (the first time, and whenever
+        they change): a room joined gets the next window number, a room left loses its window."""
         self.state = state
         for room in rooms:
             if self.windows.room(room) is None:
@@ -303,12 +393,82 @@ class Screen:
         for window in list(self.windows):
             if window.room is not None and window.room not in rooms:
                 self.windows.close(window)
+            elif window.room is not None and topics is not None:
+                window.topic = topics.get(window.room)
         self.app.invalidate()
+
+    def renamed(self, nick: str) -> None:
+        """Your nick is now ``nick`` (the broker said so)."""
+        self.nick = nick
+        self._nicks.add(nick.lower())
+        if self.current is None:  # a room's window shows the room's nick event instead
+            self.notice(f"-- you are now known as {nick}")
+        self.app.invalidate()
+
+    def set_away(self, text: str | None) -> None:
+        self.away = text
+        if text is None:
+            self.notice("-- you are back")
+        else:
+            self.notice(f"-- you are away: {text} (whoever writes to you is told so; /away to come back)")
 
     def set_nicks(self, room: str, nicks: list[str]) -> None:
         window = self.windows.room(room)
         if window is not None:
             window.nicks = {n.lower(): n for n in nicks}
+
+    def add_search(self, room: str, text: str, events: list[Event], before: int | None) -> None:
+        """The matches of ``/search`` (newest first) in ``room``'s window, with their seqs."""
+        window = self.windows.room(room) or self._view()
+        self._searched[room] = text
+        shown = [e for e in events if not self.ignored.hides(e)]
+        hidden = f", {len(events) - len(shown)} of them from nicks you ignore" if len(shown) < len(events) else ""
+        older = f" older than #{before}" if before is not None else ""
+        if not events:
+            self._say(window, f"-- no message in #{room}{older} has all of: {text}")
+            return
+        self._say(
+            window,
+            f"-- {len(events)} found in #{room}{older} for: {text} (newest first{hidden}; /goto SEQ shows one in"
+            " its place)",
+        )
+        for event in shown:
+            line, indent = ui.found_fragments(event, text, me=self.nick, time_format=self.time_format)
+            window.append(windows.Entry(line, indent))
+        if len(events) == SEARCH_LIMIT:
+            self._say(window, f"-- older ones: /search -before {events[-1].seq} {text}")
+
+    def goto(self, seq: int) -> None:
+        """``/goto``: scroll the current room's window to event ``seq``, or ask the network thread
+        for the events around it (:meth:`add_around`)."""
+        window, room = self.windows.current, self.current
+        if window is None or room is None:
+            self.error("/goto: go to the window of the room first")
+            return
+        entry = window.find((room, seq))
+        if entry is None:
+            self._hand_over(c.Goto(seq, room))
+        else:
+            self._jump(window, entry, room)
+
+    def add_around(self, room: str, seq: int, events: list[Event]) -> None:
+        """The events around ``seq`` in ``room``: in their place in its window, then shown."""
+        window = self.windows.room(room)
+        if window is None:
+            return
+        window.insert([self._entry(e) for e in events if not self.ignored.hides(e)], gaps=True)
+        entry = window.find((room, seq))
+        if entry is None:
+            self._say(window, f"-- #{seq} is not among the events of #{room} the broker keeps")
+        else:
+            self._jump(window, entry, room)
+
+    def _jump(self, window: windows.Window, entry: windows.Entry, room: str) -> None:
+        if room in self._searched:
+            entry.set(ui.highlight(entry.fragments, self._searched[room]), entry.indent)
+        columns, height = self._size
+        window.scroll_to(entry, columns, height)
+        self.app.invalidate()
 
     def add_history(self, room: str, events: list[Event]) -> None:
         self.notice(f"-- the last {len(events)} events of #{room}:")
@@ -330,16 +490,19 @@ class Screen:
     # --- your messages: pending, sent, not sent ------------------------------------------------
 
     def _post(self, command: c.Message) -> None:
-        """Show ``command``'s message at once, dim until the broker has it, and hand it over."""
+        """Show ``command``'s message at once, dim until the broker has it, and hand it over. A
+        private message goes to the query window with its recipient, which opens if need be
+        and becomes the current one."""
         command = msgspec.structs.replace(command, ref=next(self._refs))
         now = p.format_ts(time.time())
         if isinstance(command, c.Msg):
             event = Event(0, now, "", "private", self.nick, command.text, to=command.nick)
+            window = self.windows.query(command.nick) or self._open_query(command.nick)
+            self._go(window)
         else:
             kind = "action" if isinstance(command, c.Me) else "message"
             event = Event(0, now, command.room or "", kind, self.nick, command.text)
-        window = self.windows.room(event.room) if event.room else None
-        window = window or self._view()
+            window = (self.windows.room(event.room) if event.room else None) or self._view()
         line = ui.event_fragments(event, me=self.nick, time_format=self.time_format)
         out = _Outgoing(command, window, windows.Entry(ui.restyle(line, "class:pending"), ui.text_column(line)), line)
         window.append(out.entry)
@@ -366,8 +529,15 @@ class Screen:
         if event.kind == "error":
             self._fail(out, event, again=True)
             return
-        line = ui.event_fragments(event, me=self.nick, time_format=self.time_format)
-        out.entry.set(line, ui.text_column(line))
+        key = _key(event)
+        if key is not None and out.window.find(key) is not None:
+            out.window.remove(out.entry)  # shown already: the conversation fetched for its window had it
+        else:
+            line = ui.event_fragments(event, me=self.nick, time_format=self.time_format)
+            out.entry.set(line, ui.text_column(line))
+            out.entry.day = render.local_day(event.ts)
+            if key is not None:
+                out.window.note(out.entry, key)
         self.app.invalidate()
 
     def _fail(self, out: _Outgoing, error: Event, *, again: bool) -> None:
@@ -411,13 +581,25 @@ class Screen:
         here = self.windows.current
         number = self.windows.number(here) if here is not None else None
         scrolled = self._view().anchor is not None
-        return ui.status_fragments(self.nick, shown, number, self.state, columns=columns, scrolled=scrolled)
+        return ui.status_fragments(
+            self.nick, shown, number, self.state, columns=columns, scrolled=scrolled, away=self.away is not None
+        )
+
+    def _title_rows(self, columns: int, height: int) -> list[ui.Fragments]:
+        return [self.title_line(columns)]
+
+    def title_line(self, columns: int) -> ui.Fragments:
+        """The current window and its topic (a query: whose conversation it is)."""
+        here = self._view()
+        topic = f"private messages with {here.query}" if here.query is not None else here.topic
+        return ui.title_fragments(here.name, topic, columns)
 
     def _prompt(self) -> ui.Fragments:
         if self.paste is not None:
             n = len(self.paste)
             return [("class:confirm", f"send {n} pasted lines as {n} messages? [y/N] ")]
-        return [("class:prompt", f"#{self.current}> " if self.current else "> ")]
+        here = self.windows.current
+        return [("class:prompt", f"{here.name}> " if here is not None else "> ")]
 
     def switch(self, room: str) -> None:
         window = self.windows.room(room)
@@ -482,8 +664,50 @@ class Screen:
         elif isinstance(command, c.Join) and (window := self.windows.room(command.room)) is not None:
             self._go(window)
             self.notice(f"-- you are already in #{command.room} (window {self.windows.number(window)})")
+        elif isinstance(command, c.Ignore | c.Unignore):
+            self._ignore(command)
+        elif isinstance(command, c.Query):
+            self._query(command.nick)
+        elif isinstance(command, c.Nick) and command.nick == self.nick:
+            self.notice(f"-- you are {self.nick} already")
+        elif isinstance(command, c.Goto):
+            self.goto(command.seq)
+        elif isinstance(command, c.Part) and command.room is None and (window := self.windows.current) is not None:
+            if window.query is None:
+                self._hand_over(command)
+            else:
+                self.windows.close(window)  # a query is only a window: closing it is leaving it
+                self.app.invalidate()
         else:
             self._hand_over(command)
+
+    def _query(self, nick: str) -> None:
+        if nick.lower() == self.nick.lower():
+            self.notice("-- that is you: /query someone else")
+        elif (window := self.windows.query(nick)) is not None:
+            self._go(window)
+        else:
+            self._open_query(nick, switch=True)
+
+    def _ignore(self, command: c.Ignore | c.Unignore) -> None:
+        nick = command.nick
+        if nick is None:
+            listed = ", ".join(self.ignored)
+            self.notice(f"-- you ignore: {listed}" if listed else "-- you ignore nobody (/ignore NICK hides someone)")
+        elif isinstance(command, c.Unignore):
+            if self.ignored.remove(nick):
+                self.notice(f"-- you no longer ignore {nick}: what they say from now on shows")
+            else:
+                self.notice(f"-- you do not ignore {nick}")
+        elif nick.lower() == self.nick.lower():
+            self.error("you cannot ignore yourself")
+        elif self.ignored.add(nick):
+            self.notice(
+                f"-- ignoring {nick}: their messages, private messages, joins and leaves are hidden"
+                f" until /unignore {nick} (for this run only)"
+            )
+        else:
+            self.notice(f"-- you already ignore {nick}")
 
     def _room_summary(self, window: windows.Window) -> str:
         name = f"{self.windows.number(window)}:{window.name}"
@@ -492,7 +716,14 @@ class Screen:
         return f"{name} ({window.unread} unread)" if window.unread else name
 
     def _hand_over(self, command: c.NetworkCommand) -> None:
-        if isinstance(command, c.Say | c.Me | c.History | c.Part | c.Who) and command.room is None:
+        if isinstance(command, c.Say) and self.query is not None:
+            command = c.Msg(self.query, command.text)  # a line typed in a query window is for its nick
+        rooms = c.Say | c.Me | c.History | c.Part | c.Who | c.Topic | c.Search | c.Goto
+        if isinstance(command, rooms) and command.room is None:
+            if self.query is not None:
+                what = "private messages have no actions" if isinstance(command, c.Me) else "that needs a room"
+                self.error(f"{what}: @{self.query} is a private window (go to a room's window for it)")
+                return
             if self.current is None:
                 self.error("not in any room: /join #ROOM")
                 return
@@ -607,7 +838,7 @@ class Front:
 
     def __init__(self, screen: Screen) -> None:
         self.screen = screen
-        self._snapshot: tuple[str, tuple[str, ...]] | None = None
+        self._snapshot: tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]] | None = None
 
     def _call(self, fn: Callable[[Unpack[_Ts]], None], *args: *_Ts) -> None:
         loop = self.screen.loop
@@ -648,6 +879,9 @@ class Front:
         self._call(self.screen.stop)
 
     def _execute(self, client: Client, command: c.NetworkCommand) -> None:
+        if isinstance(command, c.Nick | c.Away | c.Topic | c.Query | c.Search | c.Goto):
+            self._execute_more(client, command)
+            return
         if isinstance(command, c.Say):
             self._call(self.screen.sent, command.ref, client.say(command.text, command.room))
         elif isinstance(command, c.Me):
@@ -655,10 +889,10 @@ class Front:
         elif isinstance(command, c.Msg):
             self._call(self.screen.sent, command.ref, client.msg(command.nick, command.text))
         elif isinstance(command, c.Who):
-            room = command.room or (client.rooms[0] if client.rooms else None)
-            nicks = client.who(room)
-            self._call(self.screen.set_nicks, room or "", nicks)
-            self.notice(f"-- in #{room}: {', '.join(render.inert(n) for n in nicks)}")
+            names = client.names(command.room)
+            self._call(self.screen.set_nicks, names.room, names.nicks)
+            listed = ", ".join(n + (f" (away: {names.away[n]})" if n in names.away else "") for n in names.nicks)
+            self.notice(render.inert(f"-- in #{names.room}: {listed or 'nobody'}"))
         elif isinstance(command, c.History):
             events = client.history(command.room, command.count)
             self._call(self.screen.add_history, command.room or "", events)
@@ -673,13 +907,55 @@ class Front:
             self._status(client)
             self.notice(f"-- you left #{room}")
 
+    def _execute_more(self, client: Client, command: c.Nick | c.Away | c.Topic | c.Query | c.Search | c.Goto) -> None:
+        """The commands about you (nick, away), topics, conversations and search."""
+        if isinstance(command, c.Nick):
+            try:
+                nick = client.set_nick(command.nick)
+            except Refused as exc:
+                raise ZChatError(_nick_refusal(exc, command.nick)) from None
+            self._call(self.screen.renamed, nick)
+        elif isinstance(command, c.Away):
+            self._call(self.screen.set_away, client.away(command.text))
+        elif isinstance(command, c.Topic):
+            topic = client.topic(command.room, command.text)
+            self._status(client)
+            if command.text is None:  # set or cleared: the room's topic event says so
+                said = f"the topic of #{command.room}: {topic}" if topic else f"#{command.room} has no topic"
+                self.notice(render.inert(f"-- {said}"))
+        elif isinstance(command, c.Query):
+            inbox = client.history(client.inbox, p.MAX_HISTORY)
+            talk = windows.conversation(inbox, command.nick)[-QUERY_BACKLOG:]
+            self._call(self.screen.add_conversation, command.nick, talk)
+        elif isinstance(command, c.Search):
+            found = client.search(command.text, command.room, SEARCH_LIMIT, command.before)
+            self._call(self.screen.add_search, command.room or "", command.text, found, command.before)
+        else:
+            around = client.history(command.room, 2 * AROUND + 1, after=max(0, command.seq - AROUND - 1))
+            self._call(self.screen.add_around, command.room or "", command.seq, around)
+
     def _status(self, client: Client) -> None:
-        snapshot = (client.state, tuple(client.rooms))
+        topics = client.session.topics
+        snapshot = (client.state, tuple(client.rooms), tuple(sorted(topics.items())))
         if snapshot != self._snapshot:
             self._snapshot = snapshot
-            self._call(self.screen.set_status, client.state, list(client.rooms))
+            self._call(self.screen.set_status, client.state, list(client.rooms), dict(topics))
 
     def _learn_nicks(self, client: Client, rooms: Sequence[str] | None = None) -> None:
         for room in list(client.rooms if rooms is None else rooms):
             with contextlib.suppress(ZChatError):  # only completion suffers
                 self._call(self.screen.set_nicks, room, client.who(room))
+
+
+def _key(event: Event) -> windows.Key | None:
+    """Where ``event`` stands (room or inbox, and seq); None for one outside any sequence."""
+    return (event.room, event.seq) if event.seq > 0 else None
+
+
+def _nick_refusal(exc: Refused, nick: str) -> str:
+    """Why the broker would not give you ``nick``, for the person who asked."""
+    if exc.code == "nick_taken":
+        return f"/nick: {nick} is taken: someone connected uses it"
+    if exc.code == "nick_not_allowed":
+        return f"/nick: {exc.reason} (on this secure broker, nicks belong to keys)"
+    return f"/nick: {exc.reason}"

@@ -3,10 +3,12 @@
 This module owns the look of the interactive client: the stable colour of each nick, when a line
 mentions you, how an event's parts (:func:`zchat.term.render.event_parts`, the one place that says
 how each kind reads, with every network string made inert) become styled text (``(style, text)``
-fragments, prompt_toolkit's formatted-text shape), how a line wraps into rows (at spaces, with
-a hanging indent under its text), what the status line says in the width it has, and how a
-multi-line paste splits into messages. It never draws, reads keys, or talks to the network;
-:mod:`zchat.term.tui` does, with the styles named here (``class:…``).
+fragments, prompt_toolkit's formatted-text shape), how a search match reads and which of its
+words are highlighted, how a line wraps into rows (at spaces, with a hanging indent under its
+text), what the status line and the title line say in the width they have, whose events are
+hidden (:class:`IgnoreList`), and how a multi-line paste splits into messages. It never draws,
+reads keys, or talks to the network; :mod:`zchat.term.tui` does, with the styles named here
+(``class:…``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prompt_toolkit.utils import get_cwidth
@@ -26,12 +29,16 @@ __all__ = [
     "PALETTE",
     "PASTE_CONFIRM_LINES",
     "Fragments",
+    "IgnoreList",
     "WindowStatus",
     "connection_label",
     "day_fragments",
     "event_fragments",
     "fold_fragments",
+    "found_fragments",
+    "highlight",
     "is_mention",
+    "match_spans",
     "mentions",
     "nick_color",
     "paste_lines",
@@ -40,6 +47,7 @@ __all__ = [
     "rule",
     "status_fragments",
     "text_column",
+    "title_fragments",
     "width",
     "wrap",
 ]
@@ -143,6 +151,57 @@ def event_fragments(
     else:
         out += [(nick_style, parts.nick), (mark, ": "), (text_style, text)]
     return out
+
+
+# FTS5's default tokenizer (unicode61), which the broker's search uses: words are runs of letters
+# and digits, compared without case or diacritics.
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _word_key(word: str) -> str:
+    return "".join(ch for ch in unicodedata.normalize("NFKD", word.casefold()) if not unicodedata.combining(ch))
+
+
+def match_spans(text: str, query: str) -> list[tuple[int, int]]:
+    """Where in ``text`` the words of ``query`` are, as the broker's search matches them: whole
+    words, any case, accents or none."""
+    wanted = {_word_key(w) for w in _WORD.findall(query)}
+    return [m.span() for m in _WORD.finditer(text) if _word_key(m.group()) in wanted]
+
+
+def highlight(line: Fragments, query: str) -> Fragments:
+    """An :func:`event_fragments` line with the words of ``query`` in its text (the last
+    fragment) styled ``class:found`` (take its :func:`text_column` before: the text is then
+    several fragments)."""
+    if not line:
+        return line
+    style, text = line[-1]
+    out: Fragments = []
+    at = 0
+    for start, end in match_spans(text, query):
+        out += [(style, text[at:start]), (f"{style} class:found".strip(), text[start:end])]
+        at = end
+    out.append((style, text[at:]))
+    return [*line[:-1], *((s, t) for s, t in out if t)] or line
+
+
+def found_fragments(
+    event: Event,
+    query: str,
+    *,
+    me: str | None,
+    time_format: str = render.DEFAULT_TIME_FORMAT,
+    today: dt.date | None = None,
+) -> tuple[Fragments, int]:
+    """A search match and its text column: ``#812 30 Nov 14:55 alice: the deploy went out``, its
+    seq (what ``/goto`` takes) first, the day when it is not ``today``, the words found
+    highlighted."""
+    day = render.local_day(event.ts)
+    today = today or dt.date.today()
+    if day is not None and day != today:
+        time_format = f"%d %b {time_format}" if day.year == today.year else f"%d %b %Y {time_format}"
+    line: Fragments = [("class:seq", f"#{event.seq} "), *event_fragments(event, me=me, time_format=time_format)]
+    return highlight(line, query), text_column(line)
 
 
 def fold_fragments(events: Sequence[Event], *, time_format: str = render.DEFAULT_TIME_FORMAT) -> Fragments:
@@ -256,6 +315,48 @@ def connection_label(state: str) -> str:
     return state if state in ("connected", "reconnecting") else "offline"
 
 
+class IgnoreList:
+    """The nicks you ignore, for this run of the client: their messages, actions, private
+    messages, joins, leaves and nick changes are not shown (a topic they set is: it is the
+    room's). An ignored nick that changes nick stays ignored under the new one."""
+
+    #: The kinds of an ignored person's events that are hidden.
+    HIDDEN = frozenset({"message", "action", "private", "join", "leave", "nick"})
+
+    def __init__(self) -> None:
+        self._nicks: dict[str, str] = {}  # lower case -> as written
+
+    def __contains__(self, nick: str) -> bool:
+        return nick.lower() in self._nicks
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._nicks.values(), key=str.lower))
+
+    def __len__(self) -> int:
+        return len(self._nicks)
+
+    def add(self, nick: str) -> bool:
+        """Ignore ``nick``; False if it was already."""
+        if nick in self:
+            return False
+        self._nicks[nick.lower()] = nick
+        return True
+
+    def remove(self, nick: str) -> bool:
+        """Stop ignoring ``nick``; False if it was not."""
+        return self._nicks.pop(nick.lower(), None) is not None
+
+    def hides(self, event: Event) -> bool:
+        """Whether ``event`` is not shown."""
+        return event.kind in self.HIDDEN and event.nick in self
+
+    def follow(self, event: Event) -> None:
+        """Someone ignored changed nick: ignore the new one (and not the old one, which someone
+        else may take)."""
+        if event.kind == "nick" and event.new_nick and self.remove(event.nick):
+            self.add(event.new_nick)
+
+
 @dataclass(frozen=True)
 class WindowStatus:
     """A window as the status line shows it: ``2:#dev(3)``."""
@@ -283,8 +384,10 @@ def status_fragments(
     *,
     columns: int,
     scrolled: bool = False,
+    away: bool = False,
 ) -> Fragments:
-    """The status line, ``columns`` cells wide: `` bob [1:#general] 2:#dev(3) +2 … connected ``.
+    """The status line, ``columns`` cells wide: `` bob [1:#general] 2:#dev(3) +2 … connected ``
+    (``bob(away)`` while you are away).
 
     The connection (and ``more below`` while scrolled up) is always shown, at the right, apart
     from the rest. Left of it, as far as they fit: the current window, the windows that name you,
@@ -306,7 +409,7 @@ def status_fragments(
     quiet = [w for w in others if not (w.unread or w.mentioned)]
     # What may be shown, most wanted first, each with its place in the line (the nick's is first).
     wanted: list[tuple[int, tuple[str, str]]] = [(w.number, (w.style, w.label(False))) for w in busy]
-    wanted.append((-1, ("class:status.nick", nick)))
+    wanted.append((-1, ("class:status.nick", f"{nick}(away)" if away else nick)))
     wanted += [(w.number, (w.style, w.label(False))) for w in quiet]
 
     head = here.label(True) if here is not None else "(no room)"
@@ -333,6 +436,16 @@ def status_fragments(
         out += [("class:status", " "), (busiest.style, _more(len(hidden)).strip())]
     out.append(("class:status", " " * (columns - width(out) - width(right))))
     return _clip(out + right, columns)
+
+
+def title_fragments(name: str, topic: str | None, columns: int) -> Fragments:
+    """The title line above the messages, ``columns`` cells wide: the window and its topic
+    (``#general: plans for Friday``), cut with ``…`` where it does not fit. The topic comes
+    from the network: made inert, on one line."""
+    text = f" {name}" + (f": {render.inert(' '.join(topic.split()))}" if topic else "")
+    if width([("", text)]) > columns:
+        text = plain(_clip([("", text)], max(0, columns - 1))) + "…"
+    return [("class:title", text + " " * max(0, columns - width([("", text)])))]
 
 
 def _clip(line: Fragments, cells: int) -> Fragments:

@@ -1,13 +1,16 @@
 """The full-screen client's windows as plain data: what each one holds and where it is scrolled to.
 
-A window shows one room today; a private conversation (a query, named ``@nick``) will be one
-more kind of window in the same list. :class:`Windows` numbers them 1, 2, … in the order they
-were opened (a new one goes at the end; switching never reorders them) and knows the current
-one. Each :class:`Window` keeps its scrollback of :class:`Entry` lines, some of which change in
-place (a burst of joins folded into one line, a message waiting for the broker), its unread
-count, the unread marker where you left it, the day of its newest event, and how far it is
-scrolled. Wrapping lines into rows for a width and choosing which rows a view shows belong here
-too, so paging works on the rows the screen shows without waiting for it to be drawn.
+A window shows one room (``#general``) or one private conversation (a query, ``@bob``), in the
+same list. :class:`Windows` numbers them 1, 2, … in the order they were opened (a new one goes
+at the end; switching never reorders them) and knows the current one. Each :class:`Window` keeps
+its scrollback of :class:`Entry` lines, some of which change in place (a burst of joins folded
+into one line, a message waiting for the broker), its unread count, the unread marker where you
+left it, the day of its newest event, its topic, and how far it is scrolled. Lines of events
+know where their events stand (room and seq), so that earlier events fetched later (a query's
+history, the messages around a search match) go in their place, once, and a view can be
+scrolled to one of them. Wrapping lines into rows for a width and choosing which rows a view
+shows belong here too, so paging works on the rows the screen shows without waiting for it to
+be drawn.
 
 Nothing here draws, reads keys or talks to the network (:mod:`zchat.term.tui` does), and how
 things look is :mod:`zchat.term.ui`'s.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prompt_toolkit.formatted_text.utils import split_lines
@@ -25,7 +28,18 @@ from prompt_toolkit.formatted_text.utils import split_lines
 from zchat.protocol import Event
 from zchat.term import ui
 
-__all__ = ["MARKER", "SCROLLBACK", "Entry", "Position", "View", "Window", "Windows"]
+__all__ = [
+    "MARKER",
+    "SCROLLBACK",
+    "Entry",
+    "Key",
+    "Position",
+    "View",
+    "Window",
+    "Windows",
+    "conversation",
+    "day_entry",
+]
 
 #: Entries kept per window: irssi keeps 500 lines a window by default, WeeChat 4096.
 SCROLLBACK = 2000
@@ -34,6 +48,8 @@ MARKER = "new"
 
 #: A row of a window: (index of its entry, index of the row within that entry).
 Position = tuple[int, int]
+#: Where an event stands: its room (or inbox) and its seq there.
+Key = tuple[str, int]
 
 
 class Entry:
@@ -43,14 +59,36 @@ class Entry:
     horizontal line across the window with its text in the middle (the unread marker).
     """
 
-    def __init__(self, fragments: ui.Fragments, indent: int = 0, *, rule: bool = False) -> None:
+    def __init__(
+        self,
+        fragments: ui.Fragments,
+        indent: int = 0,
+        *,
+        rule: bool = False,
+        keys: Iterable[Key] = (),
+        day: dt.date | None = None,
+    ) -> None:
         self.fragments = fragments
         self.indent = indent
         self.rule = rule
+        #: The events this line shows (several for a folded burst; none for a notice).
+        self.keys = list(keys)
+        #: The local day of its event; a day line has a day and no keys.
+        self.day = day
+        #: A rule saying that events are not shown here (it goes when they come).
+        self.gap = False
         self._rows: tuple[int, list[ui.Fragments]] | None = None  # for the last width asked
 
     def set(self, fragments: ui.Fragments, indent: int) -> None:
         self.fragments, self.indent, self._rows = fragments, indent, None
+
+    @property
+    def is_day_line(self) -> bool:
+        return self.day is not None and not self.keys
+
+    def seq(self, stream: str) -> int | None:
+        """The seq of its first event in ``stream`` (a room or an inbox), if it shows one."""
+        return min((seq for room, seq in self.keys if room == stream), default=None)
 
     def rows(self, columns: int) -> list[ui.Fragments]:
         """The rows this entry takes in a window ``columns`` wide (at least one)."""
@@ -77,6 +115,26 @@ class _Anchor:
     top: bool
 
 
+def conversation(inbox: Iterable[Event], nick: str) -> list[Event]:
+    """The private messages of an inbox that a query window with ``nick`` shows: those from
+    ``nick`` and those to ``nick`` (the inbox is yours, so the other side is you, whatever
+    nick you had then)."""
+    other = nick.lower()
+    return [e for e in inbox if e.kind == "private" and other in (e.nick.lower(), (e.to or "").lower())]
+
+
+def day_entry(day: dt.date) -> Entry:
+    """The line saying that the events below it are of ``day``."""
+    return Entry(ui.day_fragments(day), day=day)
+
+
+def _gap(missing: int) -> Entry:
+    """The line between events whose seqs are not consecutive: some are not shown."""
+    entry = Entry([("class:marker", f"{missing} not shown")], rule=True)
+    entry.gap = True
+    return entry
+
+
 @dataclass(frozen=True)
 class View:
     """The rows a window shows, top to bottom, and where they start and end in its entries."""
@@ -92,10 +150,14 @@ class View:
 class Window:
     """One numbered window: a room's scrollback and what the status line and completion need."""
 
-    #: As the status line shows it: ``#general`` (a query will be ``@alice``).
+    #: As the status line shows it: ``#general``, or ``@alice`` for a query.
     name: str
     #: The room shown here; None for a window that is not a room.
     room: str | None = None
+    #: A query's other party, as written; None for a window that is not a query.
+    query: str | None = None
+    #: The room's topic, for the title line.
+    topic: str | None = None
     entries: collections.deque[Entry] = field(default_factory=lambda: collections.deque(maxlen=SCROLLBACK))
     #: Messages that came while you were elsewhere, and whether one of them named you.
     unread: int = 0
@@ -114,6 +176,8 @@ class Window:
     anchor: _Anchor | None = None
     #: The folded burst of joins and leaves that the newest entry shows, if it shows one.
     _fold: tuple[Entry, list[Event]] | None = None
+    #: The entry that shows each event shown.
+    _keys: dict[Key, Entry] = field(default_factory=dict)
 
     # --- lines ------------------------------------------------------------------------------
 
@@ -126,18 +190,42 @@ class Window:
             self._push(self.marker)
         self._push(entry)
 
-    def fold(self, event: Event, make: Callable[[list[Event]], ui.Fragments], *, new: bool = False) -> None:
+    def fold(
+        self,
+        event: Event,
+        make: Callable[[list[Event]], ui.Fragments],
+        *,
+        new: bool = False,
+        key: Key | None = None,
+        day: dt.date | None = None,
+    ) -> None:
         """Add a join or leave to the burst the newest line shows, or start one; ``make`` turns
         a burst into its line."""
         if self._fold is not None and not (new and self.marker_due):
             entry, events = self._fold
             events.append(event)
             entry.set(make(events), entry.indent)
+            if key is not None:
+                self.note(entry, key)
             return
         line = make([event])
-        entry = Entry(line, ui.text_column(line))
+        entry = Entry(line, ui.text_column(line), keys=[key] if key else (), day=day)
         self.append(entry, new=new)
         self._fold = (entry, [event])
+
+    def find(self, key: Key) -> Entry | None:
+        """The line showing the event at ``key``, if it is shown."""
+        return self._keys.get(key)
+
+    def note(self, entry: Entry, key: Key) -> None:
+        """``entry`` (a line of this window) now shows the event at ``key`` too."""
+        entry.keys.append(key)
+        self._keys[key] = entry
+
+    def _forget(self, entry: Entry) -> None:
+        for key in entry.keys:
+            if self._keys.get(key) is entry:
+                del self._keys[key]
 
     def remove(self, entry: Entry) -> None:
         """Take ``entry`` out (if it is still kept), leaving the view where it was."""
@@ -147,6 +235,7 @@ class Window:
             return
         anchored = len(self.entries) - 1 - self.anchor.after if self.anchor else None
         del self.entries[at]
+        self._forget(entry)
         if self._fold is not None and self._fold[0] is entry:
             self._fold = None
         if self.marker is entry:
@@ -164,6 +253,7 @@ class Window:
 
     def clear(self) -> None:
         self.entries.clear()
+        self._keys.clear()
         self.anchor = self.marker = self._fold = None
 
     def new_day(self, day: dt.date | None) -> bool:
@@ -177,11 +267,96 @@ class Window:
     def _push(self, entry: Entry) -> None:
         self._fold = None
         full = len(self.entries) == self.entries.maxlen
+        if full:
+            self._forget(self.entries[0])
         self.entries.append(entry)  # a full deque drops its oldest entry
+        for key in entry.keys:
+            self._keys[key] = entry
         if self.anchor is not None:
             self.anchor.after += 1
             if full and self.anchor.after >= len(self.entries):
                 self.anchor.after, self.anchor.row = len(self.entries) - 1, 0
+
+    def insert(self, block: list[Entry], *, gaps: bool = False) -> None:
+        """Put ``block``, the lines of earlier events fetched later (oldest first, each with its
+        key and day, all of one room or inbox), in their places: each before the first line of
+        a later event of the same room or inbox (and before the unread marker, day line or
+        notices just above that line), else at the end. Events already shown are left out. Day
+        lines go where the day changes; with ``gaps`` (a room, whose seqs have no holes), a rule
+        says how many events are not shown wherever the seqs of the lines put in and of the
+        lines around them jump (a rule there before goes: it counted what is now shown).
+        A full scrollback first makes room by dropping its oldest lines (as many as the block
+        could take, with its day lines and rules). The view stays where it was."""
+        block = [e for e in block if e.keys and not all(k in self._keys for k in e.keys)]
+        if not block:
+            return
+        stream = block[0].keys[0][0]
+        maxlen = self.entries.maxlen or len(self.entries) + 3 * len(block) + 3
+        for _ in range(min(len(self.entries), len(self.entries) + 3 * len(block) + 3 - maxlen)):
+            self._drop_oldest()
+        entries = list(self.entries)
+        keyed = [(i, seq) for i, e in enumerate(entries) if (seq := e.seq(stream)) is not None]
+        # Each line goes before the first later one shown: the block falls into groups, one per
+        # place, put in from the last place to the first so that the earlier places stay valid.
+        groups: dict[int, list[Entry]] = {}
+        j = 0
+        for entry in block:
+            seq = entry.seq(stream) or 0
+            while j < len(keyed) and keyed[j][1] < seq:
+                j += 1
+            groups.setdefault(keyed[j][0] if j < len(keyed) else len(entries), []).append(entry)
+        for later_at in sorted(groups, reverse=True):
+            self._insert_group(entries, groups[later_at], later_at, stream, gaps)
+
+    def _insert_group(self, entries: list[Entry], group: list[Entry], later_at: int, stream: str, gaps: bool) -> None:
+        """Put ``group`` (lines of consecutive events) before ``entries[later_at]`` (or at the end)."""
+        at = later_at
+        while later_at < len(entries) and at > 0 and not entries[at - 1].keys:
+            at -= 1  # the marker, day line or notices above the later line stay with it
+        prev_seq = next((seq for e in reversed(entries[:at]) if (seq := e.seq(stream)) is not None), None)
+        day = next((e.day for e in reversed(entries[:at]) if e.day is not None), None)
+        last = group[-1].seq(stream) or 0
+        out: list[Entry] = []
+        for entry in group:
+            seq = entry.seq(stream) or 0
+            if gaps and prev_seq is not None and seq > prev_seq + 1:
+                out.append(_gap(seq - prev_seq - 1))
+            prev_seq = seq
+            if entry.day is not None and entry.day != day:
+                day = entry.day
+                out.append(day_entry(day))
+            out.append(entry)
+        if later_at < len(entries):
+            later = entries[later_at]
+            run = entries[at:later_at]
+            for stale in (e for e in run if e.gap):  # it counted what is now (partly) shown
+                self.remove(stale)
+            later_seq = later.seq(stream) or 0
+            if gaps and later_seq > last + 1:
+                out.append(_gap(later_seq - last - 1))
+            if later.day not in (None, day) and not any(e.is_day_line for e in run):
+                assert later.day is not None
+                out.append(day_entry(later.day))
+        else:
+            self._fold = None  # what comes next is not part of a burst before these lines
+            self.day = day or self.day
+        # (Groups are put in from the last place to the first: the lines before ``at`` are
+        # still those of ``entries``.)
+        if self.anchor is not None and at > len(self.entries) - 1 - self.anchor.after:
+            self.anchor.after += len(out)  # the lines go below the anchored line
+        for i, entry in enumerate(out):
+            self.entries.insert(at + i, entry)
+            for key in entry.keys:
+                self._keys[key] = entry
+
+    def _drop_oldest(self) -> None:
+        self._forget(self.entries.popleft())
+        if self.anchor is not None and self.anchor.after >= len(self.entries):
+            self.anchor.after, self.anchor.row = len(self.entries) - 1, 0
+            if not self.entries:
+                self.anchor = None
+        if self.marker is not None and self.marker not in self.entries:
+            self.marker = None
 
     # --- coming and going -------------------------------------------------------------------
 
@@ -215,6 +390,15 @@ class Window:
             if len(shown.rows) < height and shown.top == (0, 0):  # paged up to the oldest row
                 shown = self._down((0, 0), columns, height)
         return shown
+
+    def scroll_to(self, entry: Entry, columns: int, height: int) -> None:
+        """Scroll so that ``entry`` shows a third of the way down the view (or as near as the
+        oldest or newest lines allow)."""
+        at = self.entries.index(entry)
+        top = self._up((at, 0), columns, max(1, height // 3 + 1)).top
+        self.anchor = _Anchor(len(self.entries) - 1 - top[0], top[1], top=True)
+        if self.view(columns, height).at_end:
+            self.anchor = None
 
     def page(self, *, up: bool, columns: int, height: int) -> None:
         """PageUp: the top row goes to the bottom; PageDown: the bottom row to the top, and at
@@ -290,6 +474,10 @@ class Windows:
 
     def room(self, room: str) -> Window | None:
         return next((w for w in self._windows if w.room == room), None)
+
+    def query(self, nick: str) -> Window | None:
+        """The query window with ``nick`` (in any case: nicks are unique case-insensitively)."""
+        return next((w for w in self._windows if w.query is not None and w.query.lower() == nick.lower()), None)
 
     def open(self, window: Window) -> Window:
         """Add ``window`` at the end; the first one becomes current, the others wait in the
