@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -44,9 +45,10 @@ FEED_HEARTBEAT = 1.0
 MAX_SUBSCRIPTION_BYTES = 1024
 #: The ZAP domain of the broker's sockets.
 ZAP_DOMAIN = "zchat"
-#: How often a standby tries to take its store's lock (a takeover within a second of the
-#: active broker's death: its database session ends at once, and the lock with it).
-STANDBY_POLL_MS = 500
+#: How often a standby tries to take its store's lock: a takeover within this of the active
+#: broker's death (its database session ends at once, and the lock with it). On a clock, not on
+#: input, so that no flood at the standby's sockets becomes a flood of queries at the database.
+STANDBY_POLL_MS = 100
 #: Seconds between two rounds of housekeeping: retention, tombstones, unused counters, and for a
 #: broker of a pair the check that it still holds its store's lock.
 HOUSEKEEPING_INTERVAL = 1.0
@@ -214,9 +216,16 @@ class Broker(transport.Service):
             poller.register(sock, zmq.POLLIN)
         wake = self._waker.fileno()
         poller.register(wake, zmq.POLLIN)
-        while not self._locking.try_lock_active():
-            self._publish_snapshot(self._clock())
-            ready = dict(poller.poll(STANDBY_POLL_MS))
+        clock, next_try, next_snapshot = self._clock, 0.0, 0.0
+        while True:
+            if (now := clock()) >= next_try:
+                if self._locking.try_lock_active():
+                    break
+                next_try = now + STANDBY_POLL_MS / 1000
+            if now >= next_snapshot:
+                self._publish_snapshot(now)
+                next_snapshot = now + HOUSEKEEPING_INTERVAL
+            ready = dict(poller.poll(max(0, math.ceil((next_try - clock()) * 1000))))
             if wake in ready:
                 return False
             while self.ingest in ready and _drop(self.ingest):
