@@ -11,6 +11,7 @@ import os
 import queue
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,25 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met in {timeout} s")
         pause.wait(0.01)
+
+
+def free_base_port(host: str = "127.0.0.1") -> int:
+    """A base port P with P, P+1 and P+2 (ingest, feed, rpc) all free on ``host`` right now
+    (``0.0.0.0`` for a broker that will bind every address)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base > 65000:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for n in range(3):  # probes only: closed at once, never listening
+                    held.enter_context(socket.socket()).bind((host, base + n))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no three free ports in a row")
 
 
 def collect(client: Client, count: int, pred: Callable[[Event], bool], timeout: float = 10.0) -> list[Event]:

@@ -22,22 +22,13 @@ from conftest import (
     ThreadBroker,
     child_env,
     collect,
+    free_base_port,
     start_broker_process,
     wait_for,
 )
 
 from zchat import keys
 from zchat.client.shell import Client
-
-
-def free_port() -> int:
-    """A base port whose three ports (port, port+1, port+2) nobody listens on right now."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port < 65000:
-            return port
 
 
 @pytest.fixture
@@ -204,7 +195,7 @@ def test_search_mistakes_are_one_line(broker: ThreadBroker, args: list[str], sta
 def test_no_broker_exits_1_fast_with_one_line(command: list[str]) -> None:
     start = time.monotonic()
     done = subprocess.run(
-        [*ZCHAT, *command, "--port", str(free_port())], capture_output=True, text=True, timeout=30, env=child_env()
+        [*ZCHAT, *command, "--port", str(free_base_port())], capture_output=True, text=True, timeout=30, env=child_env()
     )
     elapsed = time.monotonic() - start
     assert done.returncode == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
-from conftest import ZCHAT, Lines, child_env, wait_until
+from conftest import ZCHAT, Lines, child_env, free_base_port, wait_until
 
 from zchat.client.shell import Client
 from zchat.protocol import Endpoints
@@ -27,24 +26,6 @@ from zchat.protocol import Endpoints
 #: A real lease (6 s): the clients must ride out a takeover, not time out in it.
 HEARTBEAT = "2"
 TAKEOVER_SECONDS = 5.0
-
-
-def free_port() -> int:
-    """A base port whose three ports (PORT, PORT+1, PORT+2) are free on loopback now."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port > 65000:
-            continue
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port + 1))
-                b.bind(("127.0.0.1", port + 2))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no three free ports in a row")
 
 
 @dataclass
@@ -115,10 +96,10 @@ class PairBroker:
 
 @pytest.fixture
 def pair(pg_dsn: str) -> Iterator[tuple[PairBroker, PairBroker]]:
-    a = PairBroker(free_port(), pg_dsn).start()
+    a = PairBroker(free_base_port(), pg_dsn).start()
     try:
         wait_until(lambda: a.said("active:"), what="the first broker active")
-        b = PairBroker(free_port(), pg_dsn).start()
+        b = PairBroker(free_base_port(), pg_dsn).start()
         try:
             wait_until(lambda: b.said("standby:"), what="the second broker standing by")
             yield a, b

@@ -16,7 +16,6 @@ import json
 import re
 import secrets
 import signal
-import socket
 import stat
 import subprocess
 import threading
@@ -36,6 +35,7 @@ from conftest import (
     ThreadBroker,
     child_env,
     collect,
+    free_base_port,
     start_broker_process,
     wait_for,
 )
@@ -679,26 +679,8 @@ def test_keygen_writes_owner_only_files_and_refuses_to_overwrite(tmp_path: Path)
     assert keys.load_keypair(secret_file)[0] != public
 
 
-def free_port() -> int:
-    """A base port whose three ports nothing on 127.0.0.1 or 0.0.0.0 listens on right now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base > 65000:
-            continue
-        try:
-            with socket.socket() as s0, socket.socket() as s1, socket.socket() as s2:
-                for n, sock in enumerate((s0, s1, s2)):
-                    sock.bind(("0.0.0.0", base + n))  # a probe only: closed at once, never listens
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no three free consecutive ports")
-
-
 def test_broker_refuses_a_network_address_without_secure(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_base_port("0.0.0.0")
     args = ["broker", "--host", "0.0.0.0", "--port", str(port), "--db", ":memory:"]
     done = run_cli(args, tmp_path)
     assert done.returncode == 1
@@ -724,7 +706,7 @@ def test_broker_binds_a_network_address_with_insecure(ctx: Context) -> None:
 
 
 def test_secure_broker_needs_to_know_who_may_connect(tmp_path: Path) -> None:
-    done = run_cli(["broker", "--secure", "--port", str(free_port()), "--db", ":memory:"], tmp_path)
+    done = run_cli(["broker", "--secure", "--port", str(free_base_port("0.0.0.0")), "--db", ":memory:"], tmp_path)
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith("Error: --secure needs --allow"), done.stderr

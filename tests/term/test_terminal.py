@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ZCHAT, BrokerProcess, ClientFactory, ThreadBroker, child_env, collect, wait_for
+from conftest import ZCHAT, BrokerProcess, ClientFactory, ThreadBroker, child_env, collect, free_base_port, wait_for
 from pty_screen import Term, terminals
 
 from zchat.client.shell import Client
@@ -241,26 +240,8 @@ def test_plain_mode_sends_stdin_lines_and_prints_plain_lines(
     ]
 
 
-def _free_base_port() -> int:
-    """A port P with nothing listening on P, P+1 or P+2 on 127.0.0.1 (ingest, feed, rpc)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base > 65533:
-            continue
-        try:
-            with socket.socket() as s1, socket.socket() as s2:
-                s1.bind(("127.0.0.1", base + 1))
-                s2.bind(("127.0.0.1", base + 2))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no three free consecutive ports")
-
-
 def test_no_broker_one_line_and_exit_1_within_5_s() -> None:
-    port = _free_base_port()
+    port = free_base_port()
     start = time.monotonic()
     proc = subprocess.run(
         [*ZCHAT, "join", "--nick", "bob", "--host", "127.0.0.1", "--port", str(port)],

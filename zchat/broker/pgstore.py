@@ -44,6 +44,7 @@ from zchat.broker.store import (
     TOMBSTONE_SECONDS,
     Page,
     SessionRecord,
+    Staged,
     StoredEvent,
     StoreError,
     StoreLocked,
@@ -162,11 +163,7 @@ class PostgresStore:
         #: The first event of a batch whose commit lost its connection before it could tell.
         self._in_doubt: tuple[str, int, bytes] | None = None
         self._events: list[tuple[str, int, bytes, bool, str | None]] = []
-        self._sessions: dict[str, SessionRecord] = {}
-        self._acked: dict[str, int] = {}
-        self._claims: list[tuple[str, str]] = []
-        self._topics: dict[str, TopicRecord | None] = {}
-        self._reads: dict[str, int] = {}
+        self._staged = Staged()
         self._touched: set[str] = set()
         try:
             db = self._connect()
@@ -407,41 +404,28 @@ class PostgresStore:
         self._events.append((room, seq, data, presence, None if text is None else text.replace("\0", " ")))
 
     def save_session(self, record: SessionRecord) -> None:
-        self._sessions[record.token] = record
-        self._acked.pop(record.token, None)
+        self._staged.save_session(record)
 
     def set_acked(self, token: str, acked: int) -> None:
-        if token in self._sessions:
-            self._sessions[token].acked = acked
-        else:
-            self._acked[token] = acked
+        self._staged.set_acked(token, acked)
 
     def claim(self, nick: str, key: str) -> None:
-        self._claims.append((nick, key))
+        self._staged.claims.append((nick, key))
 
     def set_topic(self, room: str, topic: TopicRecord | None) -> None:
-        self._topics[room] = topic
+        self._staged.topics[room] = topic
 
     def set_read(self, inbox: str, seq: int) -> None:
-        self._reads[inbox] = seq
+        self._staged.reads[inbox] = seq
 
     @property
     def staged(self) -> bool:
         # A failed read counts: the shell must commit (and so fail, and undo) the batch built on it.
-        return bool(
-            self._events
-            or self._sessions
-            or self._acked
-            or self._claims
-            or self._topics
-            or self._reads
-            or self._failed is not None
-        )
+        return bool(self._events or self._staged or self._failed is not None)
 
     def rollback(self) -> None:
         self._failed = None
-        self._events, self._claims = [], []
-        self._sessions, self._acked, self._topics, self._reads = {}, {}, {}, {}
+        self._events, self._staged = [], Staged()
 
     def commit(self) -> None:
         if not self.staged:
@@ -488,7 +472,7 @@ class PostgresStore:
             self._write(db)
 
     def _write(self, db: Connection) -> None:
-        cur = db.cursor()
+        cur, staged = db.cursor(), self._staged
         if self._events:
             rooms, seqs, datas, presences, texts = (list(column) for column in zip(*self._events, strict=True))
             # One statement for any number of events; a plain INSERT: a seq already stored means
@@ -498,7 +482,7 @@ class PostgresStore:
                 " unnest(%b::text[], %b::bigint[], %b::bytea[], %b::boolean[], %b::text[])",
                 (rooms, seqs, datas, presences, texts),
             )
-        if self._sessions:
+        if staged.sessions:
             cur.executemany(
                 "INSERT INTO sessions (token, nick, identity, peer, inbox, rooms, acked, away, ended)"
                 " VALUES (%s, %s, %s, %s, %s, %s::text[], %s, %s, %s) ON CONFLICT (token) DO UPDATE SET"
@@ -506,25 +490,26 @@ class PostgresStore:
                 " rooms = EXCLUDED.rooms, acked = EXCLUDED.acked, away = EXCLUDED.away, ended = EXCLUDED.ended",
                 [
                     (r.token, r.nick, r.identity, r.peer, r.inbox, r.rooms, r.acked, _no_nul(r.away), r.ended)
-                    for r in self._sessions.values()
+                    for r in staged.sessions.values()
                 ],
             )
-        if self._acked:
-            cur.executemany("UPDATE sessions SET acked = %s WHERE token = %s", [(a, t) for t, a in self._acked.items()])
-        if self._claims:
-            cur.executemany("INSERT INTO owners (nick, key) VALUES (%s, %s) ON CONFLICT DO NOTHING", self._claims)
-        if gone := [(room,) for room, topic in self._topics.items() if topic is None]:
+        if staged.acked:
+            acked = [(a, t) for t, a in staged.acked.items()]
+            cur.executemany("UPDATE sessions SET acked = %s WHERE token = %s", acked)
+        if staged.claims:
+            cur.executemany("INSERT INTO owners (nick, key) VALUES (%s, %s) ON CONFLICT DO NOTHING", staged.claims)
+        if gone := [(room,) for room, topic in staged.topics.items() if topic is None]:
             cur.executemany("DELETE FROM topics WHERE room = %s", gone)
-        if kept := [(r, _no_nul(t.text), t.nick, t.ts) for r, t in self._topics.items() if t is not None]:
+        if kept := [(r, _no_nul(t.text), t.nick, t.ts) for r, t in staged.topics.items() if t is not None]:
             cur.executemany(
                 "INSERT INTO topics (room, text, nick, ts) VALUES (%s, %s, %s, %s) ON CONFLICT (room) DO UPDATE SET"
                 " text = EXCLUDED.text, nick = EXCLUDED.nick, ts = EXCLUDED.ts",
                 kept,
             )
-        if self._reads:
+        if staged.reads:
             cur.executemany(
                 "INSERT INTO reads (inbox, seq) VALUES (%s, %s) ON CONFLICT (inbox) DO UPDATE SET seq = EXCLUDED.seq",
-                list(self._reads.items()),
+                list(staged.reads.items()),
             )
 
     # --- reads ------------------------------------------------------------------------------------

@@ -330,6 +330,33 @@ def open_store(db: str, *, history_limit: int = DEFAULT_HISTORY_LIMIT, lock: boo
     return store
 
 
+class Staged:
+    """What a batch writes besides its events, held until the store commits it or forgets it:
+    sessions (whole), acked numbers of sessions not otherwise written, nick claims, topics (None:
+    cleared) and read marks. One place for both stores; each keeps its own events, shaped for its
+    database."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, SessionRecord] = {}
+        self.acked: dict[str, int] = {}
+        self.claims: list[tuple[str, str]] = []
+        self.topics: dict[str, TopicRecord | None] = {}
+        self.reads: dict[str, int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.sessions or self.acked or self.claims or self.topics or self.reads)
+
+    def save_session(self, record: SessionRecord) -> None:
+        self.sessions[record.token] = record
+        self.acked.pop(record.token, None)  # the record carries it
+
+    def set_acked(self, token: str, acked: int) -> None:
+        if token in self.sessions:
+            self.sessions[token].acked = acked
+        else:
+            self.acked[token] = acked
+
+
 class SQLiteStore:
     """The :class:`Store` in one SQLite file (or ``:memory:``), owned by one broker at a time."""
 
@@ -368,11 +395,7 @@ class SQLiteStore:
         self._events: list[tuple[str, int, bytes, int, int | None]] = []
         self._texts: list[tuple[int, str, str, int]] = []
         self._gid = int(self._db.execute("SELECT COALESCE(MAX(gid), 0) FROM events").fetchone()[0])
-        self._sessions: dict[str, SessionRecord] = {}
-        self._acked: dict[str, int] = {}
-        self._claims: list[tuple[str, str]] = []
-        self._topics: dict[str, TopicRecord | None] = {}
-        self._reads: dict[str, int] = {}
+        self._staged = Staged()
         self._touched: set[str] = set()
         self._stop = threading.Event()
         self._checkpointing = threading.Lock()
@@ -464,27 +487,23 @@ class SQLiteStore:
         self._events.append((room, seq, data, int(presence), gid))
 
     def save_session(self, record: SessionRecord) -> None:
-        self._sessions[record.token] = record
-        self._acked.pop(record.token, None)
+        self._staged.save_session(record)
 
     def set_acked(self, token: str, acked: int) -> None:
-        if token in self._sessions:
-            self._sessions[token].acked = acked
-        else:
-            self._acked[token] = acked
+        self._staged.set_acked(token, acked)
 
     def claim(self, nick: str, key: str) -> None:
-        self._claims.append((nick, key))
+        self._staged.claims.append((nick, key))
 
     def set_topic(self, room: str, topic: TopicRecord | None) -> None:
-        self._topics[room] = topic
+        self._staged.topics[room] = topic
 
     def set_read(self, inbox: str, seq: int) -> None:
-        self._reads[inbox] = seq
+        self._staged.reads[inbox] = seq
 
     @property
     def staged(self) -> bool:
-        return bool(self._events or self._sessions or self._acked or self._claims or self._topics or self._reads)
+        return bool(self._events or self._staged)
 
     def rollback(self) -> None:
         if self._texts:
@@ -492,8 +511,7 @@ class SQLiteStore:
         self._clear()
 
     def _clear(self) -> None:
-        self._events, self._texts, self._claims = [], [], []
-        self._sessions, self._acked, self._topics, self._reads = {}, {}, {}, {}
+        self._events, self._texts, self._staged = [], [], Staged()
 
     def commit(self) -> None:
         if not self.staged:
@@ -534,6 +552,7 @@ class SQLiteStore:
         db.execute("COMMIT")
 
     def _write(self) -> None:
+        staged = self._staged
         db = self._db
         db.executemany(
             "INSERT OR REPLACE INTO events (room, seq, data, presence, gid) VALUES (?, ?, ?, ?, ?)", self._events
@@ -544,19 +563,19 @@ class SQLiteStore:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (r.token, r.nick, r.identity, r.peer, r.inbox, json.dumps(r.rooms), r.acked, r.away, r.ended)
-                for r in self._sessions.values()
+                for r in staged.sessions.values()
             ],
         )
-        db.executemany("UPDATE sessions SET acked = ? WHERE token = ?", [(a, t) for t, a in self._acked.items()])
-        db.executemany("INSERT OR IGNORE INTO owners (nick, key) VALUES (?, ?)", self._claims)
+        db.executemany("UPDATE sessions SET acked = ? WHERE token = ?", [(a, t) for t, a in staged.acked.items()])
+        db.executemany("INSERT OR IGNORE INTO owners (nick, key) VALUES (?, ?)", staged.claims)
         db.executemany(
-            "DELETE FROM topics WHERE room = ?", [(r,) for r, topic in self._topics.items() if topic is None]
+            "DELETE FROM topics WHERE room = ?", [(r,) for r, topic in staged.topics.items() if topic is None]
         )
         db.executemany(
             "INSERT OR REPLACE INTO topics (room, text, nick, ts) VALUES (?, ?, ?, ?)",
-            [(r, topic.text, topic.nick, topic.ts) for r, topic in self._topics.items() if topic is not None],
+            [(r, topic.text, topic.nick, topic.ts) for r, topic in staged.topics.items() if topic is not None],
         )
-        db.executemany("INSERT OR REPLACE INTO reads (inbox, seq) VALUES (?, ?)", list(self._reads.items()))
+        db.executemany("INSERT OR REPLACE INTO reads (inbox, seq) VALUES (?, ?)", list(staged.reads.items()))
 
     # --- reads ----------------------------------------------------------------------------------
 
