@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ZCHAT, BrokerProcess, ClientFactory, ThreadBroker, child_env, collect, free_base_port, wait_for
-from pty_screen import Term, terminals
+from pty_screen import ROOT, Term, terminals
 
 from zchat.client.shell import Client
 from zchat.protocol import Event
@@ -31,8 +31,6 @@ from zchat.term import plain, render
 HEARTBEAT = 4.0
 #: Bound on every wait.
 TIMEOUT = 10
-#: Run children from the repository root so ``-m zchat`` finds the package even uninstalled.
-ROOT = Path(__file__).resolve().parent.parent
 TIME = r"\d\d:\d\d"
 
 PtyJoin = Callable[..., Term]
