@@ -21,6 +21,7 @@ from zchat import protocol as p
 from zchat import transport
 from zchat.client.feed import Feed
 from zchat.client.links import Links
+from zchat.client.shell import Client
 from zchat.errors import Refused, Unreachable
 
 Context = zmq.Context[zmq.Socket[bytes]]
@@ -226,3 +227,17 @@ def test_close_leaves_an_injected_context_to_its_owner(stand_ins: list[StandIn])
     assert not mine.closed and all(s.closed for s in sockets)
     mine.socket(zmq.PAIR).close()  # still usable by its owner
     returns_in_time(mine.term)  # and nothing of the links is left open in it
+
+
+def test_a_client_that_cannot_connect_terminates_its_own_context_not_an_injected_one(
+    ctx: Context, tmp_path: Path
+) -> None:
+    nowhere = p.Endpoints(*(f"ipc://{tmp_path}/{name}" for name in ("in", "feed", "rpc")))
+    own = Client("alice", endpoints=nowhere, timeout=0.2)
+    injected = Client("bob", endpoints=nowhere, context=ctx, timeout=0.2)
+    for client in (own, injected):
+        with pytest.raises(Unreachable):
+            client.connect()
+        assert client.state == "closed" and client.sockets == []
+        client.close()  # nothing left to do
+    assert own.context.closed and not ctx.closed

@@ -151,6 +151,8 @@ class Client:
             self.session.joined(reply, time.monotonic())
         except BaseException:
             self.session.close()
+            # Closed for good, and close() does nothing then: the own context is ended here or never.
+            self.links.close()
             raise
         return self
 
