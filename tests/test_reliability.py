@@ -395,7 +395,7 @@ def test_a_blipped_connection_resumes_the_same_session_silently(tmp_path: Path) 
         with Client("alice", endpoints=eps, dead_after=0.5) as alice, Client("bob", endpoints=eps) as bob:
             wait_for(alice, lambda e: e.kind == "join" and e.nick == "bob")
             token = alice.session.token
-            alice._reopen_rpc()  # a socket of its own that blips: what was in flight is gone...
+            alice.links.reopen_rpc()  # a socket of its own that blips: what was in flight is gone...
             os.kill(bp.proc.pid, signal.SIGSTOP)  # ...and no answer for a while: alice gives up on it
             try:
                 seen = room_events_until(alice, lambda e: e.code == "disconnected", 10)

@@ -13,7 +13,8 @@ Two rules hold everything here together, as in h11's ``_state.py``:
   (:meth:`ClientSession.take_outgoing`: requests, :data:`REOPEN` when the rpc socket must be
   replaced, :data:`PROBE` when the feed must prove its subscriptions live), what to push
   (:meth:`ClientSession.next_post`) and the events to deliver (:meth:`ClientSession.take_events`).
-  The shell (:mod:`zchat.client.shell`) owns the sockets, the polling and blocking.
+  The shell (:mod:`zchat.client.shell`) does the polling and blocking, with the sockets of
+  :mod:`zchat.client.links`.
 
 The states and what moves between them are the table :data:`TRANSITIONS`; every change of
 :attr:`ClientSession.state` goes through it, so a test can walk it.

@@ -1,36 +1,31 @@
 """The zchat client's I/O shell: one session with a broker as a blocking, single-threaded Python API.
 
-:class:`Client` owns three connected sockets (PUSH to ingest, a :class:`~zchat.client.feed.Feed`
-SUB on the feed, DEALER to rpc), the polling, and blocking until a reply, an event or a timeout.
-Every rule — joining, heartbeats, judging the broker lost, rejoining, the outbox, gap repair —
-is the sans-IO :class:`~zchat.client.session.ClientSession`'s; this module feeds it what arrives
-and the time, and sends what it asks. Everything happens inside the calls the user makes
-(:meth:`Client.recv`, :meth:`Client.events`, :meth:`Client.poll`): there is no background thread,
-so a client must be polled at least once a second or so. Rendering is not its job.
+:class:`Client` blocks until a reply, an event or a timeout, pumping its sockets to the brokers
+(:class:`~zchat.client.links.Links`). Every rule — joining, heartbeats, judging the broker lost,
+rejoining, the outbox, gap repair — is the sans-IO :class:`~zchat.client.session.ClientSession`'s;
+this module feeds it what arrives and the time, and sends what it asks. Everything happens
+inside the calls the user makes (:meth:`Client.recv`, :meth:`Client.events`, :meth:`Client.poll`):
+there is no background thread, so a client must be polled at least once a second or so.
+Rendering is not its job.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from zchat import protocol as p
 from zchat import transport
 from zchat.client.feed import DRAIN_BATCH, Feed
+from zchat.client.links import Links
 from zchat.client.session import PROBE, REOPEN, ClientSession, Names, Pending, State, broker_events
 from zchat.errors import Refused, Unreachable, ZChatError
 
 __all__ = ["Client", "Feed", "Names"]
-
-_HANDSHAKE_FAILURES = (
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-)
 
 
 class Client:
@@ -67,26 +62,29 @@ class Client:
         """``failover`` lists more brokers of the same chat (an active/standby pair): the client
         reads the feeds of all of them (only the active one publishes) and moves its requests and
         posts to the next one when it loses the one it uses, or is told it is a standby."""
-        transport.require_libzmq()
         #: The rules of this session; the client only does its I/O.
         self.session = ClientSession(
             nick, rooms, backlog=backlog, since=since, send_timeout=send_timeout, dead_after=dead_after
         )
-        #: Every broker of the chat; the client talks to one at a time (``endpoints``).
-        self.brokers = [endpoints or p.Endpoints.from_host_port(host, port), *failover]
-        self._current = 0
+        #: The sockets to every broker of the chat; the client talks to one at a time.
+        self.links = Links(
+            [endpoints or p.Endpoints.from_host_port(host, port), *failover], context=context, curve=curve
+        )
         self.timeout = timeout
-        self.curve = curve
-        self._own_context = context is None
-        self._ctx = context or zmq.Context()
-        self._feed: Feed | None = None
-        self._push: zmq.Socket[bytes] | None = None
-        self._rpc: zmq.Socket[bytes] | None = None
+
+    @property
+    def brokers(self) -> list[p.Endpoints]:
+        """Every broker of the chat, in the order they are tried."""
+        return self.links.brokers
 
     @property
     def endpoints(self) -> p.Endpoints:
         """The broker the client talks to now."""
-        return self.brokers[self._current]
+        return self.links.endpoints
+
+    @property
+    def curve(self) -> transport.Curve | None:
+        return self.links.curve
 
     # The session's facts, as the client's own attributes.
 
@@ -128,7 +126,7 @@ class Client:
     @property
     def context(self) -> zmq.Context[zmq.Socket[bytes]]:
         """The ZeroMQ context the client's sockets live in (for ``inproc://`` companions)."""
-        return self._ctx
+        return self.links.context
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -148,67 +146,21 @@ class Client:
         if one turns the nick down.
         """
         request = self.session.connect()
-        last: ZChatError | None = None
         try:
-            for _ in self.brokers:
-                try:
-                    reply = self._join(request)
-                except Refused as exc:
-                    if exc.code != "standby":
-                        raise
-                    last = exc
-                except Unreachable as exc:
-                    last = exc
-                else:
-                    self.session.joined(reply, time.monotonic())
-                    return self
-                self._current = (self._current + 1) % len(self.brokers)
+            reply = self.links.connect([p.room_topic(room) for room in self.rooms], lambda f: self._hello(f, request))
+            self.session.joined(reply, time.monotonic())
         except BaseException:
             self.session.close()
+            # Closed for good, and close() does nothing then: the own context is ended here or never.
+            self.links.close()
             raise
-        self.session.close()
-        assert last is not None
-        raise last
+        return self
 
-    def _join(self, request: p.Request) -> dict[str, object]:
-        """Open the sockets, prove the feed live and say ``request`` (hello) to the current broker;
-        on failure the sockets are closed again."""
-        monitor = None
-        try:
-            monitor = self._open_sockets()
-            assert self._rpc is not None and self._feed is not None
-            try:
-                for _topic, payload in self._feed.wait_live(self.timeout):
-                    self.session.feed_message(payload, time.monotonic())
-                reply = self._call(request)
-            except Unreachable:
-                self._diagnose(monitor)
-                raise
-        except BaseException:
-            self._close_sockets(monitor, keep_context=True)
-            raise
-        self._rpc.disable_monitor()
-        monitor.close()
-        return reply
-
-    def _diagnose(self, monitor: zmq.Socket[bytes]) -> None:
-        """Turn a failed security handshake seen while connecting into a clear error."""
-        events = set()
-        while monitor.poll(0):
-            events.add(recv_monitor_message(monitor)["event"])
-        where = self.endpoints.rpc
-        if zmq.EVENT_HANDSHAKE_FAILED_AUTH in events:
-            key = self.curve.public if self.curve else "(none)"
-            raise Refused(
-                "key_refused", f"the broker at {where} refused this client's key {key}: ask its operator to allow it"
-            )
-        if events and self.curve is None:
-            raise Unreachable(f"the broker at {where} wants a secure connection: give its public key (--server-key)")
-        if events:
-            raise Unreachable(
-                f"the secure handshake with the broker at {where} failed: is --server-key its public key,"
-                " and does the broker run --secure?"
-            )
+    def _hello(self, feed: Feed, request: p.Request) -> dict[str, object]:
+        """Prove the feed live, then say ``request`` (hello) to the current broker."""
+        for _topic, payload in feed.wait_live(self.timeout):
+            self.session.feed_message(payload, time.monotonic())
+        return self._call(request)
 
     def close(self, reason: str = "quit") -> None:
         """Wait briefly for unconfirmed messages, leave the rooms, close the sockets."""
@@ -226,9 +178,7 @@ class Client:
                     with contextlib.suppress(ZChatError):
                         self._call(leave, timeout=min(self.timeout, 1.0))
         finally:
-            if self._rpc is not None:
-                self._rpc.setsockopt(zmq.LINGER, 200)  # an unanswered leave may still go out
-            self._close_sockets()
+            self.links.close()
             self.session.close()
 
     # --- sending -------------------------------------------------------------------------------
@@ -312,13 +262,12 @@ class Client:
     def join(self, room: str) -> None:
         """Join another room (its backlog comes as for the first ones)."""
         room = p.check_room(p.normalize_room(room))
-        assert self._feed is not None
-        self._feed.subscribe(p.room_topic(room))  # first, so nothing after the join is missed
+        self.links.subscribe(p.room_topic(room))  # first, so nothing after the join is missed
         try:
             reply = self._call(self.session.join_room(room))
         except ZChatError:
             if room not in self.rooms:
-                self._feed.unsubscribe(p.room_topic(room))
+                self.links.unsubscribe(p.room_topic(room))
             raise
         self.session.room_joined(room, reply)
 
@@ -329,8 +278,7 @@ class Client:
         if request is not None:
             self._call(request)
         self.session.room_parted(room)
-        if self._feed is not None:
-            self._feed.unsubscribe(p.room_topic(room))
+        self.links.unsubscribe(p.room_topic(room))
 
     def history(self, room: str | None = None, limit: int = 50, after: int | None = None) -> list[p.Event]:
         """Stored events of ``room`` (default: the first room joined; any room, or
@@ -345,7 +293,7 @@ class Client:
 
     def _call(self, req: p.Request, timeout: float | None = None) -> dict[str, object]:
         """Send a request on rpc and wait for its reply (other input is handled meanwhile)."""
-        if self._rpc is None:
+        if self.links.rpc is None:
             raise ZChatError("the client is not connected")
         req_id = self.session.call(req, time.monotonic())
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -392,121 +340,46 @@ class Client:
     def sockets(self) -> list[zmq.Socket[bytes]]:
         """The sockets this client reads, for one loop that serves many clients: poll them all,
         then call :meth:`poll` with ``timeout=0`` on each client (which also keeps it alive)."""
-        return [s for s in (self._feed.socket if self._feed else None, self._rpc) if s is not None]
+        return self.links.sockets
 
     def events(self, timeout: float | None = None) -> Iterator[p.Event]:
         """Events as they come; stops after ``timeout`` seconds without one (``None``: never)."""
         while (event := self.recv(timeout)) is not None:
             yield event
 
-    # --- the pump: all socket work happens here ----------------------------------------------
+    # --- the pump: the session meets the sockets here -------------------------------------------
 
     def _pump(self, timeout: float, also: Iterable[zmq.Socket[bytes] | int] = ()) -> None:
         """Wait up to ``timeout`` for input, hand it to the session, send what it asks."""
-        assert self._rpc is not None
-        session = self.session
+        session, links = self.session, self.links
         # Whatever is due goes out before the wait, not a wait later.
         session.tick(time.monotonic())
         self._flush()
         wait = max(0.0, min(timeout, session.next_timer() - time.monotonic()))
-        poller = zmq.Poller()
-        feed = self._feed
-        assert feed is not None
-        poller.register(feed.socket, zmq.POLLIN)
-        poller.register(self._rpc, zmq.POLLIN)
-        for extra in also:
-            poller.register(extra, zmq.POLLIN)
-        ready = dict(poller.poll(math.ceil(wait * 1000)))
+        batch, answered, replies = links.receive(wait, also)
         now = time.monotonic()
-        session.behind = False
-        if feed.socket in ready:
-            batch = feed.drain()
-            # A full batch means more is waiting: this client is behind its own input.
-            session.behind = len(batch) >= DRAIN_BATCH
-            for _topic, payload in batch:
-                session.feed_message(payload, now)
-            if feed.answered():
-                session.feed_live()
-        if self._rpc in ready:
-            self._drain_rpc(now)
+        # A full batch means more is waiting: this client is behind its own input.
+        session.behind = len(batch) >= DRAIN_BATCH
+        for _topic, payload in batch:
+            session.feed_message(payload, now)
+        if answered:
+            session.feed_live()
+        for body in replies:
+            session.rpc_message(body, now)
         session.tick(time.monotonic())
         self._flush()
 
-    def _drain_rpc(self, now: float) -> None:
-        assert self._rpc is not None
-        while True:
-            try:
-                frames = self._rpc.recv_multipart(transport.NOBLOCK)
-            except zmq.Again:
-                return
-            self.session.rpc_message(frames[-1], now)
-
     def _flush(self) -> None:
         """Send what the session asks: rpc requests (on a new socket after REOPEN), then posts
-        while the broker takes them."""
+        while the broker takes them (the rest on a later pump)."""
+        links = self.links
         for item in self.session.take_outgoing():
             if item is REOPEN:  # a rejoin: at the next broker of a pair
-                self._next_broker()
-                self._reopen_rpc()
+                links.next_broker()
+                links.reopen_rpc()
             elif item is PROBE:
-                if self._feed is not None:
-                    self._feed.probe()
-            elif self._rpc is not None and isinstance(item, p.Request):
-                with contextlib.suppress(zmq.Again):  # not connected yet: the session's timers notice
-                    self._rpc.send_multipart([b"", p.encode(item)], transport.NOBLOCK)
-        if self._push is None:
-            return
-        while (post := self.session.next_post(time.monotonic())) is not None:
-            try:
-                self._push.send(post, transport.NOBLOCK)
-            except zmq.Again:
-                return  # not connected right now (or the queue is full): retried on the next pump
+                links.probe()
+            elif isinstance(item, p.Request):
+                links.request(item)
+        while (post := self.session.next_post(time.monotonic())) is not None and links.post(post):
             self.session.posted()
-
-    # --- sockets ---------------------------------------------------------------------------------
-
-    def _open_sockets(self) -> zmq.Socket[bytes]:
-        """Open and connect the three sockets; returns a monitor of the rpc socket's handshakes,
-        attached before it connects so that not even the first failure is missed."""
-        e = self.endpoints
-        # Every broker's feed at once: only the active one of a pair publishes.
-        feeds = [b.feed for b in self.brokers]
-        self._feed = Feed(self._ctx, feeds, map(p.room_topic, self.rooms), curve=self.curve)
-        # IMMEDIATE: never queue a message for a broker we are not connected to (the outbox
-        # keeps it instead); LINGER: a last message may still leave after close.
-        self._push = transport.socket(self._ctx, zmq.PUSH, e.ingest, self.curve, IMMEDIATE=1, LINGER=1000)
-        self._push.connect(e.ingest)
-        monitor = self._reopen_rpc(monitor=True)
-        assert monitor is not None
-        return monitor
-
-    def _next_broker(self) -> None:
-        """Move requests and posts to the next broker of the chat (the feed reads them all)."""
-        if len(self.brokers) == 1 or self._push is None:
-            return
-        self._push.disconnect(self.endpoints.ingest)
-        self._current = (self._current + 1) % len(self.brokers)
-        self._push.connect(self.endpoints.ingest)
-
-    def _reopen_rpc(self, *, monitor: bool = False) -> zmq.Socket[bytes] | None:
-        if self._rpc is not None:
-            self._rpc.close()
-        self._rpc = transport.socket(self._ctx, zmq.DEALER, self.endpoints.rpc, self.curve)
-        # What this session's own traffic is routed to: fresh and unguessable for each socket.
-        self._rpc.setsockopt(zmq.ROUTING_ID, transport.new_route())
-        watcher = self._rpc.get_monitor_socket(_HANDSHAKE_FAILURES) if monitor else None
-        self._rpc.connect(self.endpoints.rpc)
-        return watcher
-
-    def _close_sockets(self, monitor: zmq.Socket[bytes] | None = None, *, keep_context: bool = False) -> None:
-        if monitor is not None:
-            monitor.close()
-        for sock in (self._push, self._rpc):
-            if sock is not None:
-                sock.close()
-        if self._feed is not None:
-            self._feed.close()
-        self._feed, self._push, self._rpc = None, None, None
-        if self._own_context and not keep_context:
-            self._ctx.term()
-            self._own_context = False
