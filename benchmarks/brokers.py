@@ -4,10 +4,11 @@
 shape; it runs as ``zmq.proxy_steerable`` so that the bench can read libzmq's own count of what
 it forwarded. Its publishers push either zchat's two frames ``[topic, event]`` (``proxy``, the
 fair comparison) or one frame per message (``proxy1``). ``store`` and ``nostore`` are
-``python -m zchat broker`` with and without its SQLite history; their command line is built in
-one place, :func:`zchat_argv`. Each run gets a fresh broker process on fresh endpoints; zchat
-brokers run from a copy of the package taken once when the bench starts (:func:`snapshot_zchat`).
-:class:`Watch` samples a running broker: what it forwarded, its RSS, its WAL.
+``python -m zchat broker`` with and without its SQLite history, ``pgstore`` the same broker with
+its history in PostgreSQL (a fresh database per run, on the server of benchmarks/postgres.py);
+their command line is built in one place, :func:`zchat_argv`. Each run gets a fresh broker
+process on fresh endpoints; zchat brokers run from a copy of the package taken once when the
+bench starts (:func:`snapshot_zchat`). :class:`Watch` samples a running broker: what it forwarded, its RSS, its WAL.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import psycopg
 import zmq
 
 from benchmarks import wire
@@ -60,8 +62,11 @@ BROKERS = (
     PROXY,
     BrokerKind("proxy1", "zmq.proxy, 1 frame", "event1"),
     BrokerKind("store", "zchat, store on", "post"),
+    BrokerKind("pgstore", "zchat, store on PostgreSQL", "post"),
     BrokerKind("nostore", "zchat, store off", "post"),
 )
+#: The PostgreSQL row: run when the machine has a server to start (or when asked for).
+PGSTORE = BROKERS[3]
 #: The proxy with other socket options, in the idle scenario only: does any of them lower the
 #: memory libzmq keeps per connection?
 PROXY_VARIANTS = (
@@ -79,8 +84,9 @@ ZCHAT_OPTIONS = ("--rate", "0", "--log-level", "warning")
 MANY_CLIENTS_OPTIONS: tuple[str, ...] = ()
 
 
-def zchat_argv(ends: dict[str, str], db: Path | None, *, many_clients: bool) -> list[str]:
-    """The zchat broker's command line: the one place that says how the bench runs it."""
+def zchat_argv(ends: dict[str, str], db: Path | str | None, *, many_clients: bool) -> list[str]:
+    """The zchat broker's command line: the one place that says how the bench runs it (``db``: an
+    SQLite file, a PostgreSQL URL, or None for no store)."""
     argv = [sys.executable, "-m", "zchat", "broker", "--ingest", ends["ingest"], "--feed", ends["feed"]]
     argv += ["--rpc", ends["rpc"], *ZCHAT_OPTIONS, *(["--no-store"] if db is None else ["--db", str(db)])]
     return argv + list(MANY_CLIENTS_OPTIONS if many_clients else ())
@@ -141,7 +147,11 @@ def start_broker(bench: Bench, kind: BrokerKind, run: int, *, many_clients: bool
     ends = _endpoints(bench.transport, bench.tmp, run)
     if kind.zchat:
         db = bench.db_dir / f"history-{run}.sqlite3" if kind.key == "store" else None
-        argv = zchat_argv(ends, db, many_clients=many_clients)
+        try:
+            url = bench.postgres.fresh(run) if kind is PGSTORE else None
+        except (RuntimeError, psycopg.Error) as exc:  # no server binaries, or the server failed
+            raise BenchError(f"PostgreSQL: {exc}") from None
+        argv = zchat_argv(ends, url or db, many_clients=many_clients)
         # The snapshot of zchat taken at the start: every run measures the same code.
         proc = bench.fleet.spawn(f"r{run}-broker", argv, env={"PYTHONPATH": str(bench.src)})
         broker = Broker(kind, proc, ends, db=db)

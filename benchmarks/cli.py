@@ -39,8 +39,9 @@ from pathlib import Path
 import click
 import zmq
 
-from benchmarks.brokers import BROKERS, PROXY_VARIANTS, BrokerKind, snapshot_zchat
+from benchmarks.brokers import BROKERS, PGSTORE, PROXY_VARIANTS, BrokerKind, snapshot_zchat
 from benchmarks.fleet import Bench, Fleet, Json
+from benchmarks.postgres import Databases, missing
 from benchmarks.report import background_line, cpu_model, report
 from benchmarks.scenarios import Scenario, run_one, scenarios_for
 from benchmarks.workers import worker_main
@@ -165,7 +166,11 @@ def main(
     )
     wanted = set(only or FAMILIES) - ({"sustained"} if not (sustained or "sustained" in only) else set())
     chosen = [s for s in chosen if s.family in wanted]
-    kinds = [k for k in (*BROKERS, *PROXY_VARIANTS) if not brokers or k.key in brokers]
+    # The PostgreSQL row needs a server to start: without one it is left out, and said so, unless
+    # it was asked for by name (then its runs fail, saying why).
+    no_postgres = None if brokers else missing()
+    every = [k for k in (*BROKERS, *PROXY_VARIANTS) if k is not PGSTORE or not no_postgres]
+    kinds = [k for k in (*BROKERS, *PROXY_VARIANTS) if k.key in brokers] if brokers else every
     command = "python -m benchmarks " + shlex.join(sys.argv[1:])
     # The sustained run is about growth over time, not a median: once.
     plan = [
@@ -185,7 +190,7 @@ def main(
         version = snapshot_zchat(tmp / "src")
         fleet = Fleet(tmp / "logs")
         try:
-            bench = Bench(tmp, ctx, fleet, transport, text_bytes, db_dir or tmp, tmp / "src")
+            bench = Bench(tmp, ctx, fleet, transport, text_bytes, db_dir or tmp, tmp / "src", Databases())
 
             def show(item: tuple[int, Scenario, BrokerKind] | None) -> str:
                 return "" if item is None else f"run {item[0]}/{repeat}: {item[1].label} · {item[2].label}"
@@ -204,6 +209,7 @@ def main(
         finally:
             fleet.stop_all()
             bench.control.sock.close()
+            bench.postgres.stop()
     elapsed = time.monotonic() - began
     header = [
         "# zchat broker benchmark",
@@ -213,7 +219,8 @@ def main(
         f"- {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs ({cpu_model()}), Python"
         f" {platform.python_version()}, pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, {transport} on"
         f" loopback, {text_bytes}-byte texts",
-        f"- zchat {version}; the store-on broker's SQLite file in {db_dir or '$TMPDIR'}",
+        f"- zchat {version}; the store-on broker's SQLite file in {db_dir or '$TMPDIR'}; PostgreSQL "
+        + (f"not run: {no_postgres}" if no_postgres else "a local server over TCP on 127.0.0.1, a database per run"),
         f"- every number is the median of {repeat} run(s); total time {elapsed / 60:.1f} min",
         "- publishers, broker and subscribers share the same CPUs: see benchmarks/README.md",
         background_line(records, max_background),

@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 
 from benchmarks.metrics import memory_mb, own_cpu
+from benchmarks.postgres import Databases
 
 Json = dict[str, Any]
 Ctx = zmq.Context[zmq.Socket[bytes]]
@@ -224,6 +225,7 @@ class Bench:
     text_bytes: int
     db_dir: Path
     src: Path  # holds the snapshot of the zchat package the brokers run
+    postgres: Databases  # the pgstore broker's databases
     control: Control = field(init=False)
     runs: int = 0
 

@@ -65,8 +65,12 @@ def _lost(runs: list[Json]) -> str:
 
 
 def _cpu(runs: list[Json]) -> str:
-    """CPU % of one core over the measured window: publishers / broker / subscribers."""
-    return " / ".join(_fmt(median(runs, "cpu_pct", role)) for role in ("pub", "broker", "sub"))
+    """CPU % of one core over the measured window: publishers / broker / subscribers (the broker
+    on PostgreSQL: its own + the database server's)."""
+    pub, broker, sub = (_fmt(median(runs, "cpu_pct", role)) for role in ("pub", "broker", "sub"))
+    if not math.isnan(db := median(runs, "db_cpu_pct")):
+        broker = f"{broker} + {_fmt(db)} db"
+    return f"{pub} / {broker} / {sub}"
 
 
 def report(records: list[Json], scenarios: list[Scenario], kinds: list[BrokerKind], header: list[str]) -> str:

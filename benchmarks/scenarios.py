@@ -19,7 +19,7 @@ from typing import Literal
 import zmq
 
 from benchmarks import wire
-from benchmarks.brokers import PROXY_VARIANTS, Broker, BrokerKind, Watch, start_broker, zchat_request
+from benchmarks.brokers import PGSTORE, PROXY_VARIANTS, Broker, BrokerKind, Watch, start_broker, zchat_request
 from benchmarks.fleet import QUIET_END, SETUP_TIMEOUT, Bench, BenchError, Json, Proc
 from benchmarks.metrics import (
     LATENCY_PERCENTILES,
@@ -194,7 +194,7 @@ def run_stream(
         watch = Watch(bench.ctx, broker, SUSTAINED_WATCH_EVERY if sc.family == "sustained" else WATCH_EVERY)
         watched = [*workers, *others]
         before = {w.name: proc_cpu(w.popen.pid) or 0.0 for w in watched}
-        busy0, own0 = machine_busy_seconds(), own_cpu()
+        busy0, own0, db0 = machine_busy_seconds(), own_cpu(), bench.postgres.cpu_seconds()
         cpu0, t0 = cpu_seconds(broker.pid), time.monotonic()
         base = watch.sample(now=True)
         assert base is not None
@@ -205,7 +205,7 @@ def run_stream(
         sent = sum(int(d["sent"]) for d in done.values())
         _until_forwarded(watch, base.forwarded + sent)
         cpu1, t1 = cpu_seconds(broker.pid), time.monotonic()
-        busy1, own1 = machine_busy_seconds(), own_cpu()
+        busy1, own1, db1 = machine_busy_seconds(), own_cpu(), bench.postgres.cpu_seconds()
         reported = {**done, **results}
         after = {w.name: proc_cpu(w.popen.pid) or float(reported.get(w.name, {}).get("cpu_s", 0)) for w in watched}
         ctl.send(pub_names, "stop")
@@ -225,7 +225,9 @@ def run_stream(
         role_cpu[role] += after[name] - start
         if role in role_rss:
             role_rss[role] = max(role_rss[role], float(reported[name]["peak_rss_mb"]))
-    bench_cpu = (cpu1 - cpu0) + sum(after[n] - before[n] for n in before) + (own1 - own0)
+    # The database server's CPU is the pgstore broker's cost, not background load.
+    db_cpu = db1 - db0 if broker.kind is PGSTORE else 0.0
+    bench_cpu = (cpu1 - cpu0) + sum(after[n] - before[n] for n in before) + (own1 - own0) + db_cpu
     t_start = min(int(d["t_start"]) for d in done.values())
     t_sent = max(int(d["t_end"]) for d in done.values())
     socks = [s for r in results.values() for s in r["sockets"]]
@@ -261,6 +263,7 @@ def run_stream(
         "broker_cpu_us_per_msg": 1e6 * broker_cpu / forwarded if forwarded else math.nan,
         "pub_cpu_us_per_msg": 1e6 * role_cpu["pub"] / sent if sent > 0 else math.nan,
         "cpu_pct": {"broker": 100 * broker_cpu / active, **{k: 100 * v / active for k, v in role_cpu.items()}},
+        "db_cpu_pct": 100 * db_cpu / active if broker.kind is PGSTORE else math.nan,
         "workers_peak_rss_mb": role_rss,
         # CPU that processes outside the bench took from it (% of one CPU): noise to watch.
         "background_cpu_pct": 100 * max(0.0, busy1 - busy0 - bench_cpu) / window,
@@ -402,5 +405,7 @@ def run_one(bench: Bench, sc: Scenario, kind: BrokerKind, repeat: int, settle: f
         bench.fleet.stop_all()  # anything a failed run left behind
         for leftover in bench.db_dir.glob(f"history-{run}.sqlite3*"):
             leftover.unlink()
+        if kind is PGSTORE:
+            bench.postgres.drop(run)
     record["run_s"] = time.monotonic() - started
     return record
