@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -429,9 +430,7 @@ class SQLiteStore:
 
     def _write(self) -> None:
         db = self._db
-        db.executemany(
-            "INSERT OR REPLACE INTO events (room, seq, data, presence, gid) VALUES (?, ?, ?, ?, ?)", self._events
-        )
+        _insert_events(db, self._events)
         db.executemany("INSERT INTO search (rowid, text, room, seq) VALUES (?, ?, ?, ?)", self._texts)
         db.executemany(
             "INSERT OR REPLACE INTO sessions (token, nick, identity, peer, inbox, rooms, acked, away, ended)"
@@ -559,6 +558,26 @@ class SQLiteStore:
             with self._transaction():
                 db.execute("DELETE FROM events WHERE room = ? AND presence = 1 AND seq < ?", (room, presence))
             self._bound_wal()
+
+
+#: Events are inserted in statements of this many rows (then one by one): one statement for many
+#: rows costs SQLite 40 % less per row than executemany's statement per row.
+_EVENT_CHUNKS = (256, 64, 16)
+_INSERT_EVENTS = "INSERT OR REPLACE INTO events (room, seq, data, presence, gid) VALUES "
+_INSERT_EVENT_ROWS = {n: _INSERT_EVENTS + ", ".join(["(?, ?, ?, ?, ?)"] * n) for n in _EVENT_CHUNKS}
+
+
+def _insert_events(db: sqlite3.Connection, rows: list[tuple[str, int, bytes, int, int | None]]) -> None:
+    """Insert staged events, in as few statements as the chunk sizes allow. (Not so the search
+    index: into FTS5, statements of many rows cost more per row than executemany, measured.)"""
+    start = 0
+    for size in _EVENT_CHUNKS:
+        sql = _INSERT_EVENT_ROWS[size]
+        while len(rows) - start >= size:
+            db.execute(sql, list(itertools.chain.from_iterable(rows[start : start + size])))
+            start += size
+    if start < len(rows):
+        db.executemany(_INSERT_EVENTS + "(?, ?, ?, ?, ?)", rows[start:])
 
 
 def _nth_newest(db: sqlite3.Connection, room: str, presence: int, n: int) -> int | None:
