@@ -213,6 +213,41 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
             holder.kill()
 
 
+def test_texts_wait_for_the_index_but_every_committed_message_is_searchable(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "h.db", history_limit=5)
+    try:
+        add(s, ROOM, 1, 8)  # fewer than INDEX_BATCH: their texts wait
+        assert len(s._unindexed) == 8
+        assert seqs(s.search(ROOM, "m7", 10)) == [7]  # a search indexes them first
+        assert s._unindexed == []
+        add(s, ROOM, 9, 12)
+        s.retain(time.time())  # retention indexes what waits, then removes texts with their messages
+        assert seqs(s.page(ROOM, 0, 100).events) == [8, 9, 10, 11, 12]
+        indexed = [row[0] for row in s._db.execute("SELECT seq FROM search ORDER BY seq")]
+        assert indexed == [8, 9, 10, 11, 12]
+        add(s, ROOM, 13, 12 + store_module.INDEX_BATCH)  # a commit that makes them enough indexes them
+        assert s._unindexed == []
+    finally:
+        s.close()
+
+
+def test_texts_a_store_left_waiting_when_its_process_died_are_indexed_when_it_opens(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    s = SQLiteStore(db)
+    add(s, ROOM, 1, 5)
+    s._unindexed = []  # the process dies: what waited in its memory is gone
+    s.close()
+    s = SQLiteStore(db)
+    try:
+        assert seqs(s.search(ROOM, "m3", 10)) == [3]
+        add(s, ROOM, 6, 6)
+        assert seqs(s.search(ROOM, "m6", 10)) == [6]
+        indexed = [row[0] for row in s._db.execute("SELECT seq FROM search ORDER BY seq")]
+        assert indexed == [1, 2, 3, 4, 5, 6]  # each once
+    finally:
+        s.close()
+
+
 def test_the_write_ahead_log_stays_bounded_under_steady_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 1 << 20)
     monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 0.05)
