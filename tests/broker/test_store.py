@@ -109,6 +109,39 @@ def test_retention_counts_messages_and_keeps_presence_apart(make_store: MakeStor
     assert s.first_seq(ROOM) == 106
 
 
+def test_retention_is_planned_then_removed_a_bounded_chunk_at_a_time(tmp_path: Path) -> None:
+    stores = [SQLiteStore(tmp_path / f"h{i}.db", history_limit=5) for i in range(2)]
+    try:
+        for s in stores:
+            add(s, ROOM, 1, 300)
+            add(s, ROOM, 301, 500, kind="join")
+            add(s, ROOM, 501, 501)
+        at_once, bit_by_bit = stores
+        at_once.retain(time.time())
+        bit_by_bit.plan_retention(time.time())
+        assert bit_by_bit.first_seq(ROOM) == 1  # planned, nothing removed yet
+
+        def count() -> int:
+            return len(bit_by_bit.page(ROOM, 0, 1000).events)
+
+        removed, more = [], True
+        while more:
+            before = count()
+            more = bit_by_bit.trim()
+            removed.append(before - count())
+        # Each transaction removes at most twice the last commit's events, or RETAIN_CHUNK.
+        assert max(removed) <= store_module.RETAIN_CHUNK and len(removed) > 5
+        assert bit_by_bit.page(ROOM, 0, 1000).events == at_once.page(ROOM, 0, 1000).events
+        assert seqs(at_once.page(ROOM, 0, 1000).events) == [*range(297, 301), *range(496, 502)]
+        assert not bit_by_bit.trim()
+        add(bit_by_bit, ROOM, 502, 801)  # a big commit: retention keeps pace with it
+        bit_by_bit.plan_retention(time.time())
+        assert bit_by_bit.trim() is False and seqs(bit_by_bit.page(ROOM, 0, 1000).events) == [*range(797, 802)]
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_search_finds_every_word_newest_first_and_keeps_to_its_room(make_store: MakeStore) -> None:
     s = make_store()
     texts = ["deploy started", "coffee", "Deploy FINISHED", "finished the deploy"]
@@ -265,6 +298,30 @@ def test_the_write_ahead_log_stays_bounded_under_steady_writes(tmp_path: Path, m
             biggest = max(biggest, s.wal_size())
         assert seq == 8000
         assert biggest < 4 << 20, f"the WAL grew to {biggest} bytes"
+    finally:
+        s.close()
+
+
+def test_under_steady_writes_the_log_is_started_again_before_it_needs_truncating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "WAL_RESTART_BYTES", 1 << 20)
+    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 1 << 40)  # never truncated: restarts bound it
+    s = SQLiteStore(tmp_path / "h.db")
+    try:
+        biggest, seq = 0, 0
+        deadline = time.monotonic() + 20
+        # 12 MiB of events in small commits, paced as a busy broker writes them.
+        while seq < 12_000 and time.monotonic() < deadline:
+            for _ in range(10):
+                seq += 1
+                s.append(ROOM, seq, json.dumps({"seq": seq, "text": "x" * 1000}).encode())
+            s.commit()
+            biggest = max(biggest, s.wal_size())
+            time.sleep(0.001)
+        assert seq == 12_000
+        assert biggest < 6 << 20, f"the WAL grew to {biggest} bytes"
+        assert seqs(s.page(ROOM, 11_990, 100).events) == list(range(11_991, 12_001))
     finally:
         s.close()
 

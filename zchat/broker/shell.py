@@ -160,10 +160,11 @@ class Broker(transport.Service):
         wake = self._waker.fileno()
         poller.register(wake, zmq.POLLIN)
         next_housekeeping = clock() + HOUSEKEEPING_INTERVAL
+        trimming = False  # retention has more to remove: the loop comes straight back for it
         while True:
             now = clock()
             timer = min(core.next_expiry(), self._next_beat, next_housekeeping)
-            ready = dict(poller.poll(_timeout_ms(timer - now)))
+            ready = dict(poller.poll(0 if trimming else _timeout_ms(timer - now)))
             if wake in ready:
                 break
             now = clock()
@@ -181,9 +182,11 @@ class Broker(transport.Service):
             if now >= next_housekeeping:
                 core.housekeeping(now)
                 if self.store is not None:
-                    self.store.retain(time.time())
+                    self.store.plan_retention(time.time())
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL
             self._commit_and_send()
+            # Retention a little at a time, once the batch is out (see Store.trim).
+            trimming = self.store is not None and self.store.trim()
         core.begin(clock())
         core.shutdown()
         self._commit_and_send()
