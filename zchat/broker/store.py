@@ -91,6 +91,8 @@ BUSY_TIMEOUT_MS = 2000
 #: commit (so retention keeps up with any rate), at least this many (at 5 000 posts a second,
 #: a pause of well under a millisecond now and then instead of tens of ms once a second).
 RETAIN_CHUNK = 32
+#: Events :meth:`SQLiteStore.retain` removes in one transaction (it removes everything planned).
+RETAIN_ALL_CHUNK = 4096
 #: How long an ended session's last post number is remembered, in seconds.
 TOMBSTONE_SECONDS = 3600.0
 #: Messages whose text waits before the search index takes them together. FTS5 writes a new
@@ -129,7 +131,10 @@ CREATE TABLE IF NOT EXISTS topics (
     room TEXT PRIMARY KEY, text TEXT NOT NULL, nick TEXT NOT NULL, ts TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reads (inbox TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
-CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(text, room UNINDEXED, seq UNINDEXED);
+-- columnsize=0: no per-row token counts (only ranking reads them; search orders by seq): 11 %
+-- fewer instructions per message inserted and removed. A file made before keeps its counts;
+-- the queries are the same for both.
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(text, room UNINDEXED, seq UNINDEXED, columnsize=0);
 """
 
 
@@ -625,7 +630,7 @@ class SQLiteStore:
 
     def retain(self, now: float) -> None:
         self.plan_retention(now)
-        while self.trim():
+        while self._trim(RETAIN_ALL_CHUNK):
             pass
 
     def plan_retention(self, now: float) -> None:
@@ -654,9 +659,11 @@ class SQLiteStore:
             self._backlog.pop(room, None)
 
     def trim(self) -> bool:
+        return self._trim(max(RETAIN_CHUNK, 2 * self._last_commit))
+
+    def _trim(self, budget: int) -> bool:
         if not self._backlog:
             return False
-        budget = max(RETAIN_CHUNK, 2 * self._last_commit)
         try:
             with self._transaction() as db:
                 while budget > 0 and self._backlog:
