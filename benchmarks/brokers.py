@@ -78,10 +78,17 @@ PROXY_VARIANTS = (
 
 #: Every zchat broker of the bench: no limit on posts (the load is the point), quiet logs.
 ZCHAT_OPTIONS = ("--rate", "0", "--log-level", "warning")
-#: Added when a scenario connects many clients at once (idle). Protocol 2's broker limits hellos
-#: per address and per connection: raise those limits here when it lands (``--hello-rate``,
-#: ``--hello-burst``, or whatever they are called then).
-MANY_CLIENTS_OPTIONS: tuple[str, ...] = ()
+#: Added when a scenario connects many clients at once (idle): every bench client comes from
+#: 127.0.0.1, and the broker bounds hellos (20 a second, bursts of 256) and sessions (512) per
+#: address. Each idle client still has a DEALER of its own, within the per-connection bounds.
+MANY_CLIENTS_OPTIONS: tuple[str, ...] = (
+    "--hello-rate",
+    "1000",
+    "--hello-burst",
+    "10000",
+    "--max-sessions-per-address",
+    "10000",
+)
 
 
 def zchat_argv(ends: dict[str, str], db: Path | str | None, *, many_clients: bool) -> list[str]:

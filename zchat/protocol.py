@@ -148,7 +148,7 @@ def check_room(room: str) -> str:
 
 def check_text(text: str) -> str:
     """Return ``text`` if it is non-blank and at most :data:`MAX_TEXT_BYTES` in UTF-8."""
-    if not text.strip():
+    if not text or text.isspace():  # (what strip() would leave empty, without a copy)
         raise LocalProtocolError("empty message")
     # A character is at most 4 UTF-8 bytes, so short texts need no encoding to be measured.
     if len(text) * 4 > MAX_TEXT_BYTES:
@@ -412,9 +412,9 @@ _event_decoder = msgspec.json.Decoder(Event)
 _reply_decoder = msgspec.json.Decoder(dict[str, object])
 
 
-def encode(obj: object) -> bytes:
-    """Compact JSON (one line: newlines inside strings are escaped)."""
-    return _encoder.encode(obj)
+#: Compact JSON (one line: newlines inside strings are escaped). The encoder's own method: it is
+#: called for every event the broker stamps.
+encode = _encoder.encode
 
 
 def _decode(decoder: msgspec.json.Decoder[_T], data: bytes, what: str) -> _T:
@@ -428,7 +428,13 @@ def _decode(decoder: msgspec.json.Decoder[_T], data: bytes, what: str) -> _T:
 
 
 def decode_post(data: bytes) -> Post:
-    return _decode(_post_decoder, data, "post")
+    # _decode inlined: one call less for every post the broker takes.
+    try:
+        return _post_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise RemoteProtocolError(f"invalid post: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise RemoteProtocolError(f"malformed post: {exc}") from None
 
 
 def decode_request(data: bytes) -> Request:

@@ -124,6 +124,39 @@ def test_retention_counts_messages_and_keeps_presence_apart(make_store: MakeStor
     assert s.first_seq(ROOM) == 106
 
 
+def test_retention_is_planned_then_removed_a_bounded_chunk_at_a_time(tmp_path: Path) -> None:
+    stores = [SQLiteStore(tmp_path / f"h{i}.db", history_limit=5) for i in range(2)]
+    try:
+        for s in stores:
+            add(s, ROOM, 1, 300)
+            add(s, ROOM, 301, 500, kind="join")
+            add(s, ROOM, 501, 501)
+        at_once, bit_by_bit = stores
+        at_once.retain(time.time())
+        bit_by_bit.plan_retention(time.time())
+        assert bit_by_bit.first_seq(ROOM) == 1  # planned, nothing removed yet
+
+        def count() -> int:
+            return len(bit_by_bit.page(ROOM, 0, 1000).events)
+
+        removed, more = [], True
+        while more:
+            before = count()
+            more = bit_by_bit.trim()
+            removed.append(before - count())
+        # Each transaction removes at most twice the last commit's events, or RETAIN_CHUNK.
+        assert max(removed) <= store_module.RETAIN_CHUNK and len(removed) > 5
+        assert bit_by_bit.page(ROOM, 0, 1000).events == at_once.page(ROOM, 0, 1000).events
+        assert seqs(at_once.page(ROOM, 0, 1000).events) == [*range(297, 301), *range(496, 502)]
+        assert not bit_by_bit.trim()
+        add(bit_by_bit, ROOM, 502, 801)  # a big commit: retention keeps pace with it
+        bit_by_bit.plan_retention(time.time())
+        assert bit_by_bit.trim() is False and seqs(bit_by_bit.page(ROOM, 0, 1000).events) == [*range(797, 802)]
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_search_finds_every_word_newest_first_and_keeps_to_its_room(make_store: MakeStore) -> None:
     s = make_store()
     texts = ["deploy started", "coffee", "Deploy FINISHED", "finished the deploy"]
@@ -283,6 +316,41 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
             holder.kill()
 
 
+def test_texts_wait_for_the_index_but_every_committed_message_is_searchable(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "h.db", history_limit=5)
+    try:
+        add(s, ROOM, 1, 8)  # fewer than INDEX_BATCH: their texts wait
+        assert len(s._unindexed) == 8
+        assert seqs(s.search(ROOM, "m7", 10)) == [7]  # a search indexes them first
+        assert s._unindexed == []
+        add(s, ROOM, 9, 12)
+        s.retain(time.time())  # retention indexes what waits, then removes texts with their messages
+        assert seqs(s.page(ROOM, 0, 100).events) == [8, 9, 10, 11, 12]
+        indexed = [row[0] for row in s._db.execute("SELECT seq FROM search ORDER BY seq")]
+        assert indexed == [8, 9, 10, 11, 12]
+        add(s, ROOM, 13, 12 + store_module.INDEX_BATCH)  # a commit that makes them enough indexes them
+        assert s._unindexed == []
+    finally:
+        s.close()
+
+
+def test_texts_a_store_left_waiting_when_its_process_died_are_indexed_when_it_opens(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    s = SQLiteStore(db)
+    add(s, ROOM, 1, 5)
+    s._unindexed = []  # the process dies: what waited in its memory is gone
+    s.close()
+    s = SQLiteStore(db)
+    try:
+        assert seqs(s.search(ROOM, "m3", 10)) == [3]
+        add(s, ROOM, 6, 6)
+        assert seqs(s.search(ROOM, "m6", 10)) == [6]
+        indexed = [row[0] for row in s._db.execute("SELECT seq FROM search ORDER BY seq")]
+        assert indexed == [1, 2, 3, 4, 5, 6]  # each once
+    finally:
+        s.close()
+
+
 def test_the_write_ahead_log_stays_bounded_under_steady_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 1 << 20)
     monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 0.05)
@@ -300,6 +368,30 @@ def test_the_write_ahead_log_stays_bounded_under_steady_writes(tmp_path: Path, m
             biggest = max(biggest, s.wal_size())
         assert seq == 8000
         assert biggest < 4 << 20, f"the WAL grew to {biggest} bytes"
+    finally:
+        s.close()
+
+
+def test_under_steady_writes_the_log_is_started_again_before_it_needs_truncating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "WAL_RESTART_BYTES", 1 << 20)
+    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 1 << 40)  # never truncated: restarts bound it
+    s = SQLiteStore(tmp_path / "h.db")
+    try:
+        biggest, seq = 0, 0
+        deadline = time.monotonic() + 20
+        # 12 MiB of events in small commits, paced as a busy broker writes them.
+        while seq < 12_000 and time.monotonic() < deadline:
+            for _ in range(10):
+                seq += 1
+                s.append(ROOM, seq, json.dumps({"seq": seq, "text": "x" * 1000}).encode())
+            s.commit()
+            biggest = max(biggest, s.wal_size())
+            time.sleep(0.001)
+        assert seq == 12_000
+        assert biggest < 6 << 20, f"the WAL grew to {biggest} bytes"
+        assert seqs(s.page(ROOM, 11_990, 100).events) == list(range(11_991, 12_001))
     finally:
         s.close()
 

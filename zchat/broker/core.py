@@ -24,7 +24,6 @@ never sleeps and reads no clock but the injected wall clock for timestamps.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import math
 import secrets
@@ -146,6 +145,8 @@ class Counters:
 
 @dataclass(eq=False)
 class _Room:
+    #: Its topic frame on the feed (``#<room>:``).
+    feed: bytes
     seq: int = 0
     members: dict[str, Session] = field(default_factory=dict)  # nick.lower() -> session
     topic: TopicRecord | None = None
@@ -211,7 +212,9 @@ class BrokerCore:
         #: After a stall, no lease lapses before this time.
         self._grace_until = now
         self._last_begin = now
-        self._counted = dataclasses.replace(self.counters)  # the counters before the batch
+        self._counted = vars(self.counters).copy()  # the counters before the batch
+        #: The batch's timestamp: the wall clock is read once a batch, when it first stamps.
+        self._stamp: str | None = None
         # The batch in progress: what it sends, and how to take it back.
         self._batch = Batch()
         self._signals: list[Publish] = []  # probe answers and heartbeats: sent even if the commit fails
@@ -259,7 +262,8 @@ class BrokerCore:
                 "the broker was stalled for %.1f s: leases get %.0f s of grace", now - self._last_begin, self.lease
             )
         self._last_begin = now
-        self._counted = dataclasses.replace(self.counters)
+        self._counted = vars(self.counters).copy()
+        self._stamp = None
 
     def finish(self) -> Batch:
         """What the batch sends once its store writes are committed (then :meth:`keep`)."""
@@ -278,7 +282,8 @@ class BrokerCore:
         """The batch could not be stored: take every change back and return what to send
         instead — each request answered ``unavailable``, each sender told to resend."""
         # What the batch counted did not happen (it comes again when the senders resend).
-        self.counters = dataclasses.replace(self._counted, store_failures=self._counted.store_failures + 1)
+        self.counters = Counters(**self._counted)
+        self.counters.store_failures += 1
         for stream, seq in self._seq_before.items():
             if p.is_inbox(stream):
                 self._inboxes[stream] = seq
@@ -304,6 +309,7 @@ class BrokerCore:
         return refusals
 
     def _reset(self) -> None:
+        self._stamp = None
         self._batch = Batch()
         self._signals = []
         self._asked = []
@@ -370,8 +376,9 @@ class BrokerCore:
                     self._use_number(sender, n)
                 self._error(sender, "bad_post", str(exc), ref=msg_id, n=n)
             return
+        # (The broker's hottest path: the common case inline, each rare one in a method.)
         session = self._sessions.get(post.token)
-        if session is None or self._lapsed(session, now):
+        if session is None or (session.expires <= now and now >= self._grace_until):  # (see _lapsed)
             self.counters.dropped_unknown_session += 1
             log.debug("dropped post: unknown or expired session")
             return
@@ -380,30 +387,31 @@ class BrokerCore:
             self.counters.dropped_wrong_identity += 1
             log.debug("dropped post: token of %s used by another key", session.nick)
             return
-        session.expires = max(session.expires, now + self.lease)
-        if post.n is not None and not self._its_turn(session, post.n, post.id):
+        lease = now + self.lease
+        if session.expires < lease:  # noqa: PLR1730 (max() is a call more per post)
+            session.expires = lease
+        n = post.n
+        if n is not None and n != session.acked + 1:
+            self._its_turn(session, n, post.id)  # a resend, or ahead of its turn: answered there
             return
         if post.void:  # a number given up: used up, nothing published, never limited (it costs nothing)
-            if post.n is not None:
-                self._use_number(session, post.n)
+            if n is not None:
+                self._use_number(session, n)
             return
-        if not self._posts.allow(session.identity or session.token, now):
-            self.counters.rate_limited += 1
-            per_second = self._posts.rate
-            rate = f"at most {per_second:g} message{'' if per_second == 1 else 's'} a second"
-            self._refuse(
-                session, "rate_limited", f"slow down: {rate} (bursts of {self._posts.burst:g})", post.id, post.n
-            )
+        if self._posts.rate > 0 and not self._posts.allow(session.identity or session.token, now):
+            self._rate_limited(session, post)
             return
-        if post.n is not None:
-            self._use_number(session, post.n)
+        if n is not None:
+            self._use_number(session, n)
+        text = post.text
         try:
             if post.id is not None and len(post.id) > p.MAX_ID_CHARS:
                 raise LocalProtocolError(f"message id longer than {p.MAX_ID_CHARS} characters")
-            p.check_text(post.text)
+            p.check_text(text)
             if post.to is not None:
                 self._private(session, post)
-                self._accepted(session, post)
+                if n is None:
+                    self._unnumbered.append((session, post.id))
                 return
             if post.room not in session.rooms:  # membership first: valid names are the common case
                 p.check_room(post.room)
@@ -411,15 +419,18 @@ class BrokerCore:
         except LocalProtocolError as exc:
             # The sender's fault, and final: the post number is used up, the sender told why.
             self.counters.rejected += 1
-            self._error(session, "rejected", str(exc), room=post.room, ref=post.id, n=post.n)
+            self._error(session, "rejected", str(exc), room=post.room, ref=post.id, n=n)
             return
         self.counters.received += 1
-        self._room_event(post.room, post.kind, session.nick, post.text, id=post.id, n=post.n)
-        self._accepted(session, post)
-
-    def _accepted(self, session: Session, post: p.Post) -> None:
-        if post.n is None:  # should its batch not be stored, it is told (a numbered one resends)
+        self._room_event(post.room, post.kind, session.nick, text, id=post.id, n=n)
+        if n is None:  # should its batch not be stored, it is told (a numbered one resends)
             self._unnumbered.append((session, post.id))
+
+    def _rate_limited(self, session: Session, post: p.Post) -> None:
+        self.counters.rate_limited += 1
+        per_second = self._posts.rate
+        rate = f"at most {per_second:g} message{'' if per_second == 1 else 's'} a second"
+        self._refuse(session, "rate_limited", f"slow down: {rate} (bursts of {self._posts.burst:g})", post.id, post.n)
 
     def _its_turn(self, session: Session, n: int, ref: str | None) -> bool:
         """Whether post number ``n`` is the one the session's next: a number already used is a
@@ -923,7 +934,8 @@ class BrokerCore:
                 self.counters.rooms_refused += 1
                 raise _Code("too_many_rooms", "the broker has too many rooms in use: try again later")
             stored = self._store
-            room = _Room(seq=stored.last_seq(name), topic=stored.topic(name)) if stored else _Room()
+            feed = p.room_topic(name)
+            room = _Room(feed, stored.last_seq(name), topic=stored.topic(name)) if stored else _Room(feed)
             self._rooms[name] = room
             self._undo.append(lambda: self._rooms.pop(name, None))
         return room
@@ -987,16 +999,16 @@ class BrokerCore:
         new_nick: str | None = None,
     ) -> None:
         """Stamp, stage and publish one event of a room."""
-        r = self._room(room)
+        r = self._rooms.get(room) or self._room(room)
         self._seq_before.setdefault(room, r.seq)
-        r.seq += 1
-        ev = p.Event(r.seq, self._ts(), room, kind, nick, text, id=id, reason=reason, n=n, new_nick=new_nick)
+        r.seq = seq = r.seq + 1
+        ev = p.Event(seq, self._ts(), room, kind, nick, text, id=id, reason=reason, n=n, new_nick=new_nick)
         payload = p.encode(ev)
         if self._store is not None:
             searchable = text if kind in ("message", "action") else None
-            self._store.append(room, r.seq, payload, presence=kind in ("join", "leave"), text=searchable)
+            self._store.append(room, seq, payload, presence=kind in ("join", "leave"), text=searchable)
         self.counters.published += 1
-        self._batch.publish.append((p.room_topic(room), payload))
+        self._batch.publish.append((r.feed, payload))
 
     def _stream_event(
         self, inbox: str, ts: str, nick: str, text: str, *, id: str | None, n: int | None, to: str
@@ -1037,7 +1049,10 @@ class BrokerCore:
         self._batch.deliver.append((session.route, p.delivery(payload)))
 
     def _ts(self) -> str:
-        return p.format_ts(self._wallclock())
+        stamp = self._stamp
+        if stamp is None:
+            stamp = self._stamp = p.format_ts(self._wallclock())
+        return stamp
 
     def _drop(self, why: str) -> None:
         self.counters.dropped_malformed += 1

@@ -9,11 +9,10 @@ users lives in the core as leases.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -265,10 +264,11 @@ class Broker(transport.Service):
         wake = self._waker.fileno()
         poller.register(wake, zmq.POLLIN)
         next_housekeeping = clock() + HOUSEKEEPING_INTERVAL
+        trimming = False  # retention has more to remove: the loop comes straight back for it
         while True:
             now = clock()
             timer = min(core.next_expiry(), self._next_beat, next_housekeeping)
-            ready = dict(poller.poll(_timeout_ms(timer - now)))
+            ready = dict(poller.poll(0 if trimming else _timeout_ms(timer - now)))
             if wake in ready:
                 break
             now = clock()
@@ -287,7 +287,7 @@ class Broker(transport.Service):
             if housekeeping:
                 core.housekeeping(now)
                 if self.store is not None:
-                    self.store.retain(time.time())
+                    self.store.plan_retention(time.time())
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL
             failed = self._commit_and_send()
             if (housekeeping or failed) and self._lost_lock():
@@ -295,6 +295,8 @@ class Broker(transport.Service):
                 return True
             if housekeeping:
                 self._publish_snapshot(now)
+            # Retention a little at a time, once the batch is out (see Store.trim).
+            trimming = self.store is not None and self.store.trim()
         core.begin(clock())
         core.shutdown()
         self._commit_and_send()
@@ -302,19 +304,27 @@ class Broker(transport.Service):
         return False
 
     def _drain_ingest(self, now: float) -> None:
-        ingest, core, secure = self.ingest, self.core, self.config.secure
+        ingest, ingest_one, secure = self.ingest, self.core.ingest, self.config.secure
+        # A post is one frame: the first frame's ``more`` says whether there are others (reading
+        # RCVMORE with getsockopt, as recv_multipart does, costs more than the receive).
+        recv, noblock = ingest.recv, transport.NOBLOCK
         for _ in range(BATCH):
             try:
-                if secure:
-                    # The sender is whoever the ZAP handler said, on the frame itself.
-                    parts = ingest.recv_multipart(transport.NOBLOCK, copy=False)
-                    identity, frames = _user_id(parts[-1]), [f.bytes for f in parts]
-                else:
-                    identity, frames = None, ingest.recv_multipart(transport.NOBLOCK)
+                frame = recv(noblock, copy=False)
+                rest = ingest.recv_multipart(noblock, copy=False) if frame.more else None
             except zmq.Again:
                 return
-            with _contained():
-                core.ingest(frames, now, identity)
+            if rest is None:
+                frames, last = [frame.bytes], frame
+            else:  # not a post: the core counts it and drops it
+                frames, last = [frame.bytes, *(f.bytes for f in rest)], rest[-1]
+            # The sender (secure mode) is whoever the ZAP handler said, on the frame itself.
+            identity = _user_id(last) if secure else None
+            # (A try per message, not a context manager: this is the broker's hottest loop.)
+            try:
+                ingest_one(frames, now, identity)
+            except Exception as exc:
+                _contain(exc)
 
     def _drain_rpc(self, now: float) -> None:
         for _ in range(BATCH):
@@ -325,8 +335,10 @@ class Broker(transport.Service):
             # Who sent it, from the frame's own metadata: the ZAP key (secure mode) and the
             # address it came from (open mode's per-address bounds).
             identity = _user_id(parts[-1]) if self.config.secure else None
-            with _contained():
+            try:
                 self.core.request([f.bytes for f in parts], now, identity, _peer_address(parts[-1]))
+            except Exception as exc:
+                _contain(exc)
 
     def _drain_feed(self) -> None:
         for _ in range(BATCH):
@@ -334,8 +346,10 @@ class Broker(transport.Service):
                 msg = self.feed.recv(transport.NOBLOCK)
             except zmq.Again:
                 return
-            with _contained():
+            try:
                 self.core.subscription(msg)
+            except Exception as exc:
+                _contain(exc)
 
     def _commit_and_send(self) -> bool:
         """Store the batch in one transaction; then, only if that worked, publish it, deliver it
@@ -440,17 +454,15 @@ def _drop(sock: zmq.Socket[bytes]) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _contained() -> Iterator[None]:
-    """A bug must cost one message, never the broker."""
-    try:
-        yield
-    except StoreError as exc:
+def _contain(exc: Exception) -> None:
+    """A bug must cost one message, never the broker. (Called from an ``except`` block: a
+    ``with`` block per message would cost the hottest loop a context manager each.)"""
+    if isinstance(exc, StoreError):
         # Not a bug: the store could not be read. The batch's commit fails for it too (see
         # Store.commit), which says so in the log and tells everyone in the batch to try again.
         log.debug("a read of the store failed: %s", exc)
-    except Exception:
-        log.exception("internal error on a message; dropped it")
+    else:
+        log.error("internal error on a message; dropped it", exc_info=exc)
 
 
 def _user_id(frame: zmq.Frame) -> str | None:
