@@ -754,6 +754,7 @@ class SQLiteStore:
     # --- copying (Portable) -------------------------------------------------------------------------
 
     def export(self, after: tuple[str, int] | None, limit: int) -> list[StoredEvent]:
+        self._index()  # texts come from the search index
         room, seq = after if after is not None else ("", 0)  # before any room: names are never empty
         # A range scan of the primary key (row values compare in its order), each message's text
         # from the search index by its rowid.
@@ -769,6 +770,7 @@ class SQLiteStore:
         return {room: (first, last, count) for room, first, last, count in rows}
 
     def searchable(self) -> int:
+        self._index()
         return int(self._db.execute("SELECT COUNT(*) FROM search").fetchone()[0])
 
     def topics(self) -> dict[str, TopicRecord]:
