@@ -45,6 +45,7 @@ from zchat.broker.store import (
     Page,
     SessionRecord,
     Staged,
+    Staging,
     StoredEvent,
     StoreError,
     StoreLocked,
@@ -133,7 +134,7 @@ CREATE TABLE IF NOT EXISTS reads (inbox text PRIMARY KEY, seq bigint NOT NULL);
 """
 
 
-class PostgresStore:
+class PostgresStore(Staging):
     """The :class:`~zchat.broker.store.Store` in a PostgreSQL database, named by a libpq URL
     (``postgresql://user[:password]@host[:port]/dbname[?…]``; a password may also come from
     ``PGPASSWORD`` or ``~/.pgpass``). Opening it creates the schema if the database has none.
@@ -402,21 +403,6 @@ class PostgresStore:
     def append(self, room: str, seq: int, data: bytes, *, presence: bool = False, text: str | None = None) -> None:
         # PostgreSQL's text holds no NUL character (JSON may); the search text is only searched.
         self._events.append((room, seq, data, presence, None if text is None else text.replace("\0", " ")))
-
-    def save_session(self, record: SessionRecord) -> None:
-        self._staged.save_session(record)
-
-    def set_acked(self, token: str, acked: int) -> None:
-        self._staged.set_acked(token, acked)
-
-    def claim(self, nick: str, key: str) -> None:
-        self._staged.claims.append((nick, key))
-
-    def set_topic(self, room: str, topic: TopicRecord | None) -> None:
-        self._staged.topics[room] = topic
-
-    def set_read(self, inbox: str, seq: int) -> None:
-        self._staged.reads[inbox] = seq
 
     @property
     def staged(self) -> bool:

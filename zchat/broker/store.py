@@ -394,7 +394,28 @@ class Staged:
             self.acked[token] = acked
 
 
-class SQLiteStore:
+class Staging:
+    """The staging writes besides events, alike for both stores: into their :class:`Staged`."""
+
+    _staged: Staged
+
+    def save_session(self, record: SessionRecord) -> None:
+        self._staged.save_session(record)
+
+    def set_acked(self, token: str, acked: int) -> None:
+        self._staged.set_acked(token, acked)
+
+    def claim(self, nick: str, key: str) -> None:
+        self._staged.claims.append((nick, key))
+
+    def set_topic(self, room: str, topic: TopicRecord | None) -> None:
+        self._staged.topics[room] = topic
+
+    def set_read(self, inbox: str, seq: int) -> None:
+        self._staged.reads[inbox] = seq
+
+
+class SQLiteStore(Staging):
     """The :class:`Store` in one SQLite file (or ``:memory:``), owned by one broker at a time."""
 
     def __init__(self, path: str | os.PathLike[str], *, history_limit: int = DEFAULT_HISTORY_LIMIT) -> None:
@@ -567,21 +588,6 @@ class SQLiteStore:
             gid = self._gid
             self._texts.append((gid, text, room, seq))
         self._events.append((room, seq, data, int(presence), gid))
-
-    def save_session(self, record: SessionRecord) -> None:
-        self._staged.save_session(record)
-
-    def set_acked(self, token: str, acked: int) -> None:
-        self._staged.set_acked(token, acked)
-
-    def claim(self, nick: str, key: str) -> None:
-        self._staged.claims.append((nick, key))
-
-    def set_topic(self, room: str, topic: TopicRecord | None) -> None:
-        self._staged.topics[room] = topic
-
-    def set_read(self, inbox: str, seq: int) -> None:
-        self._staged.reads[inbox] = seq
 
     @property
     def staged(self) -> bool:
