@@ -118,6 +118,11 @@ def wait_for(client: Client, pred: Callable[[Event], bool], timeout: float = 5.0
     raise AssertionError(f"no matching event in {timeout} s; saw {seen}")
 
 
+def joined(nick: str, room: str = "general") -> Callable[[Event], bool]:
+    """For :func:`wait_for`: ``nick`` joining ``room``."""
+    return lambda e: e.kind == "join" and e.nick == nick and e.room == room
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     """Until ``condition()`` holds (checked every 10 ms); fails after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

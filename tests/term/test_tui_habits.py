@@ -29,6 +29,7 @@ from conftest import (
     Lines,
     ThreadBroker,
     child_env,
+    joined,
     start_broker_process,
     wait_for,
 )
@@ -73,10 +74,6 @@ def broker_with(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Callable[..., t
     for broker, alice in made:
         alice.close()
         broker.stop()
-
-
-def joined(nick: str, room: str = "general") -> Callable[[Event], bool]:
-    return lambda e: e.kind == "join" and e.nick == nick and e.room == room
 
 
 def said(text: str) -> Callable[[Event], bool]:
