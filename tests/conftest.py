@@ -187,6 +187,23 @@ class Lines(Generic[AnyStr]):
         except queue.Empty:
             raise AssertionError(f"no output line in {timeout} s") from None
 
+    def prompted(
+        self, prompt: Callable[[], object], match: Callable[[AnyStr], bool] = lambda line: True, timeout: float = 10.0
+    ) -> AnyStr:
+        """The first line that ``match``es, calling ``prompt()`` again after each other line and
+        each 0.3 s without one: for a child that prints only what it hears (``tail``), to wait
+        until it is surely listening."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            prompt()
+            try:
+                line = self.queue.get(timeout=0.3)
+            except queue.Empty:
+                continue
+            if match(line):
+                return line
+        raise AssertionError(f"no line in answer to the prompts in {timeout} s")
+
     def until(self, needle: AnyStr, timeout: float = 5.0) -> list[AnyStr]:
         """Lines up to and including the first that contains ``needle``."""
         got: list[AnyStr] = []
