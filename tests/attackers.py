@@ -8,6 +8,7 @@ Nothing here sleeps: every wait ends on a condition or a bounded timeout.
 from __future__ import annotations
 
 import select
+import shutil
 import socket
 import tempfile
 import time
@@ -210,5 +211,7 @@ class Site:
         return Client(nick, endpoints=self.endpoints, timeout=WAIT, curve=curve)
 
     def close(self) -> None:
+        """Stop the broker and remove the directory (its store, sockets and keys)."""
         if self.proc is not None:
             self.proc.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

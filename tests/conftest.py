@@ -118,6 +118,11 @@ def wait_for(client: Client, pred: Callable[[Event], bool], timeout: float = 5.0
     raise AssertionError(f"no matching event in {timeout} s; saw {seen}")
 
 
+def joined(nick: str, room: str = "general") -> Callable[[Event], bool]:
+    """For :func:`wait_for`: ``nick`` joining ``room``."""
+    return lambda e: e.kind == "join" and e.nick == nick and e.room == room
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     """Until ``condition()`` holds (checked every 10 ms); fails after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -181,6 +186,23 @@ class Lines(Generic[AnyStr]):
             return self.queue.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(f"no output line in {timeout} s") from None
+
+    def prompted(
+        self, prompt: Callable[[], object], match: Callable[[AnyStr], bool] = lambda line: True, timeout: float = 10.0
+    ) -> AnyStr:
+        """The first line that ``match``es, calling ``prompt()`` again after each other line and
+        each 0.3 s without one: for a child that prints only what it hears (``tail``), to wait
+        until it is surely listening."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            prompt()
+            try:
+                line = self.queue.get(timeout=0.3)
+            except queue.Empty:
+                continue
+            if match(line):
+                return line
+        raise AssertionError(f"no line in answer to the prompts in {timeout} s")
 
     def until(self, needle: AnyStr, timeout: float = 5.0) -> list[AnyStr]:
         """Lines up to and including the first that contains ``needle``."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shutil
@@ -42,23 +41,10 @@ def tail(broker: ThreadBroker) -> Iterator[tuple[subprocess.Popen[str], Lines[st
             proc.kill()
 
 
-def until_live(lines: Lines[str], connect: ClientFactory) -> list[dict[str, object]]:
-    """Speak until `tail` prints what was said: from then on it is surely subscribed."""
-    warm = connect("warmup")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        warm.say("warming up")
-        try:
-            event = json.loads(lines.get(timeout=0.3))
-        except AssertionError:
-            continue
-        return [event]
-    raise AssertionError("tail never showed the feed")
-
-
 def test_tail_json_prints_event_objects(tail: tuple[subprocess.Popen[str], Lines[str]], connect: ClientFactory) -> None:
     _, lines = tail
-    until_live(lines, connect)
+    warm = connect("warmup")
+    json.loads(lines.prompted(lambda: warm.say("warming up")))  # from then on tail is surely subscribed
     alice = connect("alice")
     alice.say('hi "there"\nsecond line')
     alice.me("waves")
@@ -308,11 +294,9 @@ def test_tail_json_marks_the_events_the_client_makes_up(broker_proc: BrokerProce
         try:
             lines = Lines(tail)
             with Client("alice", ["general"], endpoints=broker_proc.endpoints) as alice:
-                published: dict[str, object] = {}
-                while published.get("nick") != "alice":  # until tail is surely subscribed
-                    alice.say("hi")
-                    with contextlib.suppress(AssertionError):
-                        published = json.loads(lines.get(timeout=0.3))
+                # Until tail is surely subscribed:
+                line = lines.prompted(lambda: alice.say("hi"), lambda line: json.loads(line).get("nick") == "alice")
+                published = json.loads(line)
             broker_proc.proc.terminate()  # tail notices the broker is gone, and says so
             events = [json.loads(line) for line in lines.until("reconnecting", timeout=10)]
         finally:

@@ -23,7 +23,7 @@ import msgspec
 import pytest
 import zmq
 import zmq.auth
-from conftest import ClientFactory, ThreadBroker, child_env, wait_for
+from conftest import ClientFactory, ThreadBroker, child_env, joined, wait_for
 
 from zchat import protocol as p
 from zchat.broker.store import SQLiteStore, StoreError
@@ -88,10 +88,6 @@ def bot_process(cmd: list[str], pythonpath: Path) -> Iterator[subprocess.Popen[s
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
-
-
-def joined(nick: str, room: str = "general") -> Callable[[Event], bool]:
-    return lambda e: e.kind == "join" and e.nick == nick and e.room == room
 
 
 def said_by(nick: str) -> Callable[[Event], bool]:

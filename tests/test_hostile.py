@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import zmq
+from attackers import raw as zsocket
+from attackers import tcp_port, zmtp_frame, zmtp_greeting, zmtp_ready
 from conftest import ClientFactory, ThreadBroker
 from zmq.utils.monitor import recv_monitor_message
 
@@ -159,14 +161,6 @@ def chat(broker: ThreadBroker, connect: ClientFactory, ctx: Context) -> Iterator
         yield chat
 
 
-def zsocket(ctx: Context, kind: int, endpoint: str) -> Socket:
-    sock = ctx.socket(kind)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))  # a send never hangs the test
-    sock.connect(endpoint)
-    return sock
-
-
 @contextlib.contextmanager
 def monitored(sock: Socket) -> Iterator[Socket]:
     monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -181,29 +175,8 @@ def monitored(sock: Socket) -> Iterator[Socket]:
 # --- raw TCP --------------------------------------------------------------------------------------
 
 
-def zmtp_greeting(mechanism: bytes = b"NULL", major: int = 3, minor: int = 0) -> bytes:
-    signature = b"\xff" + bytes(8) + b"\x7f"
-    return signature + bytes([major, minor]) + mechanism.ljust(20, b"\x00") + b"\x00" + bytes(31)
-
-
-def zmtp_ready(socket_type: bytes) -> bytes:
-    name, value = b"Socket-Type", socket_type
-    body = b"\x05READY" + bytes([len(name)]) + name + len(value).to_bytes(4, "big") + value
-    return bytes([0x04, len(body)]) + body  # a short command frame
-
-
-def zmtp_frame(body: bytes) -> bytes:
-    return bytes([0x00, len(body)]) + body  # a short, final message frame
-
-
 #: A long message frame header claiming a terabyte.
 ZMTP_HUGE_FRAME = b"\x02" + (2**40).to_bytes(8, "big")
-
-
-def tcp_port(endpoint: str) -> int:
-    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
-    assert host == "127.0.0.1"
-    return int(port)
 
 
 def recv_or_eof(raw: socket.socket, chat: Chat, deadline: float) -> bytes:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ClientFactory, ThreadBroker, collect, wait_for
+from conftest import ClientFactory, ThreadBroker, collect, joined, wait_for
 from pty_screen import Term, colour_codes, terminals
 
 from zchat.protocol import Event
@@ -44,10 +44,6 @@ def tui() -> Iterator[Spawn]:
 
 def from_bob(kind: str | None = None) -> Callable[[Event], bool]:
     return lambda e: e.nick == "bob" and e.kind != "join" and (kind is None or e.kind == kind)
-
-
-def joined(nick: str, room: str = "general") -> Callable[[Event], bool]:
-    return lambda e: e.kind == "join" and e.nick == nick and e.room == room
 
 
 def test_send_receive_own_lines_status_and_input_history(

@@ -13,10 +13,9 @@ import re
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import ClientFactory, ThreadBroker, wait_for
+from conftest import ClientFactory, ThreadBroker, joined, wait_for
 from pty_screen import Term, terminals
 
-from zchat.protocol import Event
 from zchat.term import render
 
 #: A 12 s lease: alice's session outlives a test that waits on the pty without polling her.
@@ -31,10 +30,6 @@ Spawn = Callable[..., Term]
 def tui() -> Iterator[Spawn]:
     """``tui(endpoints, *options, rows=24, cols=100)`` -> bob's screen, ready."""
     yield from terminals()
-
-
-def joined(nick: str, room: str = "general") -> Callable[[Event], bool]:
-    return lambda e: e.kind == "join" and e.nick == nick and e.room == room
 
 
 def test_nick_is_announced_to_the_room_and_refusals_are_clear(

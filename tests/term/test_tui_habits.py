@@ -10,7 +10,6 @@ sleeps.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import re
 import signal
@@ -29,6 +28,7 @@ from conftest import (
     Lines,
     ThreadBroker,
     child_env,
+    joined,
     start_broker_process,
     wait_for,
 )
@@ -73,10 +73,6 @@ def broker_with(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Callable[..., t
     for broker, alice in made:
         alice.close()
         broker.stop()
-
-
-def joined(nick: str, room: str = "general") -> Callable[[Event], bool]:
-    return lambda e: e.kind == "join" and e.nick == nick and e.room == room
 
 
 def said(text: str) -> Callable[[Event], bool]:
@@ -460,13 +456,7 @@ def test_ctrl_c_in_tail_ends_it_with_130(broker: ThreadBroker, connect: ClientFa
     try:
         lines = Lines(proc)
         # tail prints what it hears: once it has printed something, it is in its loop.
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            assert time.monotonic() < deadline, "tail never printed"
-            alice.say("are you there?")
-            with contextlib.suppress(AssertionError):
-                lines.get(timeout=0.3)
-                break
+        lines.prompted(lambda: alice.say("are you there?"), timeout=TIMEOUT)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(TIMEOUT) == 130
         assert proc.stderr is not None
