@@ -647,6 +647,49 @@ def test_a_failed_commit_takes_back_joins_leaves_nick_topic_and_claims() -> None
     assert h.call(hello_req("robert"), who="eve", identity=EVE_KEY)[0]["ok"] is True
 
 
+def test_a_failed_commit_takes_back_a_refusal_and_a_read_marker() -> None:
+    store = FailingStore(":memory:")
+    h = Harness(store=store)
+    alice = h.hello("alice", [])
+    bob = h.hello("bob", [])
+    h.post(bob, "", "hi", to="alice")
+    store.failing = True
+    h.post(alice, "general", "not in the room", n=1)  # refused for good, in a batch not stored
+    h.beat(alice, who="alice", inbox_read=1)
+    store.failing = False
+    reply = h.beat(alice, who="alice", inbox_read=1)
+    assert (reply["acked"], reply["refused"]) == (0, {})  # the refusal went with its batch
+    session = h.core.session(alice)
+    assert session is not None and store.read(session.inbox) == 1  # the read marker is stored now
+
+
+def test_a_refusal_in_a_batch_not_stored_is_told_again() -> None:
+    store = FailingStore(":memory:")
+    h = Harness(store=store)
+    alice, bob = h.hello("alice"), h.hello("bob")
+    store.failing = True
+    h.core.begin(T0)
+    h.core.ingest([p.encode({"token": alice, "room": "general", "text": "three", "n": 3})], T0)  # ahead of its turn
+    h.core.ingest([p.encode({"token": bob, "room": "general", "text": "hi"})], T0)
+    assert h.settle().to("alice") == []  # the refusal went with the batch not stored
+    store.failing = False
+    (err,) = h.post(alice, "general", "three", n=3).to("alice")
+    assert (err.code, err.expected) == ("out_of_order", 1)
+
+
+def test_a_lapsed_lease_whose_end_was_not_stored_is_swept_again() -> None:
+    store = FailingStore(":memory:")
+    h = Harness(store=store)
+    alice = h.hello("alice")
+    store.failing = True
+    lapse = T0 + 2 * h.core.lease
+    h.advance(T0, lapse)  # the lease runs out, but its end is not stored: alice stays
+    assert h.core.session(alice) is not None
+    store.failing = False
+    h.advance(lapse, lapse + 2)
+    assert h.core.session(alice) is None and h.hello("alice", now=lapse + 2)
+
+
 # --- leave, join, part, who, nick, away, topic --------------------------------------------------------------
 
 

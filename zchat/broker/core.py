@@ -456,7 +456,9 @@ class BrokerCore:
         expected = session.acked + 1
         if n is not None and session.told == expected:
             return  # told already; the sender is resending from there
-        session.told = expected
+        told, session.told = session.told, expected
+        # (Not stored, the notice is not sent either: the next post of the gap is told.)
+        self._undo.append(lambda: setattr(session, "told", told))
         ev = self._notice("error", f"{why}; not sent", ref=ref, n=n, code=code)
         self._deliver(session, msgspec.structs.replace(ev, expected=expected if n is not None else None))
 
@@ -712,7 +714,10 @@ class BrokerCore:
     def _heartbeat(self, req: p.Heartbeat, session: Session) -> dict[str, object]:
         if req.inbox_read is not None and req.inbox_read > self._read(session.inbox):
             read = min(req.inbox_read, self._inbox_seq(session.inbox))
-            self._reads[session.inbox] = read
+            inbox, before = session.inbox, self._reads[session.inbox]
+            self._reads[inbox] = read
+            # (Not stored, it must be stored by the next heartbeat that says it.)
+            self._undo.append(lambda: self._reads.__setitem__(inbox, before))
             if self._store is not None:
                 self._store.set_read(session.inbox, read)
         # The newest seqs let the client notice what it lost at the very end; ``acked`` confirms
@@ -921,6 +926,9 @@ class BrokerCore:
         self._sessions[session.token] = session
         self._by_nick[session.nick.lower()] = session
         self._per_owner[session.identity or session.peer or ""] += 1
+        # A lease that lapsed in a batch not stored lapses again at the next sweep, which
+        # expire() set past it.
+        self._next_sweep = min(self._next_sweep, session.expires)
 
     def _save(self, session: Session) -> None:
         if self._store is not None:
@@ -1034,6 +1042,8 @@ class BrokerCore:
     ) -> None:
         if n is not None:  # a refusal for good: its number is used up
             session.refused[n] = text
+            # (Not stored, it must not be reminded of: the sender resends n, which may pass.)
+            self._undo.append(lambda: session.refused.pop(n, None))
             while len(session.refused) > MAX_REFUSED:
                 del session.refused[next(iter(session.refused))]
         ev = self._notice("error", text, ref=ref, n=n, code=code)
