@@ -290,7 +290,7 @@ class Broker(transport.Service):
             if housekeeping:
                 core.housekeeping(now)
                 if self.store is not None:
-                    self.store.plan_retention(time.time())
+                    self.store.plan_retention(self._wallclock())  # the clock that stamped the tombstones
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL
             failed = self._commit_and_send()
             if (housekeeping or failed) and self._lost_lock():
