@@ -846,7 +846,7 @@ class BrokerCore:
         ev = p.Event(0, self._ts(), "", "heartbeat", p.SYSTEM_NICK, "", epoch=self.epoch)
         self._signals.append((p.HEARTBEAT_TOPIC, p.encode(ev)))
 
-    def housekeeping(self, now: float) -> None:
+    def housekeeping(self) -> None:
         """Now and then, not per message: forget old tombstones and unused inbox counters."""
         horizon = self._wallclock() - TOMBSTONE_SECONDS
         while self._tombstones and next(iter(self._tombstones.values()))[1] < horizon:

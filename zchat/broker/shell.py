@@ -288,7 +288,7 @@ class Broker(transport.Service):
                 self._next_beat = now + FEED_HEARTBEAT
             housekeeping = now >= next_housekeeping
             if housekeeping:
-                core.housekeeping(now)
+                core.housekeeping()
                 if self.store is not None:
                     self.store.plan_retention(self._wallclock())  # the clock that stamped the tombstones
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL
