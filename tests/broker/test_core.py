@@ -813,6 +813,14 @@ def test_sessions_are_capped_per_key_and_in_total() -> None:
     assert h.core.stats(T0)["sessions_refused"] == 1
 
 
+def test_a_hello_refused_for_too_many_sessions_claims_no_nick() -> None:
+    h = Harness(authority=Authority(open_registration=True), max_sessions=1)
+    token = h.hello("bob", identity=BOB_KEY)
+    assert h.call(hello_req("robert"), who="c1", identity=BOB_KEY)[0]["code"] == "too_many_sessions"
+    h.call(p.Leave(token=token), who="bob", identity=BOB_KEY)
+    assert h.call(hello_req("robert"), who="eve", identity=EVE_KEY)[0]["ok"] is True  # robert is free
+
+
 def test_requests_from_one_connection_are_limited(h: Harness) -> None:
     codes = [h.call(p.Who())[0].get("code") for _ in range(core_module.REQUESTS_PER_ROUTE_BURST + 10)]
     assert codes.count("rate_limited") == 10 and h.core.stats(T0)["requests_limited"] == 10

@@ -650,13 +650,14 @@ class BrokerCore:
     ) -> Session:
         if nick.lower() in self._by_nick:
             raise _Code("nick_taken", f"nick {nick!r} is in use by a live session")
-        if self._authority is not None:
-            assert identity is not None
-            self._claim(identity, nick)
         cap = SESSIONS_PER_KEY if identity is not None else self.config.max_sessions_per_peer
         if len(self._sessions) >= self.config.max_sessions or self._per_owner[owner] >= cap:
             self.counters.sessions_refused += 1
             raise _Code("too_many_sessions", "too many sessions: close one first")
+        # Last: a first claim is recorded (and stored with the batch), so only for a session made.
+        if self._authority is not None:
+            assert identity is not None
+            self._claim(identity, nick)
         session_id = None if self._authority is not None else secrets.token_urlsafe(9)
         inbox = p.inbox_name(nick, session_id)
         session = Session(self._new_token(), nick, identity, peer, inbox, set(), now + self.lease, route)
