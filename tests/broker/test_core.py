@@ -851,6 +851,15 @@ def test_active_rooms_are_capped(h: Harness, monkeypatch: pytest.MonkeyPatch) ->
     assert reply["code"] == "too_many_rooms" and h.core.stats(T0)["rooms_refused"] == 1
 
 
+def test_a_hello_refused_for_too_many_rooms_leaves_no_session(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core_module, "MAX_ACTIVE_ROOMS", 2)
+    h.hello("alice", ["general", "dev"])
+    reply, sent = h.call(hello_req("bob", rooms=["general", "ops"]), who="bob")
+    assert reply["code"] == "too_many_rooms" and sent.published == []  # no join, no session
+    assert h.core.stats(T0)["sessions"] == 1 and h.core.members("general") == ["alice"]
+    assert h.hello("bob", ["general"])  # the nick is free
+
+
 @pytest.mark.parametrize(
     "body",
     [

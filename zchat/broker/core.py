@@ -654,6 +654,8 @@ class BrokerCore:
         if len(self._sessions) >= self.config.max_sessions or self._per_owner[owner] >= cap:
             self.counters.sessions_refused += 1
             raise _Code("too_many_sessions", "too many sessions: close one first")
+        # Checked before the session is made: a refusal must leave no session, join or claim.
+        self._check_room_space(sum(room not in self._rooms for room in rooms))
         # Last: a first claim is recorded (and stored with the batch), so only for a session made.
         if self._authority is not None:
             assert identity is not None
@@ -939,15 +941,19 @@ class BrokerCore:
         """The room ``name`` in memory, brought back from the store if it was forgotten."""
         room = self._rooms.get(name)
         if room is None:
-            if len(self._rooms) >= MAX_ACTIVE_ROOMS:
-                self.counters.rooms_refused += 1
-                raise _Code("too_many_rooms", "the broker has too many rooms in use: try again later")
+            self._check_room_space(1)
             stored = self._store
             feed = p.room_topic(name)
             room = _Room(feed, stored.last_seq(name), topic=stored.topic(name)) if stored else _Room(feed)
             self._rooms[name] = room
             self._undo.append(lambda: self._rooms.pop(name, None))
         return room
+
+    def _check_room_space(self, new: int) -> None:
+        """Refuse if ``new`` more rooms would not fit in memory."""
+        if new and len(self._rooms) + new > MAX_ACTIVE_ROOMS:
+            self.counters.rooms_refused += 1
+            raise _Code("too_many_rooms", "the broker has too many rooms in use: try again later")
 
     def _topic_of(self, room: str) -> TopicRecord | None:
         r = self._rooms.get(room)
