@@ -647,6 +647,49 @@ def test_a_failed_commit_takes_back_joins_leaves_nick_topic_and_claims() -> None
     assert h.call(hello_req("robert"), who="eve", identity=EVE_KEY)[0]["ok"] is True
 
 
+def test_a_failed_commit_takes_back_a_refusal_and_a_read_marker() -> None:
+    store = FailingStore(":memory:")
+    h = Harness(store=store)
+    alice = h.hello("alice", [])
+    bob = h.hello("bob", [])
+    h.post(bob, "", "hi", to="alice")
+    store.failing = True
+    h.post(alice, "general", "not in the room", n=1)  # refused for good, in a batch not stored
+    h.beat(alice, who="alice", inbox_read=1)
+    store.failing = False
+    reply = h.beat(alice, who="alice", inbox_read=1)
+    assert (reply["acked"], reply["refused"]) == (0, {})  # the refusal went with its batch
+    session = h.core.session(alice)
+    assert session is not None and store.read(session.inbox) == 1  # the read marker is stored now
+
+
+def test_a_refusal_in_a_batch_not_stored_is_told_again() -> None:
+    store = FailingStore(":memory:")
+    h = Harness(store=store)
+    alice, bob = h.hello("alice"), h.hello("bob")
+    store.failing = True
+    h.core.begin(T0)
+    h.core.ingest([p.encode({"token": alice, "room": "general", "text": "three", "n": 3})], T0)  # ahead of its turn
+    h.core.ingest([p.encode({"token": bob, "room": "general", "text": "hi"})], T0)
+    assert h.settle().to("alice") == []  # the refusal went with the batch not stored
+    store.failing = False
+    (err,) = h.post(alice, "general", "three", n=3).to("alice")
+    assert (err.code, err.expected) == ("out_of_order", 1)
+
+
+def test_a_lapsed_lease_whose_end_was_not_stored_is_swept_again() -> None:
+    store = FailingStore(":memory:")
+    h = Harness(store=store)
+    alice = h.hello("alice")
+    store.failing = True
+    lapse = T0 + 2 * h.core.lease
+    h.advance(T0, lapse)  # the lease runs out, but its end is not stored: alice stays
+    assert h.core.session(alice) is not None
+    store.failing = False
+    h.advance(lapse, lapse + 2)
+    assert h.core.session(alice) is None and h.hello("alice", now=lapse + 2)
+
+
 # --- leave, join, part, who, nick, away, topic --------------------------------------------------------------
 
 
@@ -770,6 +813,14 @@ def test_sessions_are_capped_per_key_and_in_total() -> None:
     assert h.core.stats(T0)["sessions_refused"] == 1
 
 
+def test_a_hello_refused_for_too_many_sessions_claims_no_nick() -> None:
+    h = Harness(authority=Authority(open_registration=True), max_sessions=1)
+    token = h.hello("bob", identity=BOB_KEY)
+    assert h.call(hello_req("robert"), who="c1", identity=BOB_KEY)[0]["code"] == "too_many_sessions"
+    h.call(p.Leave(token=token), who="bob", identity=BOB_KEY)
+    assert h.call(hello_req("robert"), who="eve", identity=EVE_KEY)[0]["ok"] is True  # robert is free
+
+
 def test_requests_from_one_connection_are_limited(h: Harness) -> None:
     codes = [h.call(p.Who())[0].get("code") for _ in range(core_module.REQUESTS_PER_ROUTE_BURST + 10)]
     assert codes.count("rate_limited") == 10 and h.core.stats(T0)["requests_limited"] == 10
@@ -798,6 +849,15 @@ def test_active_rooms_are_capped(h: Harness, monkeypatch: pytest.MonkeyPatch) ->
     assert h.call(p.Join(token=token, room="dev"))[0]["ok"] is True
     reply, _ = h.call(p.Join(token=token, room="ops"))
     assert reply["code"] == "too_many_rooms" and h.core.stats(T0)["rooms_refused"] == 1
+
+
+def test_a_hello_refused_for_too_many_rooms_leaves_no_session(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core_module, "MAX_ACTIVE_ROOMS", 2)
+    h.hello("alice", ["general", "dev"])
+    reply, sent = h.call(hello_req("bob", rooms=["general", "ops"]), who="bob")
+    assert reply["code"] == "too_many_rooms" and sent.published == []  # no join, no session
+    assert h.core.stats(T0)["sessions"] == 1 and h.core.members("general") == ["alice"]
+    assert h.hello("bob", ["general"])  # the nick is free
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import pytest
 import zmq
 from conftest import ZCHAT, BrokerProcess, child_env, start_broker_process
 
+from zchat.broker.relay import Relay
 from zchat.client.shell import Client, Feed
 from zchat.protocol import Endpoints, Event, decode_event
 
@@ -161,3 +162,32 @@ def test_a_relay_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             relay.stop()
     finally:
         broker.stop()
+
+
+def test_a_relay_hears_an_ipv6_upstream_listed_after_an_ipv4_one() -> None:
+    """One SUB socket connects to every upstream: IPv6 must be on if any of them needs it."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    upstream = ctx.socket(zmq.PUB)
+    upstream.setsockopt(zmq.IPV6, 1)
+    ipv6 = upstream.bind_to_random_port("tcp://[::1]")
+    relay = Relay(["tcp://127.0.0.1:1", f"tcp://[::1]:{ipv6}"], "tcp://127.0.0.1:*", context=ctx)
+    reader = ctx.socket(zmq.SUB)
+    try:
+        with relay:
+            thread = threading.Thread(target=relay.run)
+            thread.start()
+            try:
+                reader.setsockopt(zmq.SUBSCRIBE, b"")
+                reader.connect(relay.endpoint)
+                deadline = time.monotonic() + 10
+                while not reader.poll(50):  # until the subscriptions are through both hops
+                    assert time.monotonic() < deadline, "nothing came through the relay"
+                    upstream.send(b"hello")
+                assert reader.recv() == b"hello"
+            finally:
+                relay.stop()
+                thread.join(10)
+    finally:
+        reader.close(0)
+        upstream.close(0)
+        ctx.term()

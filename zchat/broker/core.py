@@ -456,7 +456,9 @@ class BrokerCore:
         expected = session.acked + 1
         if n is not None and session.told == expected:
             return  # told already; the sender is resending from there
-        session.told = expected
+        told, session.told = session.told, expected
+        # (Not stored, the notice is not sent either: the next post of the gap is told.)
+        self._undo.append(lambda: setattr(session, "told", told))
         ev = self._notice("error", f"{why}; not sent", ref=ref, n=n, code=code)
         self._deliver(session, msgspec.structs.replace(ev, expected=expected if n is not None else None))
 
@@ -648,13 +650,16 @@ class BrokerCore:
     ) -> Session:
         if nick.lower() in self._by_nick:
             raise _Code("nick_taken", f"nick {nick!r} is in use by a live session")
-        if self._authority is not None:
-            assert identity is not None
-            self._claim(identity, nick)
         cap = SESSIONS_PER_KEY if identity is not None else self.config.max_sessions_per_peer
         if len(self._sessions) >= self.config.max_sessions or self._per_owner[owner] >= cap:
             self.counters.sessions_refused += 1
             raise _Code("too_many_sessions", "too many sessions: close one first")
+        # Checked before the session is made: a refusal must leave no session, join or claim.
+        self._check_room_space(sum(room not in self._rooms for room in rooms))
+        # Last: a first claim is recorded (and stored with the batch), so only for a session made.
+        if self._authority is not None:
+            assert identity is not None
+            self._claim(identity, nick)
         session_id = None if self._authority is not None else secrets.token_urlsafe(9)
         inbox = p.inbox_name(nick, session_id)
         session = Session(self._new_token(), nick, identity, peer, inbox, set(), now + self.lease, route)
@@ -712,7 +717,10 @@ class BrokerCore:
     def _heartbeat(self, req: p.Heartbeat, session: Session) -> dict[str, object]:
         if req.inbox_read is not None and req.inbox_read > self._read(session.inbox):
             read = min(req.inbox_read, self._inbox_seq(session.inbox))
-            self._reads[session.inbox] = read
+            inbox, before = session.inbox, self._reads[session.inbox]
+            self._reads[inbox] = read
+            # (Not stored, it must be stored by the next heartbeat that says it.)
+            self._undo.append(lambda: self._reads.__setitem__(inbox, before))
             if self._store is not None:
                 self._store.set_read(session.inbox, read)
         # The newest seqs let the client notice what it lost at the very end; ``acked`` confirms
@@ -841,7 +849,7 @@ class BrokerCore:
         ev = p.Event(0, self._ts(), "", "heartbeat", p.SYSTEM_NICK, "", epoch=self.epoch)
         self._signals.append((p.HEARTBEAT_TOPIC, p.encode(ev)))
 
-    def housekeeping(self, now: float) -> None:
+    def housekeeping(self) -> None:
         """Now and then, not per message: forget old tombstones and unused inbox counters."""
         horizon = self._wallclock() - TOMBSTONE_SECONDS
         while self._tombstones and next(iter(self._tombstones.values()))[1] < horizon:
@@ -921,6 +929,9 @@ class BrokerCore:
         self._sessions[session.token] = session
         self._by_nick[session.nick.lower()] = session
         self._per_owner[session.identity or session.peer or ""] += 1
+        # A lease that lapsed in a batch not stored lapses again at the next sweep, which
+        # expire() set past it.
+        self._next_sweep = min(self._next_sweep, session.expires)
 
     def _save(self, session: Session) -> None:
         if self._store is not None:
@@ -930,15 +941,19 @@ class BrokerCore:
         """The room ``name`` in memory, brought back from the store if it was forgotten."""
         room = self._rooms.get(name)
         if room is None:
-            if len(self._rooms) >= MAX_ACTIVE_ROOMS:
-                self.counters.rooms_refused += 1
-                raise _Code("too_many_rooms", "the broker has too many rooms in use: try again later")
+            self._check_room_space(1)
             stored = self._store
             feed = p.room_topic(name)
             room = _Room(feed, stored.last_seq(name), topic=stored.topic(name)) if stored else _Room(feed)
             self._rooms[name] = room
             self._undo.append(lambda: self._rooms.pop(name, None))
         return room
+
+    def _check_room_space(self, new: int) -> None:
+        """Refuse if ``new`` more rooms would not fit in memory."""
+        if new and len(self._rooms) + new > MAX_ACTIVE_ROOMS:
+            self.counters.rooms_refused += 1
+            raise _Code("too_many_rooms", "the broker has too many rooms in use: try again later")
 
     def _topic_of(self, room: str) -> TopicRecord | None:
         r = self._rooms.get(room)
@@ -1034,6 +1049,8 @@ class BrokerCore:
     ) -> None:
         if n is not None:  # a refusal for good: its number is used up
             session.refused[n] = text
+            # (Not stored, it must not be reminded of: the sender resends n, which may pass.)
+            self._undo.append(lambda: session.refused.pop(n, None))
             while len(session.refused) > MAX_REFUSED:
                 del session.refused[next(iter(session.refused))]
         ev = self._notice("error", text, ref=ref, n=n, code=code)

@@ -68,7 +68,10 @@ class Relay(transport.Service):
         """Bind the downstream PUB and connect upstream; returns the endpoint as bound."""
         self.down = self._socket(zmq.PUB, self.endpoint, SNDHWM=self._hwm, MAXMSGSIZE=MAX_SUBSCRIPTION_BYTES)
         self.endpoint = transport.bind(self.down, self.endpoint)
-        self.up = self._socket(zmq.SUB, self.upstreams[0], self._curve, RCVHWM=self._hwm)
+        # One socket for every upstream: IPv6 on if any of them needs it (set from the first
+        # alone, an IPv6 second broker of a pair would be connected to and never heard).
+        ipv6 = int(any(u.startswith("tcp://[") for u in self.upstreams))
+        self.up = self._socket(zmq.SUB, self.upstreams[0], self._curve, RCVHWM=self._hwm, IPV6=ipv6)
         self.up.setsockopt(zmq.SUBSCRIBE, b"")
         for upstream in self.upstreams:
             self.up.connect(upstream)

@@ -227,8 +227,11 @@ class Broker(transport.Service):
             ready = dict(poller.poll(max(0, math.ceil((next_try - clock()) * 1000))))
             if wake in ready:
                 return False
-            while self.ingest in ready and _drop(self.ingest):
-                pass  # posts: not a standby's business (clients move on)
+            # Posts: not a standby's business (clients move on). A batch at most, as on the
+            # other sockets: a flood here must not keep the standby from its lock or its stop.
+            for _ in range(BATCH if self.ingest in ready else 0):
+                if not _drop(self.ingest):
+                    break
             for _ in range(BATCH if self.feed in ready else 0):
                 try:
                     msg = self.feed.recv(transport.NOBLOCK)
@@ -285,9 +288,9 @@ class Broker(transport.Service):
                 self._next_beat = now + FEED_HEARTBEAT
             housekeeping = now >= next_housekeeping
             if housekeeping:
-                core.housekeeping(now)
+                core.housekeeping()
                 if self.store is not None:
-                    self.store.plan_retention(time.time())
+                    self.store.plan_retention(self._wallclock())  # the clock that stamped the tombstones
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL
             failed = self._commit_and_send()
             if (housekeeping or failed) and self._lost_lock():
