@@ -9,6 +9,7 @@ users lives in the core as leases.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import time
@@ -58,6 +59,14 @@ STORE_FAILURE_LOG_INTERVAL = 10.0
 RPC_HWM = 64
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+
+
+class _Sent(enum.Enum):
+    """What became of a message for one connection (ROUTER_MANDATORY tells a gone one)."""
+
+    SENT = enum.auto()
+    FULL = enum.auto()  # its queue is at the high-water mark
+    GONE = enum.auto()
 
 
 class Broker(transport.Service):
@@ -379,10 +388,18 @@ class Broker(transport.Service):
             feed.send(topic, _SNDMORE)
             feed.send(payload)
         for route, payload in batch.deliver:
-            if not self._route(route, payload):
+            sent = self._route(route, payload)
+            if sent is not _Sent.SENT:
+                if sent is _Sent.GONE:
+                    core.unreachable(route)
                 core.dropped()
         for reply in batch.replies:
-            if not self._route(*reply[::2]):
+            if (sent := self._route(*reply[::2])) is not _Sent.SENT:
+                # A reply's connection may be no session's (any peer may ask for stats and
+                # leave): counted, with no search through the sessions for it. A session whose
+                # connection is gone finds out at its next delivery.
+                if sent is _Sent.GONE:
+                    core.counters.routes_lost += 1
                 core.counters.replies_dropped += 1
         return failed
 
@@ -396,21 +413,19 @@ class Broker(transport.Service):
         self.role = self.core.role = "standby"
         return True
 
-    def _route(self, route: bytes, payload: bytes) -> bool:
-        """Send ``payload`` to one connection; False if it could not go (its queue is full,
-        or the connection is gone, which the core then forgets as a route)."""
+    def _route(self, route: bytes, payload: bytes) -> _Sent:
+        """Send ``payload`` to one connection."""
         try:
             self.rpc.send(route, _NOBLOCK_SNDMORE)
             self.rpc.send(b"", _NOBLOCK_SNDMORE)
             self.rpc.send(payload, transport.NOBLOCK)
         except zmq.Again:
-            return False
+            return _Sent.FULL
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            self.core.unreachable(route)
-            return False
-        return True
+            return _Sent.GONE
+        return _Sent.SENT
 
     def _publish_snapshot(self, now: float) -> None:
         """Hand the metrics endpoint this moment's numbers (between batches: nothing half done)."""
