@@ -640,11 +640,14 @@ class SQLiteStore(Staging):
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
+                # Also after a failed COMMIT: SQLite may leave the transaction open then (its
+                # docs say to roll back; an error says it already was), and one left open would
+                # refuse every later BEGIN and show this connection's reads a batch never stored.
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     def _write(self, index: bool) -> None:
         """The staged writes; with ``index``, the waiting texts and the batch's own go into the
