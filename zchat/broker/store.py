@@ -790,16 +790,26 @@ class SQLiteStore(Staging):
         return dict(self._db.execute("SELECT inbox, seq FROM reads").fetchall())
 
     def set_id(self, history: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('id', ?)", (history,))
+        try:
+            with self._transaction() as db:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('id', ?)", (history,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not write the history store {self.path}: {exc}") from None
         self.id = history
 
     def clear(self) -> None:
-        with self._transaction() as db:
-            for table in ("events", "search", "sessions", "owners", "topics", "reads"):
-                db.execute(f"DELETE FROM {table}")
-        self._gid = 0
-        self._touched.clear()
-        self._bound_wal()
+        try:
+            with self._transaction() as db:
+                for table in ("events", "search", "sessions", "owners", "topics", "reads"):
+                    db.execute(f"DELETE FROM {table}")
+            # Nothing is left to index or to trim: texts still waiting would take numbers given anew.
+            self._gid = 0
+            self._unindexed = []
+            self._touched.clear()
+            self._backlog.clear()
+            self._bound_wal()
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not empty the history store {self.path}: {exc}") from None
 
     # --- retention --------------------------------------------------------------------------------
 
