@@ -156,8 +156,6 @@ class PostgresStore(Staging):
         self._lost: str | None = None
         #: The active lock's term (meta 'term') while this store holds the lock, else None.
         self._term: int | None = None
-        #: Why a read failed since the last commit or rollback: the batch's commit must fail too.
-        self._failed: str | None = None
         #: Why this store may not write, and as what error: it lost the active lock, or a batch
         #: the broker took for failed was stored after all. Until it takes the lock anew.
         self._stale: tuple[type[StoreError], str] | None = None
@@ -419,8 +417,7 @@ class PostgresStore(Staging):
         try:
             if self._stale is not None:
                 raise self._stale[0](self._stale[1])
-            if self._failed is not None:
-                raise StoreError(f"could not store a batch in {self.where}: it rests on a failed read ({self._failed})")
+            self._check_reads()
             # The first event (if any) tells, should the connection break during the commit,
             # whether the batch landed before it broke.
             marker = self._events[0][:3] if self._events else None

@@ -49,7 +49,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from zchat.errors import ZChatError
@@ -395,9 +395,18 @@ class Staged:
 
 
 class Staging:
-    """The staging writes besides events, alike for both stores: into their :class:`Staged`."""
+    """The staging writes besides events, alike for both stores: into their :class:`Staged`; and
+    a read that failed, which fails the batch built on it (see :meth:`Store.commit`)."""
 
+    where: str
     _staged: Staged
+    #: Why a read failed since the last commit or rollback: the batch's commit must fail too.
+    _failed: str | None = None
+
+    def _check_reads(self) -> None:
+        """Refuse to commit a batch that rests on a failed read."""
+        if self._failed is not None:
+            raise StoreError(f"could not store a batch in {self.where}: it rests on a failed read ({self._failed})")
 
     def save_session(self, record: SessionRecord) -> None:
         self._staged.save_session(record)
@@ -591,7 +600,8 @@ class SQLiteStore(Staging):
 
     @property
     def staged(self) -> bool:
-        return bool(self._events or self._staged)
+        # A failed read counts: the shell must commit (and so fail, and undo) the batch built on it.
+        return bool(self._events or self._staged or self._failed is not None)
 
     def rollback(self) -> None:
         if self._texts:
@@ -599,18 +609,22 @@ class SQLiteStore(Staging):
         self._clear()
 
     def _clear(self) -> None:
-        self._events, self._texts, self._staged = [], [], Staged()
+        self._events, self._texts, self._staged, self._failed = [], [], Staged(), None
 
     def commit(self) -> None:
         if not self.staged:
             return
         index = len(self._unindexed) + len(self._texts) >= INDEX_BATCH
         try:
+            self._check_reads()
             with self._transaction():
                 self._write(index)
         except sqlite3.Error as exc:
             self.rollback()
             raise StoreError(f"could not store a batch in {self.path}: {exc}") from None
+        except StoreError:
+            self.rollback()
+            raise
         self._touched.update(room for room, *_ in self._events)
         self._last_commit = len(self._events)
         if index:
@@ -699,26 +713,39 @@ class SQLiteStore(Staging):
         except FileNotFoundError:
             return 0
 
+    def _rows(self, query: str, *params: object) -> list[Any]:
+        """What a read returns; a failure is a :class:`StoreError`, and fails the batch built on
+        it at its commit."""
+        try:
+            return self._db.execute(query, params).fetchall()
+        except sqlite3.Error as exc:
+            self._failed = f"could not read the history store {self.path}: {exc}"
+            raise StoreError(self._failed) from None
+
+    def _indexed(self) -> None:
+        """Every committed message in the search index, for a read that needs them all."""
+        try:
+            self._index()
+        except sqlite3.Error as exc:
+            self._failed = f"could not index waiting messages for search in {self.path}: {exc}"
+            raise StoreError(self._failed) from None
+
     def last_seq(self, room: str) -> int:
-        row = self._db.execute("SELECT MAX(seq) FROM events WHERE room = ?", (room,)).fetchone()
-        return int(row[0] or 0)
+        return int(self._rows("SELECT MAX(seq) FROM events WHERE room = ?", room)[0][0] or 0)
 
     def first_seq(self, room: str) -> int:
         """Oldest ``seq`` still stored for ``room`` (0 if none)."""
-        row = self._db.execute("SELECT MIN(seq) FROM events WHERE room = ?", (room,)).fetchone()
-        return int(row[0] or 0)
+        return int(self._rows("SELECT MIN(seq) FROM events WHERE room = ?", room)[0][0] or 0)
 
     def page(self, room: str, after: int | None, limit: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
         if after is None:
-            rows = self._db.execute(
-                "SELECT seq, data FROM events WHERE room = ? ORDER BY seq DESC LIMIT ?", (room, limit)
-            ).fetchall()
+            rows = self._rows("SELECT seq, data FROM events WHERE room = ? ORDER BY seq DESC LIMIT ?", room, limit)
             kept = _within(rows, max_bytes)
             older = bool(kept) and self.first_seq(room) < kept[-1][0]
             return Page([bytes(d) for _, d in reversed(kept)], kept[0][0] if kept else 0, older)
-        rows = self._db.execute(
-            "SELECT seq, data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit + 1)
-        ).fetchall()
+        rows = self._rows(
+            "SELECT seq, data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", room, after, limit + 1
+        )
         kept = _within(rows[:limit], max_bytes)
         if len(kept) < len(rows):
             return Page([bytes(d) for _, d in kept], kept[-1][0] if kept else after, True)
@@ -735,59 +762,62 @@ class SQLiteStore(Staging):
             log.warning("could not index waiting messages for search in %s: %s", self.path, exc)
         # Each word as a quoted FTS5 string: people type text, not FTS5 query syntax.
         match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT e.data FROM search s JOIN events e ON e.room = s.room AND e.seq = s.seq"
             " WHERE search MATCH ? AND s.room = ? AND s.seq < ? ORDER BY s.seq DESC LIMIT ?",
-            (match, room, before if before is not None else 2**62, limit),
-        ).fetchall()
+            match,
+            room,
+            before if before is not None else 2**62,
+            limit,
+        )
         return [bytes(d) for _, d in _within(((0, row[0]) for row in rows), MAX_PAGE_BYTES)]
 
     def sessions(self) -> list[SessionRecord]:
-        rows = self._db.execute(
-            "SELECT token, nick, identity, peer, inbox, rooms, acked, away, ended FROM sessions"
-        ).fetchall()
+        rows = self._rows("SELECT token, nick, identity, peer, inbox, rooms, acked, away, ended FROM sessions")
         return [SessionRecord(t, n, i, p, b, list(json.loads(r)), a, w, e) for t, n, i, p, b, r, a, w, e in rows]
 
     def claims(self) -> dict[str, str]:
         """Nicks registered by keys: ``{nick: z85 key}``."""
-        return dict(self._db.execute("SELECT nick, key FROM owners").fetchall())
+        return dict(self._rows("SELECT nick, key FROM owners"))
 
     def topic(self, room: str) -> TopicRecord | None:
-        row = self._db.execute("SELECT text, nick, ts FROM topics WHERE room = ?", (room,)).fetchone()
-        return TopicRecord(*row) if row else None
+        rows = self._rows("SELECT text, nick, ts FROM topics WHERE room = ?", room)
+        return TopicRecord(*rows[0]) if rows else None
 
     def read(self, inbox: str) -> int:
-        row = self._db.execute("SELECT seq FROM reads WHERE inbox = ?", (inbox,)).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._rows("SELECT seq FROM reads WHERE inbox = ?", inbox)
+        return int(rows[0][0]) if rows else 0
 
     # --- copying (Portable) -------------------------------------------------------------------------
 
     def export(self, after: tuple[str, int] | None, limit: int) -> list[StoredEvent]:
-        self._index()  # texts come from the search index
+        self._indexed()  # texts come from the search index
         room, seq = after if after is not None else ("", 0)  # before any room: names are never empty
         # A range scan of the primary key (row values compare in its order), each message's text
         # from the search index by its rowid.
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT e.room, e.seq, e.data, e.presence, s.text FROM events e LEFT JOIN search s ON s.rowid = e.gid"
             " WHERE (e.room, e.seq) > (?, ?) ORDER BY e.room, e.seq LIMIT ?",
-            (room, seq, limit),
-        ).fetchall()
+            room,
+            seq,
+            limit,
+        )
         return [StoredEvent(r, q, bytes(d), bool(p), t) for r, q, d, p, t in rows]
 
     def streams(self) -> dict[str, tuple[int, int, int]]:
-        rows = self._db.execute("SELECT room, MIN(seq), MAX(seq), COUNT(*) FROM events GROUP BY room")
+        rows = self._rows("SELECT room, MIN(seq), MAX(seq), COUNT(*) FROM events GROUP BY room")
         return {room: (first, last, count) for room, first, last, count in rows}
 
     def searchable(self) -> int:
-        self._index()
-        return int(self._db.execute("SELECT COUNT(*) FROM search").fetchone()[0])
+        self._indexed()
+        return int(self._rows("SELECT COUNT(*) FROM search")[0][0])
 
     def topics(self) -> dict[str, TopicRecord]:
-        rows = self._db.execute("SELECT room, text, nick, ts FROM topics")
+        rows = self._rows("SELECT room, text, nick, ts FROM topics")
         return {room: TopicRecord(text, nick, ts) for room, text, nick, ts in rows}
 
     def reads(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT inbox, seq FROM reads").fetchall())
+        return dict(self._rows("SELECT inbox, seq FROM reads"))
 
     def set_id(self, history: str) -> None:
         try:
@@ -833,7 +863,7 @@ class SQLiteStore(Staging):
         """What ``room`` keeps past its limits: every event older than its oldest kept message,
         and presence older than its oldest kept presence."""
         db, limit = self._db, self.history_limit
-        first = self.first_seq(room)
+        first = _first_seq(db, room)
         oldest = _nth_newest(db, room, 0, limit)
         everything = first if oldest is None else oldest
         presence = _nth_newest(db, room, 1, limit)
@@ -916,6 +946,11 @@ def _insert_events(db: sqlite3.Connection, rows: list[tuple[str, int, bytes, int
             start += size
     if start < len(rows):
         db.executemany(_INSERT_EVENTS + "(?, ?, ?, ?, ?)", rows[start:])
+
+
+def _first_seq(db: sqlite3.Connection, room: str) -> int:
+    """Oldest ``seq`` still stored for ``room`` (0 if none), for retention: a failure is its own."""
+    return int(db.execute("SELECT MIN(seq) FROM events WHERE room = ?", (room,)).fetchone()[0] or 0)
 
 
 def _nth_newest(db: sqlite3.Connection, room: str, presence: int, n: int) -> int | None:
