@@ -51,7 +51,9 @@ from zchat.broker.store import (
     StoreLocked,
     TopicRecord,
     _within,
+    paged,
     redact,
+    search_words,
 )
 
 __all__ = ["LOCK_KEY", "PostgresStore"]
@@ -523,19 +525,17 @@ class PostgresStore(Staging):
     def page(self, room: str, after: int | None, limit: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
         if after is None:
             rows = self._rows("SELECT seq, data FROM events WHERE room = %s ORDER BY seq DESC LIMIT %s", room, limit)
-            kept = _within(rows, max_bytes)
-            older = bool(kept) and self.first_seq(room) < kept[-1][0]
-            return Page([d for _, d in reversed(kept)], kept[0][0] if kept else 0, older)
-        rows = self._rows(
-            "SELECT seq, data FROM events WHERE room = %s AND seq > %s ORDER BY seq LIMIT %s", room, after, limit + 1
-        )
-        kept = _within(rows[:limit], max_bytes)
-        if len(kept) < len(rows):
-            return Page([d for _, d in kept], kept[-1][0] if kept else after, True)
-        return Page([d for _, d in kept], max(after, self.last_seq(room)), False)
+        else:
+            rows = self._rows(
+                "SELECT seq, data FROM events WHERE room = %s AND seq > %s ORDER BY seq LIMIT %s",
+                room,
+                after,
+                limit + 1,
+            )
+        return paged(self, room, rows, after=after, limit=limit, max_bytes=max_bytes)
 
     def search(self, room: str, query: str, limit: int, before: int | None = None) -> list[bytes]:
-        words = query.replace("\0", " ").split()
+        words = search_words(query)
         if not words:
             return []
         # plainto_tsquery: people type text, not tsquery syntax; every word must match. The

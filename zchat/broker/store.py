@@ -740,20 +740,14 @@ class SQLiteStore(Staging):
     def page(self, room: str, after: int | None, limit: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
         if after is None:
             rows = self._rows("SELECT seq, data FROM events WHERE room = ? ORDER BY seq DESC LIMIT ?", room, limit)
-            kept = _within(rows, max_bytes)
-            older = bool(kept) and self.first_seq(room) < kept[-1][0]
-            return Page([bytes(d) for _, d in reversed(kept)], kept[0][0] if kept else 0, older)
-        rows = self._rows(
-            "SELECT seq, data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", room, after, limit + 1
-        )
-        kept = _within(rows[:limit], max_bytes)
-        if len(kept) < len(rows):
-            return Page([bytes(d) for _, d in kept], kept[-1][0] if kept else after, True)
-        return Page([bytes(d) for _, d in kept], max(after, self.last_seq(room)), False)
+        else:
+            rows = self._rows(
+                "SELECT seq, data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", room, after, limit + 1
+            )
+        return paged(self, room, rows, after=after, limit=limit, max_bytes=max_bytes)
 
     def search(self, room: str, query: str, limit: int, before: int | None = None) -> list[bytes]:
-        # A NUL ends an FTS5 string early ("unterminated string"): it separates words like a space.
-        words = query.replace("\0", " ").split()
+        words = search_words(query)
         if not words:
             return []
         try:
@@ -960,6 +954,28 @@ def _nth_newest(db: sqlite3.Connection, room: str, presence: int, n: int) -> int
         (room, presence, n - 1),
     ).fetchone()
     return int(row[0]) if row else None
+
+
+def paged(
+    store: Store, room: str, rows: list[tuple[int, bytes]], *, after: int | None, limit: int, max_bytes: int
+) -> Page:
+    """The :meth:`Store.page` of ``room`` made of the ``(seq, data)`` rows a store read for it:
+    with ``after`` None its newest ``limit`` events, newest first; else up to ``limit + 1``
+    events after ``after``, oldest first (one more than fits tells that more follow)."""
+    if after is None:
+        kept = _within(rows, max_bytes)
+        older = bool(kept) and store.first_seq(room) < kept[-1][0]
+        return Page([d for _, d in reversed(kept)], kept[0][0] if kept else 0, older)
+    kept = _within(rows[:limit], max_bytes)
+    if len(kept) < len(rows):
+        return Page([d for _, d in kept], kept[-1][0] if kept else after, True)
+    return Page([d for _, d in kept], max(after, store.last_seq(room)), False)
+
+
+def search_words(query: str) -> list[str]:
+    """The words of a search. A NUL separates words like a space: it would end an FTS5 string
+    early ("unterminated string"), and PostgreSQL's text holds none."""
+    return query.replace("\0", " ").split()
 
 
 def _within(rows: Iterable[tuple[int, bytes]], max_bytes: int) -> list[tuple[int, bytes]]:
