@@ -46,7 +46,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -846,26 +846,22 @@ class SQLiteStore(Staging):
         rooms, self._touched = self._touched, set()
         try:
             self._index()  # first: retention removes texts from the index by number
+            db, limit = self._db, self.history_limit
             for room in rooms:
-                self._plan(room)
+                first, message, presence = (
+                    _first_seq(db, room),
+                    _nth_newest(db, room, 0, limit),
+                    _nth_newest(db, room, 1, limit),
+                )
+                plan = _retention_plan(first, message, presence)
+                if plan is None:
+                    self._backlog.pop(room, None)
+                else:
+                    self._backlog[room] = plan
             with self._transaction() as db:
                 db.execute("DELETE FROM sessions WHERE ended IS NOT NULL AND ended < ?", (now - TOMBSTONE_SECONDS,))
         except sqlite3.Error:
             self._touched |= rooms  # tried again next time; the broker's next commit says if the disk is gone
-
-    def _plan(self, room: str) -> None:
-        """What ``room`` keeps past its limits: every event older than its oldest kept message,
-        and presence older than its oldest kept presence."""
-        db, limit = self._db, self.history_limit
-        first = _first_seq(db, room)
-        oldest = _nth_newest(db, room, 0, limit)
-        everything = first if oldest is None else oldest
-        presence = _nth_newest(db, room, 1, limit)
-        plan = _Trim(first, everything, max(everything, presence or 0))
-        if plan.start < plan.presence:
-            self._backlog[room] = plan
-        else:
-            self._backlog.pop(room, None)
 
     def trim(self) -> bool:
         return self._trim(max(RETAIN_CHUNK, 2 * self._last_commit))
@@ -875,29 +871,25 @@ class SQLiteStore(Staging):
             return False
         try:
             with self._transaction() as db:
-                while budget > 0 and self._backlog:
-                    room, plan = next(iter(self._backlog.items()))
-                    if plan.start < plan.everything:  # every event: at most ``budget`` seqs
-                        end = min(plan.everything, plan.start + budget)
-                        where = "room = ? AND seq >= ? AND seq < ?"
-                    else:  # presence among the messages kept: at most ``budget`` of it
-                        row = db.execute(
-                            "SELECT seq FROM events WHERE room = ? AND presence = 1 AND seq >= ?"
-                            " ORDER BY seq LIMIT 1 OFFSET ?",
-                            (room, plan.start, budget),
-                        ).fetchone()
-                        end = plan.presence if row is None else min(plan.presence, int(row[0]))
-                        where = "room = ? AND seq >= ? AND seq < ? AND presence = 1"
+
+                def remove(room: str, start: int, end: int, presence_only: bool) -> int:
+                    where = "room = ? AND seq >= ? AND seq < ?" + (" AND presence = 1" if presence_only else "")
                     # The index by its own rowids (a filter on its other columns would scan it).
                     db.execute(
                         f"DELETE FROM search WHERE rowid IN (SELECT gid FROM events WHERE {where} AND gid IS NOT NULL)",
-                        (room, plan.start, end),
+                        (room, start, end),
                     )
-                    deleted = db.execute(f"DELETE FROM events WHERE {where}", (room, plan.start, end)).rowcount
-                    budget -= max(1, deleted)
-                    plan.start = end
-                    if end >= plan.presence:
-                        del self._backlog[room]
+                    return int(db.execute(f"DELETE FROM events WHERE {where}", (room, start, end)).rowcount)
+
+                def nth_presence(room: str, start: int, n: int) -> int | None:
+                    row = db.execute(
+                        "SELECT seq FROM events WHERE room = ? AND presence = 1 AND seq >= ?"
+                        " ORDER BY seq LIMIT 1 OFFSET ?",
+                        (room, start, n),
+                    ).fetchone()
+                    return None if row is None else int(row[0])
+
+                _trim_backlog(self._backlog, budget, remove, nth_presence)
         except sqlite3.Error:
             # (Where each room got to is no longer known: planned again next time.)
             self._touched.update(self._backlog)
@@ -919,6 +911,39 @@ class _Trim:
     start: int
     everything: int
     presence: int
+
+
+def _retention_plan(first: int, message: int | None, presence: int | None) -> _Trim | None:
+    """Retention's plan for a room whose oldest event is ``first``, of the seqs of its oldest
+    message and oldest presence to keep (None: it has no more than it keeps): every event older
+    than that message, and presence older than that presence. None if that is nothing."""
+    everything = first if message is None else message
+    plan = _Trim(first, everything, max(everything, presence or 0))
+    return plan if plan.start < plan.presence else None
+
+
+def _trim_backlog(
+    backlog: dict[str, _Trim],
+    budget: int,
+    remove: Callable[[str, int, int, bool], int],
+    nth_presence: Callable[[str, int, int], int | None],
+) -> None:
+    """Carry out ``backlog`` in the caller's transaction, about ``budget`` events of it: in each
+    room every event from the plan's start up to ``everything``, at most ``budget`` seqs at a
+    time, then presence up to ``presence``, at most ``budget`` of it. ``remove(room, start, end,
+    presence_only)`` removes a range of seqs (end excluded) and says how many events it removed;
+    ``nth_presence(room, start, n)`` is the seq of the ``n``-th presence from ``start`` (from 0)."""
+    while budget > 0 and backlog:
+        room, plan = next(iter(backlog.items()))
+        if plan.start < plan.everything:  # every event: at most ``budget`` seqs
+            end, presence_only = min(plan.everything, plan.start + budget), False
+        else:  # presence among the messages kept: at most ``budget`` of it
+            nth = nth_presence(room, plan.start, budget)
+            end, presence_only = (plan.presence if nth is None else min(plan.presence, nth)), True
+        budget -= max(1, remove(room, plan.start, end, presence_only))
+        plan.start = end
+        if end >= plan.presence:
+            del backlog[room]
 
 
 _INSERT_SEARCH = "INSERT INTO search (rowid, text, room, seq) VALUES (?, ?, ?, ?)"
