@@ -98,11 +98,11 @@ WAL_RESTART_BYTES = 4 * 1024 * 1024
 WAL_LIMIT_BYTES = 32 * 1024 * 1024
 #: How long a commit waits for the checkpointer's lock before it fails.
 BUSY_TIMEOUT_MS = 2000
-#: Events :meth:`SQLiteStore.trim` removes in one transaction: twice the events of the last
-#: commit (so retention keeps up with any rate), at least this many (at 5 000 posts a second,
-#: a pause of well under a millisecond now and then instead of tens of ms once a second).
+#: Events :meth:`Store.trim` removes in one transaction (both stores): twice the events of the
+#: last commit (so retention keeps up with any rate), at least this many (at 5 000 posts a
+#: second, a pause of well under a millisecond now and then instead of tens of ms once a second).
 RETAIN_CHUNK = 32
-#: Events :meth:`SQLiteStore.retain` removes in one transaction (it removes everything planned).
+#: Events :meth:`Store.retain` removes in one transaction (it removes everything planned).
 RETAIN_ALL_CHUNK = 4096
 #: How long an ended session's last post number is remembered, in seconds.
 TOMBSTONE_SECONDS = 3600.0
