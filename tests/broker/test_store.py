@@ -424,3 +424,22 @@ def test_an_unusable_file_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=f"cannot open the history store {bad}"):
         SQLiteStore(bad)
     SQLiteStore(tmp_path / "fine.db").close()
+
+
+def test_a_failed_read_is_a_store_error_and_fails_the_batch_built_on_it(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "h.db")
+    try:
+        add(s, ROOM, 1, 1)
+        s.append(ROOM, 2, event(2))  # staged before the read, as the broker's core does
+        s._db.execute("ALTER TABLE reads RENAME TO gone")  # (a disk that fails under one table)
+        with pytest.raises(StoreError, match="could not read the history store"):
+            s.read("@alice")
+        s._db.execute("ALTER TABLE gone RENAME TO reads")
+        assert s.read("@alice") == 0  # reads work again...
+        with pytest.raises(StoreError, match="rests on a failed read"):
+            s.commit()  # ...but the batch rested on the failed one
+        assert s.last_seq(ROOM) == 1 and not s.staged
+        add(s, ROOM, 2, 2)
+        assert s.last_seq(ROOM) == 2
+    finally:
+        s.close()

@@ -40,6 +40,7 @@ from psycopg.rows import TupleRow
 from zchat.broker.store import (
     DEFAULT_HISTORY_LIMIT,
     MAX_PAGE_BYTES,
+    RETAIN_ALL_CHUNK,
     RETAIN_CHUNK,
     TOMBSTONE_SECONDS,
     Page,
@@ -50,8 +51,13 @@ from zchat.broker.store import (
     StoreError,
     StoreLocked,
     TopicRecord,
+    _retention_plan,
+    _Trim,
+    _trim_backlog,
     _within,
+    paged,
     redact,
+    search_words,
 )
 
 __all__ = ["LOCK_KEY", "PostgresStore"]
@@ -156,8 +162,6 @@ class PostgresStore(Staging):
         self._lost: str | None = None
         #: The active lock's term (meta 'term') while this store holds the lock, else None.
         self._term: int | None = None
-        #: Why a read failed since the last commit or rollback: the batch's commit must fail too.
-        self._failed: str | None = None
         #: Why this store may not write, and as what error: it lost the active lock, or a batch
         #: the broker took for failed was stored after all. Until it takes the lock anew.
         self._stale: tuple[type[StoreError], str] | None = None
@@ -166,6 +170,9 @@ class PostgresStore(Staging):
         self._events: list[tuple[str, int, bytes, bool, str | None]] = []
         self._staged = Staged()
         self._touched: set[str] = set()
+        #: What retention still has to remove, by room (see plan_retention).
+        self._backlog: dict[str, _Trim] = {}
+        self._last_commit = 0  # events of the last commit
         try:
             db = self._connect()
             self._create_schema(db)
@@ -419,8 +426,7 @@ class PostgresStore(Staging):
         try:
             if self._stale is not None:
                 raise self._stale[0](self._stale[1])
-            if self._failed is not None:
-                raise StoreError(f"could not store a batch in {self.where}: it rests on a failed read ({self._failed})")
+            self._check_reads()
             # The first event (if any) tells, should the connection break during the commit,
             # whether the batch landed before it broke.
             marker = self._events[0][:3] if self._events else None
@@ -432,6 +438,7 @@ class PostgresStore(Staging):
             self.rollback()
             raise
         self._touched.update(room for room, *_ in self._events)
+        self._last_commit = len(self._events)
         self.rollback()
 
     def _recommit(self, marker: tuple[str, int, bytes] | None) -> None:
@@ -526,19 +533,17 @@ class PostgresStore(Staging):
     def page(self, room: str, after: int | None, limit: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
         if after is None:
             rows = self._rows("SELECT seq, data FROM events WHERE room = %s ORDER BY seq DESC LIMIT %s", room, limit)
-            kept = _within(rows, max_bytes)
-            older = bool(kept) and self.first_seq(room) < kept[-1][0]
-            return Page([d for _, d in reversed(kept)], kept[0][0] if kept else 0, older)
-        rows = self._rows(
-            "SELECT seq, data FROM events WHERE room = %s AND seq > %s ORDER BY seq LIMIT %s", room, after, limit + 1
-        )
-        kept = _within(rows[:limit], max_bytes)
-        if len(kept) < len(rows):
-            return Page([d for _, d in kept], kept[-1][0] if kept else after, True)
-        return Page([d for _, d in kept], max(after, self.last_seq(room)), False)
+        else:
+            rows = self._rows(
+                "SELECT seq, data FROM events WHERE room = %s AND seq > %s ORDER BY seq LIMIT %s",
+                room,
+                after,
+                limit + 1,
+            )
+        return paged(self, room, rows, after=after, limit=limit, max_bytes=max_bytes)
 
     def search(self, room: str, query: str, limit: int, before: int | None = None) -> list[bytes]:
-        words = query.replace("\0", " ").split()
+        words = search_words(query)
         if not words:
             return []
         # plainto_tsquery: people type text, not tsquery syntax; every word must match. The
@@ -608,42 +613,66 @@ class PostgresStore(Staging):
             lambda db: db.execute("TRUNCATE events, sessions, owners, topics, reads"),
         )
         self._touched.clear()
+        self._backlog.clear()
 
     # --- retention --------------------------------------------------------------------------------
 
-    def plan_retention(self, now: float) -> None:
-        # The deletes run on the server, a chunk per statement (see _retain): done here, with
-        # nothing left over for trim().
-        self.retain(now)
-
-    def trim(self) -> bool:
-        return False
-
     def retain(self, now: float) -> None:
+        self.plan_retention(now)
+        while self._trim(RETAIN_ALL_CHUNK):
+            pass
+
+    def plan_retention(self, now: float) -> None:
         rooms, self._touched = self._touched, set()
+        limit = self.history_limit
         try:
             with self._using("could not apply retention in") as db:
                 for room in rooms:
-                    self._retain(db, room)
+                    first, message, presence = (
+                        _first_seq(db, room),
+                        _nth_newest(db, room, False, limit),
+                        _nth_newest(db, room, True, limit),
+                    )
+                    plan = _retention_plan(first or 0, message, presence)
+                    if plan is None:
+                        self._backlog.pop(room, None)
+                    else:
+                        self._backlog[room] = plan
                 db.execute("DELETE FROM sessions WHERE ended IS NOT NULL AND ended < %s", (now - TOMBSTONE_SECONDS,))
         except StoreError:
             self._touched |= rooms  # tried again next time; the broker's next commit says if the server is gone
 
-    def _retain(self, db: Connection, room: str) -> None:
-        """Drop what ``room`` keeps past its limits, a chunk per transaction: at full speed a
-        second's worth is tens of thousands of rows, and the broker's loop waits for each."""
-        limit = self.history_limit
-        oldest = _nth_newest(db, room, False, limit)  # the oldest message kept
-        if oldest is not None:
-            first = _first_seq(db, room) or oldest
-            for start in range(first, oldest, RETAIN_CHUNK):
-                db.execute(
-                    "DELETE FROM events WHERE room = %s AND seq >= %s AND seq < %s",
-                    (room, start, min(oldest, start + RETAIN_CHUNK)),
-                )
-        presence = _nth_newest(db, room, True, limit)
-        if presence is not None:
-            db.execute("DELETE FROM events WHERE room = %s AND presence AND seq < %s", (room, presence))
+    def trim(self) -> bool:
+        # As SQLite's: each round trip of the broker's loop waits for the server, and a second's
+        # worth of deletes at once (a statement per chunk) stalled it for tens of ms.
+        return self._trim(max(RETAIN_CHUNK, 2 * self._last_commit))
+
+    def _trim(self, budget: int) -> bool:
+        if not self._backlog:
+            return False
+        try:
+            with self._using("could not apply retention in") as db, db.transaction():
+
+                def remove(room: str, start: int, end: int, presence_only: bool) -> int:
+                    where = "room = %s AND seq >= %s AND seq < %s" + (" AND presence" if presence_only else "")
+                    return db.execute(f"DELETE FROM events WHERE {where}", (room, start, end)).rowcount
+
+                def nth_presence(room: str, start: int, n: int) -> int | None:
+                    row = db.execute(
+                        "SELECT seq FROM events WHERE room = %s AND presence AND seq >= %s"
+                        " ORDER BY seq OFFSET %s LIMIT 1",
+                        (room, start, n),
+                    ).fetchone()
+                    return None if row is None else int(row[0])
+
+                _trim_backlog(self._backlog, budget, remove, nth_presence)
+        except StoreError:
+            # (Where each room got to is no longer known: planned again next time.)
+            self._touched.update(self._backlog)
+            self._backlog.clear()
+            return False
+        self._last_commit = 0
+        return bool(self._backlog)
 
 
 class _Lost(StoreError):

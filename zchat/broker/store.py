@@ -46,10 +46,10 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from zchat.errors import ZChatError
@@ -98,11 +98,11 @@ WAL_RESTART_BYTES = 4 * 1024 * 1024
 WAL_LIMIT_BYTES = 32 * 1024 * 1024
 #: How long a commit waits for the checkpointer's lock before it fails.
 BUSY_TIMEOUT_MS = 2000
-#: Events :meth:`SQLiteStore.trim` removes in one transaction: twice the events of the last
-#: commit (so retention keeps up with any rate), at least this many (at 5 000 posts a second,
-#: a pause of well under a millisecond now and then instead of tens of ms once a second).
+#: Events :meth:`Store.trim` removes in one transaction (both stores): twice the events of the
+#: last commit (so retention keeps up with any rate), at least this many (at 5 000 posts a
+#: second, a pause of well under a millisecond now and then instead of tens of ms once a second).
 RETAIN_CHUNK = 32
-#: Events :meth:`SQLiteStore.retain` removes in one transaction (it removes everything planned).
+#: Events :meth:`Store.retain` removes in one transaction (it removes everything planned).
 RETAIN_ALL_CHUNK = 4096
 #: How long an ended session's last post number is remembered, in seconds.
 TOMBSTONE_SECONDS = 3600.0
@@ -395,9 +395,18 @@ class Staged:
 
 
 class Staging:
-    """The staging writes besides events, alike for both stores: into their :class:`Staged`."""
+    """The staging writes besides events, alike for both stores: into their :class:`Staged`; and
+    a read that failed, which fails the batch built on it (see :meth:`Store.commit`)."""
 
+    where: str
     _staged: Staged
+    #: Why a read failed since the last commit or rollback: the batch's commit must fail too.
+    _failed: str | None = None
+
+    def _check_reads(self) -> None:
+        """Refuse to commit a batch that rests on a failed read."""
+        if self._failed is not None:
+            raise StoreError(f"could not store a batch in {self.where}: it rests on a failed read ({self._failed})")
 
     def save_session(self, record: SessionRecord) -> None:
         self._staged.save_session(record)
@@ -591,7 +600,8 @@ class SQLiteStore(Staging):
 
     @property
     def staged(self) -> bool:
-        return bool(self._events or self._staged)
+        # A failed read counts: the shell must commit (and so fail, and undo) the batch built on it.
+        return bool(self._events or self._staged or self._failed is not None)
 
     def rollback(self) -> None:
         if self._texts:
@@ -599,18 +609,22 @@ class SQLiteStore(Staging):
         self._clear()
 
     def _clear(self) -> None:
-        self._events, self._texts, self._staged = [], [], Staged()
+        self._events, self._texts, self._staged, self._failed = [], [], Staged(), None
 
     def commit(self) -> None:
         if not self.staged:
             return
         index = len(self._unindexed) + len(self._texts) >= INDEX_BATCH
         try:
+            self._check_reads()
             with self._transaction():
                 self._write(index)
         except sqlite3.Error as exc:
             self.rollback()
             raise StoreError(f"could not store a batch in {self.path}: {exc}") from None
+        except StoreError:
+            self.rollback()
+            raise
         self._touched.update(room for room, *_ in self._events)
         self._last_commit = len(self._events)
         if index:
@@ -640,11 +654,14 @@ class SQLiteStore(Staging):
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
+                # Also after a failed COMMIT: SQLite may leave the transaction open then (its
+                # docs say to roll back; an error says it already was), and one left open would
+                # refuse every later BEGIN and show this connection's reads a batch never stored.
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     def _write(self, index: bool) -> None:
         """The staged writes; with ``index``, the waiting texts and the batch's own go into the
@@ -696,34 +713,41 @@ class SQLiteStore(Staging):
         except FileNotFoundError:
             return 0
 
+    def _rows(self, query: str, *params: object) -> list[Any]:
+        """What a read returns; a failure is a :class:`StoreError`, and fails the batch built on
+        it at its commit."""
+        try:
+            return self._db.execute(query, params).fetchall()
+        except sqlite3.Error as exc:
+            self._failed = f"could not read the history store {self.path}: {exc}"
+            raise StoreError(self._failed) from None
+
+    def _indexed(self) -> None:
+        """Every committed message in the search index, for a read that needs them all."""
+        try:
+            self._index()
+        except sqlite3.Error as exc:
+            self._failed = f"could not index waiting messages for search in {self.path}: {exc}"
+            raise StoreError(self._failed) from None
+
     def last_seq(self, room: str) -> int:
-        row = self._db.execute("SELECT MAX(seq) FROM events WHERE room = ?", (room,)).fetchone()
-        return int(row[0] or 0)
+        return int(self._rows("SELECT MAX(seq) FROM events WHERE room = ?", room)[0][0] or 0)
 
     def first_seq(self, room: str) -> int:
         """Oldest ``seq`` still stored for ``room`` (0 if none)."""
-        row = self._db.execute("SELECT MIN(seq) FROM events WHERE room = ?", (room,)).fetchone()
-        return int(row[0] or 0)
+        return int(self._rows("SELECT MIN(seq) FROM events WHERE room = ?", room)[0][0] or 0)
 
     def page(self, room: str, after: int | None, limit: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
         if after is None:
-            rows = self._db.execute(
-                "SELECT seq, data FROM events WHERE room = ? ORDER BY seq DESC LIMIT ?", (room, limit)
-            ).fetchall()
-            kept = _within(rows, max_bytes)
-            older = bool(kept) and self.first_seq(room) < kept[-1][0]
-            return Page([bytes(d) for _, d in reversed(kept)], kept[0][0] if kept else 0, older)
-        rows = self._db.execute(
-            "SELECT seq, data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit + 1)
-        ).fetchall()
-        kept = _within(rows[:limit], max_bytes)
-        if len(kept) < len(rows):
-            return Page([bytes(d) for _, d in kept], kept[-1][0] if kept else after, True)
-        return Page([bytes(d) for _, d in kept], max(after, self.last_seq(room)), False)
+            rows = self._rows("SELECT seq, data FROM events WHERE room = ? ORDER BY seq DESC LIMIT ?", room, limit)
+        else:
+            rows = self._rows(
+                "SELECT seq, data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", room, after, limit + 1
+            )
+        return paged(self, room, rows, after=after, limit=limit, max_bytes=max_bytes)
 
     def search(self, room: str, query: str, limit: int, before: int | None = None) -> list[bytes]:
-        # A NUL ends an FTS5 string early ("unterminated string"): it separates words like a space.
-        words = query.replace("\0", " ").split()
+        words = search_words(query)
         if not words:
             return []
         try:
@@ -732,71 +756,84 @@ class SQLiteStore(Staging):
             log.warning("could not index waiting messages for search in %s: %s", self.path, exc)
         # Each word as a quoted FTS5 string: people type text, not FTS5 query syntax.
         match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT e.data FROM search s JOIN events e ON e.room = s.room AND e.seq = s.seq"
             " WHERE search MATCH ? AND s.room = ? AND s.seq < ? ORDER BY s.seq DESC LIMIT ?",
-            (match, room, before if before is not None else 2**62, limit),
-        ).fetchall()
+            match,
+            room,
+            before if before is not None else 2**62,
+            limit,
+        )
         return [bytes(d) for _, d in _within(((0, row[0]) for row in rows), MAX_PAGE_BYTES)]
 
     def sessions(self) -> list[SessionRecord]:
-        rows = self._db.execute(
-            "SELECT token, nick, identity, peer, inbox, rooms, acked, away, ended FROM sessions"
-        ).fetchall()
+        rows = self._rows("SELECT token, nick, identity, peer, inbox, rooms, acked, away, ended FROM sessions")
         return [SessionRecord(t, n, i, p, b, list(json.loads(r)), a, w, e) for t, n, i, p, b, r, a, w, e in rows]
 
     def claims(self) -> dict[str, str]:
         """Nicks registered by keys: ``{nick: z85 key}``."""
-        return dict(self._db.execute("SELECT nick, key FROM owners").fetchall())
+        return dict(self._rows("SELECT nick, key FROM owners"))
 
     def topic(self, room: str) -> TopicRecord | None:
-        row = self._db.execute("SELECT text, nick, ts FROM topics WHERE room = ?", (room,)).fetchone()
-        return TopicRecord(*row) if row else None
+        rows = self._rows("SELECT text, nick, ts FROM topics WHERE room = ?", room)
+        return TopicRecord(*rows[0]) if rows else None
 
     def read(self, inbox: str) -> int:
-        row = self._db.execute("SELECT seq FROM reads WHERE inbox = ?", (inbox,)).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._rows("SELECT seq FROM reads WHERE inbox = ?", inbox)
+        return int(rows[0][0]) if rows else 0
 
     # --- copying (Portable) -------------------------------------------------------------------------
 
     def export(self, after: tuple[str, int] | None, limit: int) -> list[StoredEvent]:
-        self._index()  # texts come from the search index
+        self._indexed()  # texts come from the search index
         room, seq = after if after is not None else ("", 0)  # before any room: names are never empty
         # A range scan of the primary key (row values compare in its order), each message's text
         # from the search index by its rowid.
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT e.room, e.seq, e.data, e.presence, s.text FROM events e LEFT JOIN search s ON s.rowid = e.gid"
             " WHERE (e.room, e.seq) > (?, ?) ORDER BY e.room, e.seq LIMIT ?",
-            (room, seq, limit),
-        ).fetchall()
+            room,
+            seq,
+            limit,
+        )
         return [StoredEvent(r, q, bytes(d), bool(p), t) for r, q, d, p, t in rows]
 
     def streams(self) -> dict[str, tuple[int, int, int]]:
-        rows = self._db.execute("SELECT room, MIN(seq), MAX(seq), COUNT(*) FROM events GROUP BY room")
+        rows = self._rows("SELECT room, MIN(seq), MAX(seq), COUNT(*) FROM events GROUP BY room")
         return {room: (first, last, count) for room, first, last, count in rows}
 
     def searchable(self) -> int:
-        self._index()
-        return int(self._db.execute("SELECT COUNT(*) FROM search").fetchone()[0])
+        self._indexed()
+        return int(self._rows("SELECT COUNT(*) FROM search")[0][0])
 
     def topics(self) -> dict[str, TopicRecord]:
-        rows = self._db.execute("SELECT room, text, nick, ts FROM topics")
+        rows = self._rows("SELECT room, text, nick, ts FROM topics")
         return {room: TopicRecord(text, nick, ts) for room, text, nick, ts in rows}
 
     def reads(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT inbox, seq FROM reads").fetchall())
+        return dict(self._rows("SELECT inbox, seq FROM reads"))
 
     def set_id(self, history: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('id', ?)", (history,))
+        try:
+            with self._transaction() as db:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('id', ?)", (history,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not write the history store {self.path}: {exc}") from None
         self.id = history
 
     def clear(self) -> None:
-        with self._transaction() as db:
-            for table in ("events", "search", "sessions", "owners", "topics", "reads"):
-                db.execute(f"DELETE FROM {table}")
-        self._gid = 0
-        self._touched.clear()
-        self._bound_wal()
+        try:
+            with self._transaction() as db:
+                for table in ("events", "search", "sessions", "owners", "topics", "reads"):
+                    db.execute(f"DELETE FROM {table}")
+            # Nothing is left to index or to trim: texts still waiting would take numbers given anew.
+            self._gid = 0
+            self._unindexed = []
+            self._touched.clear()
+            self._backlog.clear()
+            self._bound_wal()
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not empty the history store {self.path}: {exc}") from None
 
     # --- retention --------------------------------------------------------------------------------
 
@@ -809,26 +846,22 @@ class SQLiteStore(Staging):
         rooms, self._touched = self._touched, set()
         try:
             self._index()  # first: retention removes texts from the index by number
+            db, limit = self._db, self.history_limit
             for room in rooms:
-                self._plan(room)
+                first, message, presence = (
+                    _first_seq(db, room),
+                    _nth_newest(db, room, 0, limit),
+                    _nth_newest(db, room, 1, limit),
+                )
+                plan = _retention_plan(first, message, presence)
+                if plan is None:
+                    self._backlog.pop(room, None)
+                else:
+                    self._backlog[room] = plan
             with self._transaction() as db:
                 db.execute("DELETE FROM sessions WHERE ended IS NOT NULL AND ended < ?", (now - TOMBSTONE_SECONDS,))
         except sqlite3.Error:
             self._touched |= rooms  # tried again next time; the broker's next commit says if the disk is gone
-
-    def _plan(self, room: str) -> None:
-        """What ``room`` keeps past its limits: every event older than its oldest kept message,
-        and presence older than its oldest kept presence."""
-        db, limit = self._db, self.history_limit
-        first = self.first_seq(room)
-        oldest = _nth_newest(db, room, 0, limit)
-        everything = first if oldest is None else oldest
-        presence = _nth_newest(db, room, 1, limit)
-        plan = _Trim(first, everything, max(everything, presence or 0))
-        if plan.start < plan.presence:
-            self._backlog[room] = plan
-        else:
-            self._backlog.pop(room, None)
 
     def trim(self) -> bool:
         return self._trim(max(RETAIN_CHUNK, 2 * self._last_commit))
@@ -838,29 +871,25 @@ class SQLiteStore(Staging):
             return False
         try:
             with self._transaction() as db:
-                while budget > 0 and self._backlog:
-                    room, plan = next(iter(self._backlog.items()))
-                    if plan.start < plan.everything:  # every event: at most ``budget`` seqs
-                        end = min(plan.everything, plan.start + budget)
-                        where = "room = ? AND seq >= ? AND seq < ?"
-                    else:  # presence among the messages kept: at most ``budget`` of it
-                        row = db.execute(
-                            "SELECT seq FROM events WHERE room = ? AND presence = 1 AND seq >= ?"
-                            " ORDER BY seq LIMIT 1 OFFSET ?",
-                            (room, plan.start, budget),
-                        ).fetchone()
-                        end = plan.presence if row is None else min(plan.presence, int(row[0]))
-                        where = "room = ? AND seq >= ? AND seq < ? AND presence = 1"
+
+                def remove(room: str, start: int, end: int, presence_only: bool) -> int:
+                    where = "room = ? AND seq >= ? AND seq < ?" + (" AND presence = 1" if presence_only else "")
                     # The index by its own rowids (a filter on its other columns would scan it).
                     db.execute(
                         f"DELETE FROM search WHERE rowid IN (SELECT gid FROM events WHERE {where} AND gid IS NOT NULL)",
-                        (room, plan.start, end),
+                        (room, start, end),
                     )
-                    deleted = db.execute(f"DELETE FROM events WHERE {where}", (room, plan.start, end)).rowcount
-                    budget -= max(1, deleted)
-                    plan.start = end
-                    if end >= plan.presence:
-                        del self._backlog[room]
+                    return int(db.execute(f"DELETE FROM events WHERE {where}", (room, start, end)).rowcount)
+
+                def nth_presence(room: str, start: int, n: int) -> int | None:
+                    row = db.execute(
+                        "SELECT seq FROM events WHERE room = ? AND presence = 1 AND seq >= ?"
+                        " ORDER BY seq LIMIT 1 OFFSET ?",
+                        (room, start, n),
+                    ).fetchone()
+                    return None if row is None else int(row[0])
+
+                _trim_backlog(self._backlog, budget, remove, nth_presence)
         except sqlite3.Error:
             # (Where each room got to is no longer known: planned again next time.)
             self._touched.update(self._backlog)
@@ -884,6 +913,39 @@ class _Trim:
     presence: int
 
 
+def _retention_plan(first: int, message: int | None, presence: int | None) -> _Trim | None:
+    """Retention's plan for a room whose oldest event is ``first``, of the seqs of its oldest
+    message and oldest presence to keep (None: it has no more than it keeps): every event older
+    than that message, and presence older than that presence. None if that is nothing."""
+    everything = first if message is None else message
+    plan = _Trim(first, everything, max(everything, presence or 0))
+    return plan if plan.start < plan.presence else None
+
+
+def _trim_backlog(
+    backlog: dict[str, _Trim],
+    budget: int,
+    remove: Callable[[str, int, int, bool], int],
+    nth_presence: Callable[[str, int, int], int | None],
+) -> None:
+    """Carry out ``backlog`` in the caller's transaction, about ``budget`` events of it: in each
+    room every event from the plan's start up to ``everything``, at most ``budget`` seqs at a
+    time, then presence up to ``presence``, at most ``budget`` of it. ``remove(room, start, end,
+    presence_only)`` removes a range of seqs (end excluded) and says how many events it removed;
+    ``nth_presence(room, start, n)`` is the seq of the ``n``-th presence from ``start`` (from 0)."""
+    while budget > 0 and backlog:
+        room, plan = next(iter(backlog.items()))
+        if plan.start < plan.everything:  # every event: at most ``budget`` seqs
+            end, presence_only = min(plan.everything, plan.start + budget), False
+        else:  # presence among the messages kept: at most ``budget`` of it
+            nth = nth_presence(room, plan.start, budget)
+            end, presence_only = (plan.presence if nth is None else min(plan.presence, nth)), True
+        budget -= max(1, remove(room, plan.start, end, presence_only))
+        plan.start = end
+        if end >= plan.presence:
+            del backlog[room]
+
+
 _INSERT_SEARCH = "INSERT INTO search (rowid, text, room, seq) VALUES (?, ?, ?, ?)"
 #: Events are inserted in statements of this many rows (then one by one): one statement for many
 #: rows costs SQLite 40 % less per row than executemany's statement per row.
@@ -905,6 +967,11 @@ def _insert_events(db: sqlite3.Connection, rows: list[tuple[str, int, bytes, int
         db.executemany(_INSERT_EVENTS + "(?, ?, ?, ?, ?)", rows[start:])
 
 
+def _first_seq(db: sqlite3.Connection, room: str) -> int:
+    """Oldest ``seq`` still stored for ``room`` (0 if none), for retention: a failure is its own."""
+    return int(db.execute("SELECT MIN(seq) FROM events WHERE room = ?", (room,)).fetchone()[0] or 0)
+
+
 def _nth_newest(db: sqlite3.Connection, room: str, presence: int, n: int) -> int | None:
     """The seq of the ``n``-th newest event of ``room`` of that presence, if it has that many."""
     row = db.execute(
@@ -912,6 +979,28 @@ def _nth_newest(db: sqlite3.Connection, room: str, presence: int, n: int) -> int
         (room, presence, n - 1),
     ).fetchone()
     return int(row[0]) if row else None
+
+
+def paged(
+    store: Store, room: str, rows: list[tuple[int, bytes]], *, after: int | None, limit: int, max_bytes: int
+) -> Page:
+    """The :meth:`Store.page` of ``room`` made of the ``(seq, data)`` rows a store read for it:
+    with ``after`` None its newest ``limit`` events, newest first; else up to ``limit + 1``
+    events after ``after``, oldest first (one more than fits tells that more follow)."""
+    if after is None:
+        kept = _within(rows, max_bytes)
+        older = bool(kept) and store.first_seq(room) < kept[-1][0]
+        return Page([d for _, d in reversed(kept)], kept[0][0] if kept else 0, older)
+    kept = _within(rows[:limit], max_bytes)
+    if len(kept) < len(rows):
+        return Page([d for _, d in kept], kept[-1][0] if kept else after, True)
+    return Page([d for _, d in kept], max(after, store.last_seq(room)), False)
+
+
+def search_words(query: str) -> list[str]:
+    """The words of a search. A NUL separates words like a space: it would end an FTS5 string
+    early ("unterminated string"), and PostgreSQL's text holds none."""
+    return query.replace("\0", " ").split()
 
 
 def _within(rows: Iterable[tuple[int, bytes]], max_bytes: int) -> list[tuple[int, bytes]]:
