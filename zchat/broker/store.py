@@ -947,10 +947,11 @@ def _trim_backlog(
 
 
 _INSERT_SEARCH = "INSERT INTO search (rowid, text, room, seq) VALUES (?, ?, ?, ?)"
-#: Events are inserted in statements of this many rows (then one by one): one statement for many
+#: Events are inserted (a (room, seq) already stored fails the batch: history is never written
+#: over) in statements of this many rows (then one by one): one statement for many
 #: rows costs SQLite 40 % less per row than executemany's statement per row.
 _EVENT_CHUNKS = (256, 64, 16)
-_INSERT_EVENTS = "INSERT OR REPLACE INTO events (room, seq, data, presence, gid) VALUES "
+_INSERT_EVENTS = "INSERT INTO events (room, seq, data, presence, gid) VALUES "
 _INSERT_EVENT_ROWS = {n: _INSERT_EVENTS + ", ".join(["(?, ?, ?, ?, ?)"] * n) for n in _EVENT_CHUNKS}
 
 
