@@ -480,9 +480,7 @@ class Screen:
     def notice(self, text: str, style: str = "class:notice") -> None:
         """A line (or lines) for the person, in the current window (made inert: it may quote
         the network)."""
-        indent = 3 if text.startswith(("-- ", "!! ")) else 0  # wrapped rows go under the text
-        self._view().append(windows.Entry([(style, render.inert(text))], indent))
-        self.app.invalidate()
+        self._say(self._view(), text, style)
 
     def error(self, text: str) -> None:
         self.notice(f"!! {text}", "class:error")
