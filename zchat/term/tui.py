@@ -165,12 +165,12 @@ class Screen:
         self.time_format = time_format
         self.windows = windows.Windows()
         for room in rooms:
-            self.windows.open(windows.Window(f"#{room}", room))
+            self.windows.open(windows.Window(room))
         self.state = "connected"
         #: A long paste waiting for its confirmation.
         self.paste: list[str] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._lobby = windows.Window("(no room)")  # what is shown while you are in no window
+        self._lobby = windows.Window()  # what is shown while you are in no window
         self._cycle: _Cycle | None = None
         self._send: Callable[[c.NetworkCommand], bool] = lambda _: False
         self._quit: Callable[[str], object] = lambda _: None
@@ -310,7 +310,7 @@ class Screen:
             window.nicks.setdefault(key, event.nick)
         live = window.live and not backlog
         if event.kind == "nick" and live and event.new_nick and (query := self.windows.query(event.nick)):
-            query.name, query.query = f"@{event.new_nick}", event.new_nick  # the conversation goes on
+            query.query = event.new_nick  # the conversation goes on, under the new name
             query.nicks = {event.new_nick.lower(): event.new_nick}
         if hidden:
             return False
@@ -341,7 +341,7 @@ class Screen:
     def _open_query(self, nick: str, *, switch: bool = False) -> windows.Window:
         """A new query window with ``nick`` (the next number); the network thread is asked for
         the conversation so far (:meth:`add_conversation`)."""
-        window = self.windows.open(windows.Window(f"@{nick}", query=nick, nicks={nick.lower(): nick}))
+        window = self.windows.open(windows.Window(query=nick, nicks={nick.lower(): nick}))
         if switch:
             self._go(window)
         self._hand_over(c.Query(nick))
@@ -389,7 +389,7 @@ class Screen:
         self.state = state
         for room in rooms:
             if self.windows.room(room) is None:
-                self.windows.open(windows.Window(f"#{room}", room))
+                self.windows.open(windows.Window(room))
         for window in list(self.windows):
             if window.room is not None and window.room not in rooms:
                 self.windows.close(window)

@@ -150,8 +150,6 @@ class View:
 class Window:
     """One numbered window: a room's scrollback and what the status line and completion need."""
 
-    #: As the status line shows it: ``#general``, or ``@alice`` for a query.
-    name: str
     #: The room shown here; None for a window that is not a room.
     room: str | None = None
     #: A query's other party, as written; None for a window that is not a query.
@@ -178,6 +176,14 @@ class Window:
     _fold: tuple[Entry, list[Event]] | None = None
     #: The entry that shows each event shown.
     _keys: dict[Key, Entry] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """As the status line shows it: ``#general``, ``@alice`` for a query (derived, so that a
+        query whose other party changes nick is renamed with it)."""
+        if self.room is not None:
+            return f"#{self.room}"
+        return f"@{self.query}" if self.query is not None else "(no room)"
 
     # --- lines ------------------------------------------------------------------------------
 
