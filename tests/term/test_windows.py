@@ -26,6 +26,12 @@ def filled(count: int, words: int = 1) -> Window:
     return window
 
 
+def test_a_window_is_named_by_its_room_or_query_and_the_name_is_inert() -> None:
+    assert (Window("general").name, Window(query="Alice").name, Window().name) == ("#general", "@Alice", "(no room)")
+    # A query's nick comes from the network: the title, status and prompt lines show the name.
+    assert Window(query="a\x1b[2J\u202eb").name == "@a␛[2J\\u202eb"
+
+
 def test_numbers_are_the_order_opened_and_switching_never_changes_them() -> None:
     windows = Windows()
     general, dev, ops = (windows.open(Window(r)) for r in ("general", "dev", "ops"))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from prompt_toolkit.formatted_text.utils import split_lines
 
 from zchat.protocol import Event
-from zchat.term import ui
+from zchat.term import render, ui
 
 __all__ = [
     "MARKER",
@@ -180,10 +180,11 @@ class Window:
     @property
     def name(self) -> str:
         """As the status line shows it: ``#general``, ``@alice`` for a query (derived, so that a
-        query whose other party changes nick is renamed with it)."""
+        query whose other party changes nick is renamed with it). Made inert: a query's nick
+        comes from the network, and the title, status and prompt lines show the name as is."""
         if self.room is not None:
-            return f"#{self.room}"
-        return f"@{self.query}" if self.query is not None else "(no room)"
+            return f"#{render.inert(self.room)}"
+        return f"@{render.inert(self.query)}" if self.query is not None else "(no room)"
 
     # --- lines ------------------------------------------------------------------------------
 
