@@ -291,7 +291,7 @@ def _parse(name: str, arg: str, words: list[str], rooms: Collection[str]) -> Com
     if name == "away":
         return Away(arg or None)
     if name == "topic":
-        room = p.check_room(p.normalize_room(words[0])) if words and words[0].startswith("#") else None
+        room = _room(words[0]) if words and words[0].startswith("#") else None
         text = arg.removeprefix(words[0]).strip() if room is not None else arg
         return Topic(room, "" if text == CLEAR_TOPIC else text or None)
     if name == "search":
@@ -310,9 +310,9 @@ def _parse(name: str, arg: str, words: list[str], rooms: Collection[str]) -> Com
         if name == "ignore":
             return Ignore(nick)
         assert nick is not None
-        return Nick(nick) if name == "nick" else Query(nick) if name == "query" else Unignore(nick)
-    if name in ("rooms", "help", "clear"):
-        return usage if words else Rooms() if name == "rooms" else Help() if name == "help" else Clear()
+        return _ONE_NICK[name](nick)
+    if name in _NO_ARGS:
+        return usage if words else _NO_ARGS[name]()
     if name == "history":
         if len(words) > 1 or (words and not (words[0].isdecimal() and 1 <= int(words[0]) <= p.MAX_HISTORY)):
             return usage
@@ -320,16 +320,26 @@ def _parse(name: str, arg: str, words: list[str], rooms: Collection[str]) -> Com
     if name == "part":
         if words and (words[0].startswith("#") or p.normalize_room(words[0]) in rooms):
             reason = arg.removeprefix(words[0]).strip()
-            return Part(p.check_room(p.normalize_room(words[0])), reason or None)
+            return Part(_room(words[0]), reason or None)
         return Part(None, arg or None)
     # join, switch, who: one room, required for join and switch
     if len(words) > 1 or (not words and name in ("join", "switch")):
         return usage
-    room = p.check_room(p.normalize_room(words[0])) if words else None
+    room = _room(words[0]) if words else None
     if name == "who":
         return Who(room)
     assert room is not None
     return Join(room) if name == "join" else Switch(room)
+
+
+#: The commands that take exactly one nick, and those that take nothing.
+_ONE_NICK: dict[str, type[Nick | Query | Unignore]] = {"nick": Nick, "query": Query, "unignore": Unignore}
+_NO_ARGS: dict[str, type[Rooms | Help | Clear]] = {"rooms": Rooms, "help": Help, "clear": Clear}
+
+
+def _room(word: str) -> str:
+    """A room argument as typed (``#Dev``, ``dev``), checked; raises LocalProtocolError."""
+    return p.check_room(p.normalize_room(word))
 
 
 def _is_seq(word: str) -> bool:
