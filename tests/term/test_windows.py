@@ -7,7 +7,7 @@ import datetime as dt
 
 from zchat.protocol import Event
 from zchat.term import ui
-from zchat.term.windows import MARKER, Entry, Window, Windows, conversation
+from zchat.term.windows import FOLD_MAX, MARKER, Entry, Window, Windows, conversation
 
 
 def line(text: str, indent: int = 0) -> Entry:
@@ -163,6 +163,13 @@ def test_a_burst_of_joins_and_leaves_is_one_line_changed_in_place() -> None:
     assert [e.rule for e in window.entries][-2:] == [True, False]
     window.fold(event("join", "frank"), make, new=True)
     assert ui.plain(window.entries[-1].fragments) == "-- erin,frank"
+
+
+def test_a_folded_line_holds_a_bounded_burst() -> None:
+    window = Window("general")
+    for n in range(2 * FOLD_MAX + 1):
+        window.fold(event("join" if n % 2 else "leave", "mallory"), lambda burst: [("", str(len(burst)))])
+    assert [ui.plain(e.fragments) for e in window.entries] == [str(FOLD_MAX), str(FOLD_MAX), "1"]
 
 
 def test_a_day_is_new_only_after_another() -> None:

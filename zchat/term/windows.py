@@ -29,6 +29,7 @@ from zchat.protocol import Event
 from zchat.term import render, ui
 
 __all__ = [
+    "FOLD_MAX",
     "MARKER",
     "SCROLLBACK",
     "Entry",
@@ -45,6 +46,11 @@ __all__ = [
 SCROLLBACK = 2000
 #: The unread marker's label.
 MARKER = "new"
+#: Joins and leaves one folded line holds; a longer burst goes on in a new line. Without a bound
+#: one line grew without end (someone's client reconnecting all night in a quiet room, or a
+#: hostile one joining and leaving), past what the scrollback bounds, and refolding it on each
+#: event took ever longer on the UI thread.
+FOLD_MAX = 100
 
 #: A row of a window: (index of its entry, index of the row within that entry).
 Position = tuple[int, int]
@@ -208,7 +214,7 @@ class Window:
     ) -> None:
         """Add a join or leave to the burst the newest line shows, or start one; ``make`` turns
         a burst into its line."""
-        if self._fold is not None and not (new and self.marker_due):
+        if self._fold is not None and len(self._fold[1]) < FOLD_MAX and not (new and self.marker_due):
             entry, events = self._fold
             events.append(event)
             entry.set(make(events), entry.indent)
