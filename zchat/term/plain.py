@@ -253,8 +253,8 @@ def _command(client: Client, line: str) -> None:
         if name == "me" and arg:
             client.me(arg)
         elif name == "who":
-            room = arg or None
-            _show(render.inert(f"-- in #{room or client.rooms[0]}: {', '.join(client.who(room))}"))
+            names = client.names(arg or None)
+            _show(render.who_line(names.room, names.nicks, names.away))
         elif name == "help":
             _show(HELP)
         elif name == "msg" and len(arg.split(None, 1)) == 2:

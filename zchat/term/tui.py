@@ -889,8 +889,7 @@ class Front:
         elif isinstance(command, c.Who):
             names = client.names(command.room)
             self._call(self.screen.set_nicks, names.room, names.nicks)
-            listed = ", ".join(n + (f" (away: {names.away[n]})" if n in names.away else "") for n in names.nicks)
-            self.notice(render.inert(f"-- in #{names.room}: {listed or 'nobody'}"))
+            self.notice(render.who_line(names.room, names.nicks, names.away))
         elif isinstance(command, c.History):
             events = client.history(command.room, command.count)
             self._call(self.screen.add_history, command.room or "", events)
