@@ -382,6 +382,7 @@ def test_transcript_files_per_room_and_person_without_writing_the_backlog_twice(
     ]
     Transcript(logs, "bob").write(first)
     assert sorted(p.name for p in logs.iterdir()) == ["@alice.log", "dev.log", "general.log"]
+    assert all(p.stat().st_mode & 0o077 == 0 for p in logs.iterdir())  # private messages: the owner's only
     general = (logs / "general.log").read_text()
     assert general.splitlines() == [
         "2026-11-21T10:00:00.000Z -- bob joined",
