@@ -224,6 +224,10 @@ def _network(network: _Network) -> None:
 def _deliver(network: _Network, events: list[Event]) -> None:
     """Record ``events`` in the transcripts (if kept), then show them."""
     if network.transcript is not None and events:
+        # Whose side of a private message is yours goes by your nick now (a /nick changes it):
+        # with the nick you started with, a message sent after a /nick was filed under yourself.
+        nick = network.client.nick
+        network.transcript.me = nick.lower() if nick else None
         try:
             network.transcript.write(events)
         except OSError as exc:
