@@ -281,6 +281,26 @@ def test_an_insert_keeps_a_scrolled_view_and_a_full_scrollback_makes_room() -> N
     assert small.find(("general", 100)) is None  # its line went, and its key with it
 
 
+def test_an_insert_into_a_full_scrollback_in_many_places_fits() -> None:
+    # Lines that go between lines already shown, each with a rule and a day line above and below
+    # it: more than 3 a line, which was all the room made (then the full deque raised IndexError).
+    def day(seq: int) -> dt.date:
+        return dt.date(2026, 1, 1) + dt.timedelta(days=seq // 2)
+
+    def entry(seq: int) -> Entry:
+        return Entry([("", f"m{seq}")], keys=[("general", seq)], day=day(seq))
+
+    window = Window("general")
+    window.entries = type(window.entries)(maxlen=50)
+    for seq in [2, 5, 6, 14, 16, 19, 20, 22, 26, 27, 28, 32, 36, 37, 38, 40, 42, 51, 52, 53, 54, 55]:
+        if window.new_day(day(seq)):
+            window.append(Entry([("", "day")], day=day(seq)))
+        window.append(entry(seq))
+    window.insert([entry(seq) for seq in [8, 12, 24, 30, 47, 58]], gaps=True)
+    assert len(window.entries) <= 50
+    assert all(window.find(("general", seq)) is not None for seq in [8, 12, 24, 30, 47, 58])
+
+
 def test_scroll_to_puts_the_line_a_third_down_the_view() -> None:
     window = Window("general")
     for seq in range(1, 41):

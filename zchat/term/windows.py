@@ -304,8 +304,13 @@ class Window:
         if not block:
             return
         stream = block[0].keys[0][0]
-        maxlen = self.entries.maxlen or len(self.entries) + 3 * len(block) + 3
-        for _ in range(min(len(self.entries), len(self.entries) + 3 * len(block) + 3 - maxlen)):
+        # Each line brings at most a rule and a day line above it, and each place the lines go
+        # to a rule and a day line below (places <= lines): 3 a line and 2 a place. (3 a line
+        # and 3 in all was short when the lines fall into many places, and a full deque refuses
+        # an insert with IndexError.) A block of one line still makes room for 6.
+        most = 3 * len(block) + 3 + 2 * (len(block) - 1)
+        maxlen = self.entries.maxlen or len(self.entries) + most
+        for _ in range(min(len(self.entries), len(self.entries) + most - maxlen)):
             self._drop_oldest()
         entries = list(self.entries)
         keyed = [(i, seq) for i, e in enumerate(entries) if (seq := e.seq(stream)) is not None]
