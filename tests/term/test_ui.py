@@ -835,6 +835,8 @@ def test_ignore_hides_someone_everywhere_until_unignore(screen: Screen) -> None:
     )
     screen.add_events([private(1, "caz", "bob", "psst")])
     assert shown(screen) == before and len(screen.windows) == 2  # not a line, not a window
+    screen.add_history("general", [ev("message", "caz", "from the past", seq=1)])
+    assert "from the past" not in shown(screen)  # nor in /history
     assert room(screen, "general").unread == 0 and "caz" in room(screen, "general").nicks.values()
     screen.add_events([ev("topic", "caz", "mine now", seq=6)])  # the room's topic: shown
     assert shown(screen).endswith("-- caz set the topic: mine now")

@@ -472,7 +472,7 @@ class Screen:
 
     def add_history(self, room: str, events: list[Event]) -> None:
         self.notice(f"-- the last {len(events)} events of #{room}:")
-        for event in events:
+        for event in (e for e in events if not self.ignored.hides(e)):  # as everywhere else
             line = ui.event_fragments(event, me=self.nick, time_format=self.time_format)
             self._view().append(windows.Entry(line, ui.text_column(line)))
         self.notice("-- end of history")
