@@ -106,6 +106,10 @@ def test_blank_lines_are_nothing(line: str) -> None:
         ("/goto 0", "usage: /goto SEQ"),
         ("/goto twelve", "usage: /goto SEQ"),
         ("/goto 1 2", "usage: /goto SEQ"),
+        # Past the 4300 digits int() takes: still one line, not a ValueError.
+        ("/goto " + "9" * 5000, "usage: /goto SEQ"),
+        ("/history " + "9" * 5000, f"usage: /history [N]  (N: 1-{MAX_HISTORY})"),
+        ("/search -before " + "9" * 5000 + " x", "usage: /search [-before SEQ] WORDS"),
         ("/nick 9lives", f"/nick: invalid nick '9lives': {NICK_RULE}"),
         ("/query no!", f"/query: invalid nick 'no!': {NICK_RULE}"),
         ("/topic #no! x", f"/topic: invalid room 'no!': {ROOM_RULE}"),

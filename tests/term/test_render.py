@@ -122,3 +122,9 @@ def test_transcript_reads_as_the_terminal_line_but_for_time_and_message_head(eve
     if parts.shape == "message":  # a screen says "alice: hi", a transcript "<alice> hi"
         line = line.replace(f"{parts.nick}: ", f"<{parts.nick}> ", 1)
     assert entry == f"{TS} {line}"
+
+
+def test_who_line_is_the_same_for_both_clients_and_inert() -> None:
+    away = {"bob": "lunch \x1b[2J\u202e"}
+    assert render.who_line("general", ["alice", "bob"], away) == "-- in #general: alice, bob (away: lunch ␛[2J\\u202e)"
+    assert render.who_line("dev", [], {}) == "-- in #dev: nobody"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from conftest import ClientFactory, ThreadBroker, joined, wait_for
@@ -54,6 +55,22 @@ def test_nick_is_announced_to_the_room_and_refusals_are_clear(
     bob.wait("-- you are robert already")
     bob.send("/nick 9lives\r")
     bob.wait(re.escape("!! /nick: invalid nick '9lives'"))
+
+
+def test_a_private_message_after_a_nick_change_is_filed_under_the_other_party(
+    broker: ThreadBroker, connect: ClientFactory, tui: Spawn, tmp_path: Path
+) -> None:
+    alice = connect("alice")
+    bob = tui(broker.endpoints, "--log-dir", str(tmp_path))
+    wait_for(alice, joined("bob"))
+    bob.send("/nick robert\r")
+    wait_for(alice, lambda e: e.kind == "nick")
+    bob.wait(lambda t: t.status_line().startswith(" robert "))
+    bob.send("/msg alice psst\r")
+    private = wait_for(alice, lambda e: e.kind == "private")
+    bob.wait(lambda t: "psst" in t.text and t.cell("psst").fg == "default")  # confirmed: transcript written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["@alice.log", "general.log"]
+    assert (tmp_path / "@alice.log").read_text() == f"{private.ts} [robert → alice] psst\n"
 
 
 def test_away_shows_in_who_and_tells_whoever_writes(broker: ThreadBroker, connect: ClientFactory, tui: Spawn) -> None:
@@ -154,6 +171,9 @@ def test_ignore_hides_someone_until_unignore(broker: ThreadBroker, connect: Clie
     bob.wait("-- ignoring carol")
     carol.say("you cannot hear me")
     carol.msg("bob", "nor this")
+    # The broker has carol's lines (and her leave) before alice's: what bob shows after alice's
+    # line has been through the ignore list, so the absences below can fail.
+    carol.wait_sent()
     carol.close()
     alice.say("but me you can")
     bob.wait("alice: but me you can")

@@ -382,6 +382,7 @@ def test_transcript_files_per_room_and_person_without_writing_the_backlog_twice(
     ]
     Transcript(logs, "bob").write(first)
     assert sorted(p.name for p in logs.iterdir()) == ["@alice.log", "dev.log", "general.log"]
+    assert all(p.stat().st_mode & 0o077 == 0 for p in logs.iterdir())  # private messages: the owner's only
     general = (logs / "general.log").read_text()
     assert general.splitlines() == [
         "2026-11-21T10:00:00.000Z -- bob joined",
@@ -834,6 +835,8 @@ def test_ignore_hides_someone_everywhere_until_unignore(screen: Screen) -> None:
     )
     screen.add_events([private(1, "caz", "bob", "psst")])
     assert shown(screen) == before and len(screen.windows) == 2  # not a line, not a window
+    screen.add_history("general", [ev("message", "caz", "from the past", seq=1)])
+    assert "from the past" not in shown(screen)  # nor in /history
     assert room(screen, "general").unread == 0 and "caz" in room(screen, "general").nicks.values()
     screen.add_events([ev("topic", "caz", "mine now", seq=6)])  # the room's topic: shown
     assert shown(screen).endswith("-- caz set the topic: mine now")

@@ -7,7 +7,7 @@ import datetime as dt
 
 from zchat.protocol import Event
 from zchat.term import ui
-from zchat.term.windows import MARKER, Entry, Window, Windows, conversation
+from zchat.term.windows import FOLD_MAX, MARKER, Entry, Window, Windows, conversation
 
 
 def line(text: str, indent: int = 0) -> Entry:
@@ -20,15 +20,21 @@ def texts(rows: list[ui.Fragments]) -> list[str]:
 
 def filled(count: int, words: int = 1) -> Window:
     """A window of ``count`` entries: entry N is "N" followed by ``words - 1`` words."""
-    window = Window("#general", "general")
+    window = Window("general")
     for n in range(count):
         window.append(line(" ".join([str(n), *["word"] * (words - 1)]), indent=2))
     return window
 
 
+def test_a_window_is_named_by_its_room_or_query_and_the_name_is_inert() -> None:
+    assert (Window("general").name, Window(query="Alice").name, Window().name) == ("#general", "@Alice", "(no room)")
+    # A query's nick comes from the network: the title, status and prompt lines show the name.
+    assert Window(query="a\x1b[2J\u202eb").name == "@a␛[2J\\u202eb"
+
+
 def test_numbers_are_the_order_opened_and_switching_never_changes_them() -> None:
     windows = Windows()
-    general, dev, ops = (windows.open(Window(f"#{r}", r)) for r in ("general", "dev", "ops"))
+    general, dev, ops = (windows.open(Window(r)) for r in ("general", "dev", "ops"))
     assert windows.current is general  # the first one opened
     assert (dev.marker_due, ops.marker_due) == (True, True)  # the others wait in the background
     windows.switch(ops)
@@ -53,7 +59,7 @@ def test_the_view_is_the_newest_rows_and_cuts_an_old_entry_rather_than_leave_row
     assert texts(view.rows) == ["  word", "8 word", "  word", "9 word", "  word"]  # entry 7 in part
     assert view.top == (7, 1) and view.bottom == (9, 1) and view.at_end
     assert texts(filled(2).view(10, 5).rows) == ["0", "1"]  # fewer rows than the height: all of them
-    assert Window("#x").view(10, 5).rows == []
+    assert Window("x").view(10, 5).rows == []
 
 
 def test_page_up_and_down_turn_a_page_leaving_one_row_in_common() -> None:
@@ -77,7 +83,7 @@ def test_page_up_and_down_turn_a_page_leaving_one_row_in_common() -> None:
 
 
 def test_paging_goes_through_an_entry_taller_than_the_view() -> None:
-    window = Window("#general", "general")
+    window = Window("general")
     window.append(line("before"))
     window.append(line("\n".join(f"part {n}" for n in range(25))))
     window.append(line("after"))
@@ -105,7 +111,7 @@ def test_a_scrolled_view_stays_put_as_lines_come_and_go() -> None:
 
 
 def test_a_full_scrollback_drops_its_oldest_lines_and_keeps_the_view_valid() -> None:
-    window = Window("#general", "general")
+    window = Window("general")
     window.entries = type(window.entries)(maxlen=5)
     for n in range(5):
         window.append(line(str(n)))
@@ -137,7 +143,7 @@ def event(kind: str, nick: str) -> Event:
 
 
 def test_a_burst_of_joins_and_leaves_is_one_line_changed_in_place() -> None:
-    window = Window("#general", "general")
+    window = Window("general")
     seen: list[list[Event]] = []
 
     def make(burst: list[Event]) -> ui.Fragments:
@@ -159,8 +165,15 @@ def test_a_burst_of_joins_and_leaves_is_one_line_changed_in_place() -> None:
     assert ui.plain(window.entries[-1].fragments) == "-- erin,frank"
 
 
+def test_a_folded_line_holds_a_bounded_burst() -> None:
+    window = Window("general")
+    for n in range(2 * FOLD_MAX + 1):
+        window.fold(event("join" if n % 2 else "leave", "mallory"), lambda burst: [("", str(len(burst)))])
+    assert [ui.plain(e.fragments) for e in window.entries] == [str(FOLD_MAX), str(FOLD_MAX), "1"]
+
+
 def test_a_day_is_new_only_after_another() -> None:
-    window = Window("#general", "general")
+    window = Window("general")
     assert not window.new_day(dt.date(2026, 11, 30))
     assert not window.new_day(dt.date(2026, 11, 30))
     assert not window.new_day(None)
@@ -195,7 +208,7 @@ def shows(window: Window) -> list[str]:
 
 
 def test_earlier_events_go_in_their_place_once_with_day_lines_and_gaps() -> None:
-    window = Window("#general", "general")
+    window = Window("general")
     window.append(line("-- joined #general"))
     for seq in (50, 51):
         window.append(said(seq))
@@ -234,7 +247,7 @@ def test_earlier_events_go_in_their_place_once_with_day_lines_and_gaps() -> None
 
 
 def test_a_query_takes_the_conversation_above_the_new_message_and_below_the_marker_it_keeps() -> None:
-    window = Window("@alice", query="alice")
+    window = Window(query="alice")
     window.leave()  # in the background: the new message gets the marker
     window.append(said(9, DAY2, "@bob~x"), new=True)
     window.insert([said(2, DAY1, "@bob~x"), said(7, DAY2, "@bob~x"), said(9, DAY2, "@bob~x")])  # (no gaps: an inbox)
@@ -246,20 +259,20 @@ def test_a_query_takes_the_conversation_above_the_new_message_and_below_the_mark
         f"[{MARKER}]",
         "m9",
     ]
-    empty = Window("@carol", query="carol")
+    empty = Window(query="carol")
     empty.insert([said(3, DAY1, "@bob~x")])
     assert (shows(empty), empty.day) == (["-- Monday 30 November 2026 --", "m3"], DAY1)  # the newest day now
 
 
 def test_an_insert_keeps_a_scrolled_view_and_a_full_scrollback_makes_room() -> None:
-    window = Window("#general", "general")
+    window = Window("general")
     for seq in range(100, 130):
         window.append(said(seq))
     window.page(up=True, columns=20, height=5)
     before = texts(window.view(20, 5).rows)
     window.insert([said(10), said(11)], gaps=True)
     assert texts(window.view(20, 5).rows) == before
-    small = Window("#general", "general")
+    small = Window("general")
     small.entries = type(small.entries)(maxlen=10)
     for seq in range(100, 110):
         small.append(said(seq))
@@ -268,8 +281,28 @@ def test_an_insert_keeps_a_scrolled_view_and_a_full_scrollback_makes_room() -> N
     assert small.find(("general", 100)) is None  # its line went, and its key with it
 
 
+def test_an_insert_into_a_full_scrollback_in_many_places_fits() -> None:
+    # Lines that go between lines already shown, each with a rule and a day line above and below
+    # it: more than 3 a line, which was all the room made (then the full deque raised IndexError).
+    def day(seq: int) -> dt.date:
+        return dt.date(2026, 1, 1) + dt.timedelta(days=seq // 2)
+
+    def entry(seq: int) -> Entry:
+        return Entry([("", f"m{seq}")], keys=[("general", seq)], day=day(seq))
+
+    window = Window("general")
+    window.entries = type(window.entries)(maxlen=50)
+    for seq in [2, 5, 6, 14, 16, 19, 20, 22, 26, 27, 28, 32, 36, 37, 38, 40, 42, 51, 52, 53, 54, 55]:
+        if window.new_day(day(seq)):
+            window.append(Entry([("", "day")], day=day(seq)))
+        window.append(entry(seq))
+    window.insert([entry(seq) for seq in [8, 12, 24, 30, 47, 58]], gaps=True)
+    assert len(window.entries) <= 50
+    assert all(window.find(("general", seq)) is not None for seq in [8, 12, 24, 30, 47, 58])
+
+
 def test_scroll_to_puts_the_line_a_third_down_the_view() -> None:
-    window = Window("#general", "general")
+    window = Window("general")
     for seq in range(1, 41):
         window.append(said(seq))
     target = window.find(("general", 10))
@@ -285,8 +318,8 @@ def test_scroll_to_puts_the_line_a_third_down_the_view() -> None:
 
 def test_queries_are_found_by_nick_in_any_case_and_show_their_conversation() -> None:
     windows = Windows()
-    windows.open(Window("#general", "general"))
-    alice = windows.open(Window("@Alice", query="Alice"))
+    windows.open(Window("general"))
+    alice = windows.open(Window(query="Alice"))
     assert windows.query("alice") is alice and windows.query("bob") is None
     assert windows.room("general") is not alice and windows.number(alice) == 2
     inbox = [

@@ -291,49 +291,68 @@ def _parse(name: str, arg: str, words: list[str], rooms: Collection[str]) -> Com
     if name == "away":
         return Away(arg or None)
     if name == "topic":
-        room = p.check_room(p.normalize_room(words[0])) if words and words[0].startswith("#") else None
+        room = _room(words[0]) if words and words[0].startswith("#") else None
         text = arg.removeprefix(words[0]).strip() if room is not None else arg
         return Topic(room, "" if text == CLEAR_TOPIC else text or None)
     if name == "search":
         if words[0] != "-before":
             return Search(arg)
-        if len(words) < 3 or not _is_seq(words[1]):
-            return usage
-        return Search(arg.split(None, 2)[2], before=int(words[1]))
+        before = _seq(words[1]) if len(words) >= 3 else None
+        return usage if before is None else Search(arg.split(None, 2)[2], before=before)
     if name in ("nick", "query", "ignore", "unignore", "goto"):
         if len(words) > 1 or (not words and name != "ignore"):
             return usage
         if name == "goto":
-            seq = words[0].removeprefix("#")
-            return Goto(int(seq)) if _is_seq(seq) else usage
+            seq = _seq(words[0].removeprefix("#"))
+            return usage if seq is None else Goto(seq)
         nick = p.check_nick(words[0]) if words else None
         if name == "ignore":
             return Ignore(nick)
         assert nick is not None
-        return Nick(nick) if name == "nick" else Query(nick) if name == "query" else Unignore(nick)
-    if name in ("rooms", "help", "clear"):
-        return usage if words else Rooms() if name == "rooms" else Help() if name == "help" else Clear()
+        return _ONE_NICK[name](nick)
+    if name in _NO_ARGS:
+        return usage if words else _NO_ARGS[name]()
     if name == "history":
-        if len(words) > 1 or (words and not (words[0].isdecimal() and 1 <= int(words[0]) <= p.MAX_HISTORY)):
-            return usage
-        return History(int(words[0]) if words else DEFAULT_HISTORY)
+        count = _number(words[0], p.MAX_HISTORY) if words else DEFAULT_HISTORY
+        return usage if len(words) > 1 or count is None else History(count)
     if name == "part":
         if words and (words[0].startswith("#") or p.normalize_room(words[0]) in rooms):
             reason = arg.removeprefix(words[0]).strip()
-            return Part(p.check_room(p.normalize_room(words[0])), reason or None)
+            return Part(_room(words[0]), reason or None)
         return Part(None, arg or None)
     # join, switch, who: one room, required for join and switch
     if len(words) > 1 or (not words and name in ("join", "switch")):
         return usage
-    room = p.check_room(p.normalize_room(words[0])) if words else None
+    room = _room(words[0]) if words else None
     if name == "who":
         return Who(room)
     assert room is not None
     return Join(room) if name == "join" else Switch(room)
 
 
-def _is_seq(word: str) -> bool:
-    return word.isascii() and word.isdecimal() and 1 <= int(word) <= p.MAX_SEQ
+#: The commands that take exactly one nick, and those that take nothing.
+_ONE_NICK: dict[str, type[Nick | Query | Unignore]] = {"nick": Nick, "query": Query, "unignore": Unignore}
+_NO_ARGS: dict[str, type[Rooms | Help | Clear]] = {"rooms": Rooms, "help": Help, "clear": Clear}
+
+
+def _room(word: str) -> str:
+    """A room argument as typed (``#Dev``, ``dev``), checked; raises LocalProtocolError."""
+    return p.check_room(p.normalize_room(word))
+
+
+def _number(word: str, high: int) -> int | None:
+    """``word`` as a whole number from 1 to ``high``, or None. A word with more digits than
+    ``high`` is not one: it is refused before int(), which raises on more than 4300 digits."""
+    digits = word.lstrip("0")
+    if not word.isdecimal() or len(digits) > len(str(high)):
+        return None
+    n = int(digits or "0")
+    return n if 1 <= n <= high else None
+
+
+def _seq(word: str) -> int | None:
+    """``word`` as a seq (ASCII digits only), or None."""
+    return _number(word, p.MAX_SEQ) if word.isascii() else None
 
 
 def complete(before: str, *, nicks: Iterable[str], rooms: Iterable[str]) -> tuple[int, list[str]]:

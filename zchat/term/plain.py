@@ -224,6 +224,10 @@ def _network(network: _Network) -> None:
 def _deliver(network: _Network, events: list[Event]) -> None:
     """Record ``events`` in the transcripts (if kept), then show them."""
     if network.transcript is not None and events:
+        # Whose side of a private message is yours goes by your nick now (a /nick changes it):
+        # with the nick you started with, a message sent after a /nick was filed under yourself.
+        nick = network.client.nick
+        network.transcript.me = nick.lower() if nick else None
         try:
             network.transcript.write(events)
         except OSError as exc:
@@ -253,8 +257,8 @@ def _command(client: Client, line: str) -> None:
         if name == "me" and arg:
             client.me(arg)
         elif name == "who":
-            room = arg or None
-            _show(render.inert(f"-- in #{room or client.rooms[0]}: {', '.join(client.who(room))}"))
+            names = client.names(arg or None)
+            _show(render.who_line(names.room, names.nicks, names.away))
         elif name == "help":
             _show(HELP)
         elif name == "msg" and len(arg.split(None, 1)) == 2:

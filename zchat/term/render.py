@@ -7,7 +7,8 @@ and whether transcripts keep it. :func:`format_event` (terminal
 lines), :func:`zchat.term.ui.event_fragments` (styled text) and
 :func:`zchat.term.transcript.transcript_line` (log files) only lay those parts out. The lines a
 screen makes of several events or of the calendar read here too: a burst of joins and leaves
-folded into one (:func:`fold_text`) and the change of day (:func:`day_line`). It also owns
+folded into one (:func:`fold_text`), the change of day (:func:`day_line`) and who is in a
+room (:func:`who_line`). It also owns
 the rule that text from the network can never drive the terminal: control characters, ANSI/OSC
 escape sequences and bidirectional overrides are shown as visible escapes. It produces strings
 only; printing, colour and prompts belong to the callers. JSON output never goes through here,
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,6 +37,7 @@ __all__ = [
     "format_event",
     "inert",
     "local_day",
+    "who_line",
 ]
 
 #: How a screen shows an event's time (``zchat join --timestamp-format``): strftime, local time.
@@ -173,6 +175,12 @@ def _sentence(event: Event) -> str:
     if event.kind == "nick" and event.new_nick:
         return f"{event.nick} is now known as {event.new_nick}"
     return event.text
+
+
+def who_line(room: str, nicks: Iterable[str], away: Mapping[str, str]) -> str:
+    """A ``/who`` answer as one notice: ``-- in #general: alice, bob (away: lunch)``."""
+    listed = ", ".join(n + (f" (away: {away[n]})" if n in away else "") for n in nicks)
+    return inert(f"-- in #{room}: {listed or 'nobody'}")
 
 
 def fold_text(events: Iterable[Event]) -> str:

@@ -12,6 +12,7 @@ continuation lines are indented. It does not display anything or talk to the net
 from __future__ import annotations
 
 import collections
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -81,9 +82,12 @@ class Transcript:
             self._newest[path] = (ts, {*heads, head} if ts == newest else {head})
             batches[path].append(entry + "\n")
         if batches:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         for path, lines in batches.items():
-            with path.open("a", encoding="utf-8", errors="replace") as f:
+            # Transcripts hold private messages: a file is created readable by its owner only
+            # (as irssi's log_create_mode 600), whatever the umask; an existing one keeps its mode.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with open(fd, "a", encoding="utf-8", errors="replace") as f:
                 f.writelines(lines)
 
 

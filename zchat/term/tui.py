@@ -165,12 +165,12 @@ class Screen:
         self.time_format = time_format
         self.windows = windows.Windows()
         for room in rooms:
-            self.windows.open(windows.Window(f"#{room}", room))
+            self.windows.open(windows.Window(room))
         self.state = "connected"
         #: A long paste waiting for its confirmation.
         self.paste: list[str] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._lobby = windows.Window("(no room)")  # what is shown while you are in no window
+        self._lobby = windows.Window()  # what is shown while you are in no window
         self._cycle: _Cycle | None = None
         self._send: Callable[[c.NetworkCommand], bool] = lambda _: False
         self._quit: Callable[[str], object] = lambda _: None
@@ -310,7 +310,7 @@ class Screen:
             window.nicks.setdefault(key, event.nick)
         live = window.live and not backlog
         if event.kind == "nick" and live and event.new_nick and (query := self.windows.query(event.nick)):
-            query.name, query.query = f"@{event.new_nick}", event.new_nick  # the conversation goes on
+            query.query = event.new_nick  # the conversation goes on, under the new name
             query.nicks = {event.new_nick.lower(): event.new_nick}
         if hidden:
             return False
@@ -341,7 +341,7 @@ class Screen:
     def _open_query(self, nick: str, *, switch: bool = False) -> windows.Window:
         """A new query window with ``nick`` (the next number); the network thread is asked for
         the conversation so far (:meth:`add_conversation`)."""
-        window = self.windows.open(windows.Window(f"@{nick}", query=nick, nicks={nick.lower(): nick}))
+        window = self.windows.open(windows.Window(query=nick, nicks={nick.lower(): nick}))
         if switch:
             self._go(window)
         self._hand_over(c.Query(nick))
@@ -389,7 +389,7 @@ class Screen:
         self.state = state
         for room in rooms:
             if self.windows.room(room) is None:
-                self.windows.open(windows.Window(f"#{room}", room))
+                self.windows.open(windows.Window(room))
         for window in list(self.windows):
             if window.room is not None and window.room not in rooms:
                 self.windows.close(window)
@@ -472,7 +472,7 @@ class Screen:
 
     def add_history(self, room: str, events: list[Event]) -> None:
         self.notice(f"-- the last {len(events)} events of #{room}:")
-        for event in events:
+        for event in (e for e in events if not self.ignored.hides(e)):  # as everywhere else
             line = ui.event_fragments(event, me=self.nick, time_format=self.time_format)
             self._view().append(windows.Entry(line, ui.text_column(line)))
         self.notice("-- end of history")
@@ -480,9 +480,7 @@ class Screen:
     def notice(self, text: str, style: str = "class:notice") -> None:
         """A line (or lines) for the person, in the current window (made inert: it may quote
         the network)."""
-        indent = 3 if text.startswith(("-- ", "!! ")) else 0  # wrapped rows go under the text
-        self._view().append(windows.Entry([(style, render.inert(text))], indent))
-        self.app.invalidate()
+        self._say(self._view(), text, style)
 
     def error(self, text: str) -> None:
         self.notice(f"!! {text}", "class:error")
@@ -891,8 +889,7 @@ class Front:
         elif isinstance(command, c.Who):
             names = client.names(command.room)
             self._call(self.screen.set_nicks, names.room, names.nicks)
-            listed = ", ".join(n + (f" (away: {names.away[n]})" if n in names.away else "") for n in names.nicks)
-            self.notice(render.inert(f"-- in #{names.room}: {listed or 'nobody'}"))
+            self.notice(render.who_line(names.room, names.nicks, names.away))
         elif isinstance(command, c.History):
             events = client.history(command.room, command.count)
             self._call(self.screen.add_history, command.room or "", events)

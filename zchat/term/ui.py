@@ -207,10 +207,12 @@ def found_fragments(
 def fold_fragments(events: Sequence[Event], *, time_format: str = render.DEFAULT_TIME_FORMAT) -> Fragments:
     """A burst of joins and leaves (oldest first) as one line at the time of the first:
     ``10:00 -- joined: alice, bob; left: dave``; a burst of one reads as that event does."""
+    # The first event's line with the burst's text: the head and style stay event_fragments'.
+    line = event_fragments(events[0], me=None, time_format=time_format)
     if len(events) == 1:
-        return event_fragments(events[0], me=None, time_format=time_format)
-    clock = render.clock(events[0].ts, time_format)
-    return [("class:time", f"{clock} "), ("class:system", "-- "), ("class:system", render.fold_text(events))]
+        return line
+    style, _ = line[-1]
+    return [*line[:-1], (style, render.fold_text(events))]
 
 
 def day_fragments(day: dt.date) -> Fragments:

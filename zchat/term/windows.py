@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from prompt_toolkit.formatted_text.utils import split_lines
 
 from zchat.protocol import Event
-from zchat.term import ui
+from zchat.term import render, ui
 
 __all__ = [
+    "FOLD_MAX",
     "MARKER",
     "SCROLLBACK",
     "Entry",
@@ -45,6 +46,11 @@ __all__ = [
 SCROLLBACK = 2000
 #: The unread marker's label.
 MARKER = "new"
+#: Joins and leaves one folded line holds; a longer burst goes on in a new line. Without a bound
+#: one line grew without end (someone's client reconnecting all night in a quiet room, or a
+#: hostile one joining and leaving), past what the scrollback bounds, and refolding it on each
+#: event took ever longer on the UI thread.
+FOLD_MAX = 100
 
 #: A row of a window: (index of its entry, index of the row within that entry).
 Position = tuple[int, int]
@@ -150,8 +156,6 @@ class View:
 class Window:
     """One numbered window: a room's scrollback and what the status line and completion need."""
 
-    #: As the status line shows it: ``#general``, or ``@alice`` for a query.
-    name: str
     #: The room shown here; None for a window that is not a room.
     room: str | None = None
     #: A query's other party, as written; None for a window that is not a query.
@@ -179,6 +183,15 @@ class Window:
     #: The entry that shows each event shown.
     _keys: dict[Key, Entry] = field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        """As the status line shows it: ``#general``, ``@alice`` for a query (derived, so that a
+        query whose other party changes nick is renamed with it). Made inert: a query's nick
+        comes from the network, and the title, status and prompt lines show the name as is."""
+        if self.room is not None:
+            return f"#{render.inert(self.room)}"
+        return f"@{render.inert(self.query)}" if self.query is not None else "(no room)"
+
     # --- lines ------------------------------------------------------------------------------
 
     def append(self, entry: Entry, *, new: bool = False) -> None:
@@ -201,7 +214,7 @@ class Window:
     ) -> None:
         """Add a join or leave to the burst the newest line shows, or start one; ``make`` turns
         a burst into its line."""
-        if self._fold is not None and not (new and self.marker_due):
+        if self._fold is not None and len(self._fold[1]) < FOLD_MAX and not (new and self.marker_due):
             entry, events = self._fold
             events.append(event)
             entry.set(make(events), entry.indent)
@@ -291,8 +304,13 @@ class Window:
         if not block:
             return
         stream = block[0].keys[0][0]
-        maxlen = self.entries.maxlen or len(self.entries) + 3 * len(block) + 3
-        for _ in range(min(len(self.entries), len(self.entries) + 3 * len(block) + 3 - maxlen)):
+        # Each line brings at most a rule and a day line above it, and each place the lines go
+        # to a rule and a day line below (places <= lines): 3 a line and 2 a place. (3 a line
+        # and 3 in all was short when the lines fall into many places, and a full deque refuses
+        # an insert with IndexError.) A block of one line still makes room for 6.
+        most = 3 * len(block) + 3 + 2 * (len(block) - 1)
+        maxlen = self.entries.maxlen or len(self.entries) + most
+        for _ in range(min(len(self.entries), len(self.entries) + most - maxlen)):
             self._drop_oldest()
         entries = list(self.entries)
         keyed = [(i, seq) for i, e in enumerate(entries) if (seq := e.seq(stream)) is not None]
