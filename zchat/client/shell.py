@@ -196,7 +196,7 @@ class Client:
 
     def msg(self, to: str, text: str) -> str:
         """Send a private message to ``to``: only that nick (and you) will see it."""
-        return self._post(text, None, "message", to=p.check_nick(to))
+        return self._post(text, None, "message", to=to)
 
     def _post(self, text: str, room: str | None, kind: p.PostKind, to: str | None = None) -> str:
         msg_id = self.session.post(text, room, kind, time.monotonic(), to)
