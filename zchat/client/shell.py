@@ -261,7 +261,7 @@ class Client:
 
     def join(self, room: str) -> None:
         """Join another room (its backlog comes as for the first ones)."""
-        room = p.check_room(p.normalize_room(room))
+        room = self.session.room(room, member=False)
         self.links.subscribe(p.room_topic(room))  # first, so nothing after the join is missed
         try:
             reply = self._call(self.session.join_room(room))
