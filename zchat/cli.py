@@ -193,9 +193,7 @@ def _clear_errors() -> Iterator[None]:
     """Expected failures become one line on stderr and exit 1, never a traceback."""
     try:
         yield
-    except ZChatError as exc:
-        raise click.ClickException(render.inert(str(exc))) from None
-    except zmq.ZMQError as exc:
+    except (ZChatError, zmq.ZMQError) as exc:
         raise click.ClickException(render.inert(str(exc))) from None
 
 
