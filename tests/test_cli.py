@@ -219,6 +219,17 @@ def test_a_bad_broker_address_is_one_line_naming_it(value: str) -> None:
     assert done.stderr.splitlines() == [f"Error: --broker {value!r}: expected HOST[:PORT], PORT 1-65533"]
 
 
+@pytest.mark.parametrize("option", ["--ingest", "--feed", "--rpc"])
+def test_a_bad_endpoint_is_one_line_naming_it_and_does_not_hang(option: str) -> None:
+    """A feed that failed to connect once left its socket open, and closing the client hung."""
+    done = subprocess.run(
+        [*ZCHAT, "stats", option, "bogus"], capture_output=True, text=True, timeout=30, env=child_env()
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("Error: cannot connect to bogus: Invalid argument"), line
+
+
 def test_broker_port_in_use_is_one_line() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
