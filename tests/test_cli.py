@@ -191,6 +191,31 @@ def test_no_broker_exits_1_fast_with_one_line(command: list[str]) -> None:
     assert elapsed < 5
 
 
+@pytest.mark.parametrize("value", ["foo:bar", "[::1]:99999", "localhost:0"])
+def test_a_bad_broker_address_is_one_line_naming_it(value: str) -> None:
+    """Not "cannot reach the broker at tcp://[::1]:100000": the address itself is wrong."""
+    done = subprocess.run(
+        [*ZCHAT, "say", "--nick", "bob", "--broker", value, "hi"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env(),
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [f"Error: --broker {value!r}: expected HOST[:PORT], PORT 1-65533"]
+
+
+@pytest.mark.parametrize("option", ["--ingest", "--feed", "--rpc"])
+def test_a_bad_endpoint_is_one_line_naming_it_and_does_not_hang(option: str) -> None:
+    """A feed that failed to connect once left its socket open, and closing the client hung."""
+    done = subprocess.run(
+        [*ZCHAT, "stats", option, "bogus"], capture_output=True, text=True, timeout=30, env=child_env()
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("Error: cannot connect to bogus: Invalid argument"), line
+
+
 def test_broker_port_in_use_is_one_line() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -49,6 +49,8 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
 DEFAULT_SERVER_PUBLIC = CONFIG_DIR / "server.key"
 #: A client's secret key file when no --key is given.
 DEFAULT_CLIENT_KEY = CONFIG_DIR / "id.key_secret"
+#: The highest base port: feed and rpc are on the next two.
+MAX_BASE_PORT = 65533
 
 log = logging.getLogger("zchat.broker")
 
@@ -75,7 +77,7 @@ def endpoint_options(f: F) -> F:
         click.option(
             "--port",
             envvar="ZCHAT_PORT",
-            type=click.IntRange(1, 65533),
+            type=click.IntRange(1, MAX_BASE_PORT),
             default=p.DEFAULT_PORT,
             show_default=True,
             help="Base port: ingest on PORT, feed on PORT+1, rpc on PORT+2.",
@@ -191,9 +193,7 @@ def _clear_errors() -> Iterator[None]:
     """Expected failures become one line on stderr and exit 1, never a traceback."""
     try:
         yield
-    except ZChatError as exc:
-        raise click.ClickException(render.inert(str(exc))) from None
-    except zmq.ZMQError as exc:
+    except (ZChatError, zmq.ZMQError) as exc:
         raise click.ClickException(render.inert(str(exc))) from None
 
 
@@ -688,7 +688,7 @@ def store_copy_cmd(source: str, target: str, force: bool) -> None:
 @click.option(
     "--port",
     envvar="ZCHAT_RELAY_PORT",
-    type=click.IntRange(1, 65533),
+    type=click.IntRange(1, MAX_BASE_PORT),
     default=p.DEFAULT_PORT,
     show_default=True,
     help="Base port, as for a broker: the relayed feed is served on PORT+1.",
@@ -745,8 +745,9 @@ def _broker(address: str, option: str) -> p.Endpoints:
     host, sep, port = address.rpartition(":")
     if not sep or host.endswith(":") or (host.count(":") and not host.endswith("]")):
         host, port = address, str(p.DEFAULT_PORT)
-    if not port.isdigit() or not host:
-        raise ZChatError(f"{option} {address!r}: expected HOST[:PORT]")
+    # As --port: PORT+2 (rpc) must still be a port, or connecting fails as "no answer".
+    if not port.isdigit() or not host or not 1 <= int(port) <= MAX_BASE_PORT:
+        raise ZChatError(f"{option} {address!r}: expected HOST[:PORT], PORT 1-{MAX_BASE_PORT}")
     return p.Endpoints.from_host_port(host.strip("[]"), int(port))
 
 

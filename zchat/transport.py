@@ -19,7 +19,18 @@ import zmq
 
 from zchat.errors import ZChatError
 
-__all__ = ["MIN_LIBZMQ", "NOBLOCK", "Curve", "Service", "Waker", "bind", "new_route", "require_libzmq", "socket"]
+__all__ = [
+    "MIN_LIBZMQ",
+    "NOBLOCK",
+    "Curve",
+    "Service",
+    "Waker",
+    "bind",
+    "connect",
+    "new_route",
+    "require_libzmq",
+    "socket",
+]
 
 #: ``zmq.NOBLOCK`` as a plain int: pyzmq converts enum flags on every call, which costs more
 #: than the receive itself on a hot path (measured: 6.5 µs vs 2.5 µs per recv_multipart).
@@ -83,6 +94,15 @@ def bind(sock: zmq.Socket[bytes], endpoint: str) -> str:
     bound = sock.getsockopt(zmq.LAST_ENDPOINT)
     assert isinstance(bound, bytes)
     return bound.decode()
+
+
+def connect(sock: zmq.Socket[bytes], endpoint: str) -> None:
+    """Connect ``sock``. A failure (an endpoint libzmq cannot parse) names the endpoint, as
+    :func:`bind` does, not only "Invalid argument"."""
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        raise zmq.ZMQError(exc.errno, f"cannot connect to {endpoint}: {exc.strerror}") from None
 
 
 class Service:

@@ -478,6 +478,8 @@ def test_private_messages_come_in_the_inbox_sequence_and_notices_at_once() -> No
 
 def test_a_private_message_is_confirmed_by_its_copy_in_the_senders_inbox() -> None:
     s = joined(0.0)
+    with pytest.raises(LocalProtocolError, match="invalid nick"):
+        s.post("psst", None, "message", 0.0, to="no one")  # refused here, and it takes no number
     msg_id = s.post("psst", None, "message", 0.0, to="bob")
     (post,) = pushed(s)
     assert (post.to, post.room, post.n) == ("bob", "", 1)

@@ -45,8 +45,14 @@ class Feed:
         self.endpoint = ", ".join(endpoints)
         # A deep receive queue: a client that stalls loses less, and repairs less from history.
         self.socket = transport.socket(ctx, zmq.SUB, endpoints[0], curve, RCVHWM=100_000)
-        for each in endpoints:
-            self.socket.connect(each)
+        try:
+            for each in endpoints:
+                transport.connect(self.socket, each)
+        except zmq.ZMQError:
+            # Not yet ours to close for the caller: left open, it would block the context's
+            # term() for ever (``zchat stats --feed bogus`` hung instead of saying why).
+            self.socket.close()
+            raise
         for topic in topics:
             self.subscribe(topic)
         self.subscribe(p.HEARTBEAT_TOPIC)  # last: a heartbeat proves the rooms live too

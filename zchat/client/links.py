@@ -121,7 +121,7 @@ class Links:
         self._push = transport.socket(
             self.context, zmq.PUSH, self.endpoints.ingest, self.curve, IMMEDIATE=1, LINGER=1000
         )
-        self._push.connect(self.endpoints.ingest)
+        transport.connect(self._push, self.endpoints.ingest)
         self.reopen_rpc(watch=True)
 
     def next_broker(self) -> None:
@@ -133,7 +133,7 @@ class Links:
             self._push.disconnect(self.endpoints.ingest)
         self._current = (self._current + 1) % len(self.brokers)
         if self._push is not None:
-            self._push.connect(self.endpoints.ingest)
+            transport.connect(self._push, self.endpoints.ingest)
 
     def reopen_rpc(self, *, watch: bool = False) -> None:
         """Replace the rpc socket with a new one to the current broker: nothing sent on the old
@@ -147,7 +147,7 @@ class Links:
         self.rpc.setsockopt(zmq.ROUTING_ID, transport.new_route())
         if watch:
             self._monitor = self.rpc.get_monitor_socket(_HANDSHAKE_FAILURES)
-        self.rpc.connect(self.endpoints.rpc)
+        transport.connect(self.rpc, self.endpoints.rpc)
 
     def _stop_watching(self) -> None:
         if self._monitor is None:

@@ -340,7 +340,11 @@ class ClientSession:
         self._speaking("speak")
         if self.state not in ("connected", "reconnecting"):
             raise ZChatError(f"the client is {self.state}")
-        room = "" if to is not None else self.room(room)
+        if to is None:
+            room = self.room(room)
+        else:
+            room = ""  # a private message goes to a nick's inbox, not a room
+            p.check_nick(to)
         p.check_text(text)
         msg_id = next(self._ids)
         if not self.pending:

@@ -196,7 +196,7 @@ class Client:
 
     def msg(self, to: str, text: str) -> str:
         """Send a private message to ``to``: only that nick (and you) will see it."""
-        return self._post(text, None, "message", to=p.check_nick(to))
+        return self._post(text, None, "message", to=to)
 
     def _post(self, text: str, room: str | None, kind: p.PostKind, to: str | None = None) -> str:
         msg_id = self.session.post(text, room, kind, time.monotonic(), to)
@@ -261,7 +261,7 @@ class Client:
 
     def join(self, room: str) -> None:
         """Join another room (its backlog comes as for the first ones)."""
-        room = p.check_room(p.normalize_room(room))
+        room = self.session.room(room, member=False)
         self.links.subscribe(p.room_topic(room))  # first, so nothing after the join is missed
         try:
             reply = self._call(self.session.join_room(room))
