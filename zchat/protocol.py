@@ -108,6 +108,9 @@ MAX_REASON_CHARS = 200
 MAX_AWAY_CHARS = 200
 MAX_TOPIC_CHARS = 400
 MAX_QUERY_CHARS = 200
+#: Refused post numbers a hello or heartbeat reply names at most, the latest: when it names this
+#: many, whether a processed post below the smallest of them was refused is not known.
+MAX_REFUSED = 32
 #: Shortest routing id a session's rpc connection may have (client-chosen, random): private
 #: traffic is routed to it, so it must be unguessable (see docs/protocol.md, "Your route").
 MIN_ROUTE_BYTES = 16

@@ -439,6 +439,20 @@ def test_a_refusal_told_in_a_reply_fails_the_message_instead_of_confirming_it() 
     assert fine not in s.failed
 
 
+def test_below_a_full_list_of_refusals_a_message_is_not_counted_as_sent() -> None:
+    s = joined(0.0)
+    ids = [s.post(f"m{i}", None, "message", 0.0, to="gone") for i in range(p.MAX_REFUSED + 8)]
+    pushed(s)
+    s.tick(1.0)
+    (beat,) = requests(s.take_outgoing())
+    # Every one was refused, but the reply names only the latest MAX_REFUSED of them.
+    named = {str(n): "no one called 'gone' is here" for n in range(9, len(ids) + 1)}
+    s.rpc_message(reply_to(beat, seqs={ROOM: 0}, acked=len(ids), refused=named), 1.1)
+    assert not s.pending and set(s.failed) == set(ids)
+    codes = [e.code for e in s.take_events()]
+    assert codes.count("not_sent") == 8 and codes.count("rejected") == p.MAX_REFUSED
+
+
 def test_a_new_session_renumbers_the_outbox_and_confirms_what_the_old_one_committed() -> None:
     s = joined(0.0)
     ids = [s.post(f"m{i}", None, "message", 0.0) for i in range(3)]

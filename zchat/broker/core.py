@@ -71,9 +71,6 @@ MOVES_BURST = 20
 SESSIONS_PER_KEY = 16
 #: Rooms kept in memory at once (rooms with members; an empty one is forgotten, its history stays).
 MAX_ACTIVE_ROOMS = 10_000
-#: Refused post numbers a session is reminded of in its replies (a burst of refusals is rare:
-#: a client that validates what it sends sees few).
-MAX_REFUSED = 32
 #: Ended sessions whose last post number is remembered (so their late resends are recognised).
 MAX_TOMBSTONES = 10_000
 #: A loop iteration this much later than the previous one means the broker itself was stalled
@@ -1051,7 +1048,7 @@ class BrokerCore:
             session.refused[n] = text
             # (Not stored, it must not be reminded of: the sender resends n, which may pass.)
             self._undo.append(lambda: session.refused.pop(n, None))
-            while len(session.refused) > MAX_REFUSED:
+            while len(session.refused) > p.MAX_REFUSED:  # (a burst of refusals is rare)
                 del session.refused[next(iter(session.refused))]
         ev = self._notice("error", text, ref=ref, n=n, code=code)
         self._deliver(session, msgspec.structs.replace(ev, room=room if room in session.rooms else ""))

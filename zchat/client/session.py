@@ -395,13 +395,22 @@ class ClientSession:
     def _settle(self, acked: int, refused: dict[int, str], now: float) -> None:
         """A reply's word: every post up to ``acked`` was processed, and those in ``refused``
         were refused for good; the others are delivered (a message given up on, after all)."""
+        # A full list names only the latest refusals: below them, a post may have been refused
+        # unsaid, so it is not counted as sent (if it was, its event clears the failure).
+        unknown_below = min(refused) if len(refused) >= p.MAX_REFUSED else 0
         for msg_id, out in [(i, o) for i, o in self.pending.items() if o.n <= acked]:
             del self.pending[msg_id]
             self._progress_at = now
-            if out.n in refused and msg_id not in self.failed:
+            if msg_id in self.failed:
+                continue
+            if out.n in refused:
                 self.failed[msg_id] = refused[out.n]
                 ev = p.Event(0, p.format_ts(self._wallclock()), out.room, "error", p.SYSTEM_NICK, refused[out.n])
                 self._events.append(msgspec.structs.replace(ev, id=msg_id, code="rejected", n=out.n))
+            elif out.n < unknown_below:
+                why = "not sent: the broker refused too many messages meanwhile to say whether it took this one"
+                self.failed[msg_id] = why
+                self._events.append(self._local("error", "not_sent", f"{why}: {out.text[:60]}", out.room, msg_id))
         for msg_id in [i for i, o in self._given_up.items() if o.n <= acked]:
             # Its number was used: by the message (then its own event clears the failure when it
             # shows up) or by the void sent for it. Which one, only the event can tell.
