@@ -473,7 +473,7 @@ def join_cmd(
     with _clear_errors():
         if log_dir is not None:
             try:
-                log_dir.mkdir(parents=True, exist_ok=True)
+                log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # transcripts hold private messages
             except OSError as exc:
                 raise ZChatError(f"cannot use --log-dir {log_dir}: {exc.strerror or exc}") from None
         client = _connected(nick, rooms, kw, backlog=backlog, send_timeout=send_timeout)
