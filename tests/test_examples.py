@@ -229,6 +229,17 @@ class RawSession:
                 return self.events[-1]
         raise AssertionError(f"no matching event in {timeout} s; saw {self.events}")
 
+    def until_each(self, *preds: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> None:
+        """Record until every one of ``preds`` matched an event, in any order: what comes on
+        rpc and what comes on the feed race each other."""
+        left = list(preds)
+
+        def all_seen(event: dict[str, Any]) -> bool:
+            left[:] = [pred for pred in left if not pred(event)]
+            return not left
+
+        self.until(all_seen, timeout)
+
     def close(self) -> None:
         for sock in (self.push, self.sub, self.rpc):
             sock.close()
@@ -785,8 +796,7 @@ def record_the_protocol(ctx: zmq.Context[zmq.Socket[bytes]], heartbeat: float = 
         a.post(token=alice, to="bob", text="lunch?", id="3f9a1c2e-7", n=7)
         a.post(token=alice, to="zed", text="hello?", id="3f9a1c2e-8", n=8)
         a.post(token=alice, room="general", text="no number, no dedupe")
-        a.until(lambda e: e["text"] == "no number, no dedupe")
-        a.until(lambda e: e.get("code") == "away")
+        a.until_each(lambda e: e["text"] == "no number, no dedupe", lambda e: e.get("code") == "away")
         b.until(lambda e: e["kind"] == "private")
         a.call({"type": "heartbeat", "req": "6", "token": alice})
         b.call({"type": "heartbeat", "req": "12", "token": bob, "inbox_read": 1})
