@@ -31,6 +31,9 @@ TIMEOUT = 10.0
 #: Run children from the repository root so ``-m zchat`` finds the package even uninstalled.
 ROOT = Path(__file__).resolve().parent.parent
 _SGR = re.compile(r"\x1b\[([0-9;]*)m")
+_HIDE_CURSOR, _SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
+#: How long the rest of a frame that a read split may take to arrive: it was written at once.
+_REST_OF_FRAME = 0.5
 
 
 class Term:
@@ -72,11 +75,27 @@ class Term:
         predicate) holds; fail after ``timeout`` seconds, showing the screen."""
         check = condition if callable(condition) else lambda t: re.search(condition, t.text) is not None
         deadline = time.monotonic() + timeout
-        while not check(self):
+        while True:
             left = deadline - time.monotonic()
+            if check(self):
+                # A read can end inside a frame (the pty splits large writes), showing a screen
+                # that is part new, part old: the condition holds only on a whole frame.
+                if self._frame_done():
+                    return
+                before = len(self.raw)
+                self._read(min(left, _REST_OF_FRAME))
+                if len(self.raw) == before:
+                    return  # nothing more came: it was whole (a frame that leaves the cursor hidden)
+                continue
             if left <= 0 or self.ended:
                 raise AssertionError(f"screen never matched {condition!r}:\n{self.text}")
             self._read(left)
+
+    def _frame_done(self) -> bool:
+        """Whether the last frame prompt_toolkit began has ended: it hides the cursor when it
+        starts drawing and shows it again when it is done."""
+        began = self.raw.rfind(_HIDE_CURSOR)
+        return began < 0 or self.raw.find(_SHOW_CURSOR, began) >= 0
 
     def drain(self) -> None:
         """Take in whatever the child has written by now (without waiting for more)."""
