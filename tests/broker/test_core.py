@@ -16,7 +16,7 @@ from zchat import protocol as p
 from zchat.broker import core as core_module
 from zchat.broker.config import BrokerConfig
 from zchat.broker.core import STALL_SECONDS, BrokerCore
-from zchat.broker.identity import Authority
+from zchat.broker.identity import CLAIMS_PER_KEY, Authority
 from zchat.broker.store import SQLiteStore, Store, StoreError
 
 #: The fixed wall clock of every test core, and how its timestamps read.
@@ -632,14 +632,14 @@ def test_a_failed_commit_takes_back_joins_leaves_nick_topic_and_claims() -> None
     store = FailingStore(":memory:")
     h = Harness(store=store, authority=Authority(open_registration=True))
     bob = h.hello("bob", ["general"], identity=BOB_KEY)
-    before = (h.core.members("general"), h.core.seq("general"), store.claims())
+    before = (h.core.members("general"), h.core.seq("general"), store.claims(), h.core.stats(T0)["claims"])
     store.failing = True
     h.call(p.Join(token=bob, room="dev"), who="bob", identity=BOB_KEY)
     h.call(p.Nick(token=bob, nick="robert"), who="bob", identity=BOB_KEY)
     h.call(p.Topic(token=bob, room="general", text="new"), who="bob", identity=BOB_KEY)
     h.call(p.Leave(token=bob), who="bob", identity=BOB_KEY)
     store.failing = False
-    assert (h.core.members("general"), h.core.seq("general"), store.claims()) == before
+    assert (h.core.members("general"), h.core.seq("general"), store.claims(), h.core.stats(T0)["claims"]) == before
     assert h.core.members("dev") == [] and h.core.session(bob) is not None
     reply, _ = h.call(p.Who(room="general"))
     assert reply["nicks"] == ["bob"] and reply["topic"] is None
@@ -746,6 +746,20 @@ def test_in_secure_mode_a_new_nick_must_be_the_keys_and_moves_the_inbox() -> Non
     bob = h.hello("bob", identity=BOB_KEY)
     reply, _ = h.call(p.Nick(token=bob, nick="robert"), who="bob", identity=BOB_KEY)
     assert reply["inbox"]["name"] == "@robert"
+
+
+def test_open_registration_claims_are_bounded_per_key_and_counted() -> None:
+    store = SQLiteStore(":memory:")
+    h = Harness(store=store, authority=Authority(open_registration=True))
+    bob = h.hello("bob", identity=BOB_KEY)  # the first claim
+    for i in range(1, CLAIMS_PER_KEY):
+        assert h.call(p.Nick(token=bob, nick=f"bob{i}"), who="bob", identity=BOB_KEY)[0]["ok"] is True
+    reply, _ = h.call(p.Nick(token=bob, nick="yet-another"), who="bob", identity=BOB_KEY)
+    assert reply["code"] == "nick_not_allowed" and "the most one key may" in reply["error"]
+    stats = h.core.stats(T0)
+    assert (stats["claims"], stats["claims_refused"]) == (CLAIMS_PER_KEY, 1)
+    assert len(store.claims()) == CLAIMS_PER_KEY
+    assert h.call(p.Nick(token=bob, nick="bob"), who="bob", identity=BOB_KEY)[0]["ok"] is True  # its own: yes
 
 
 def test_a_topic_is_set_announced_cleared_and_told_on_join(stored: Harness) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from zchat.broker.identity import Authority, parse_allowlist
+from zchat.broker import identity
+from zchat.broker.identity import Authority, ClaimRefused, parse_allowlist
 from zchat.errors import LocalProtocolError
 
 
@@ -111,3 +112,23 @@ def test_claims_let_their_keys_connect_without_open_registration() -> None:
     assert auth.may_connect(CAROL)
     assert not auth.may_connect(EVE)
     assert auth.check(CAROL, "dave") is False
+
+
+def test_claims_are_bounded_per_key_and_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = Authority({BOB: {"bob"}}, open_registration=True, claims={"dave": CAROL, "Bob": EVE})
+    assert auth.claims == 1  # dave; eve's old claim on bob lost to the allowlist
+    for i in range(identity.CLAIMS_PER_KEY):
+        assert auth.check(EVE, f"eve{i}") is True
+    with pytest.raises(ClaimRefused, match=f"claimed {identity.CLAIMS_PER_KEY} nicks.*eve0, eve1, eve10, eve11, …"):
+        auth.check(EVE, "one-more")
+    assert auth.check(EVE, "eve3") is False  # her own still work
+    auth.unclaim("eve3")  # (a batch not stored) gives its place back
+    assert auth.check(EVE, "one-more") is True
+    assert auth.claims == 1 + identity.CLAIMS_PER_KEY
+
+    monkeypatch.setattr(identity, "MAX_CLAIMS", auth.claims + 1)
+    assert auth.check(CAROL, "carol") is True
+    with pytest.raises(ClaimRefused, match="as many nick claims as it may"):
+        auth.check(key(), "fresh")  # a fresh key, within its own bound
+    assert auth.check(CAROL, "dave") is False and auth.check(BOB, "bob") is False  # owned nicks still work
+    assert "one-more" in auth.nicks(EVE) and auth.owner("fresh") is None

@@ -35,7 +35,7 @@ import msgspec
 
 from zchat import protocol as p
 from zchat.broker.config import BrokerConfig
-from zchat.broker.identity import Authority
+from zchat.broker.identity import Authority, ClaimRefused
 from zchat.broker.ratelimit import RateLimiter
 from zchat.broker.store import MAX_PAGE_BYTES, TOMBSTONE_SECONDS, SessionRecord, Store, StoreError, TopicRecord
 from zchat.errors import LocalProtocolError, RemoteProtocolError
@@ -126,6 +126,7 @@ class Counters:
     sessions_refused: int = 0  # hellos refused: a cap on sessions (total, per key, per address)
     moves_limited: int = 0  # joins, parts, nick/away/topic changes refused as too fast
     rooms_refused: int = 0  # joins refused: too many rooms (per session, or on the broker)
+    claims_refused: int = 0  # first claims of a nick refused: too many (per key, or on the broker)
     weak_routes: int = 0  # session requests from a routing id too short or not client-chosen
     published: int = 0  # events put on the feed
     delivered: int = 0  # events sent to one session's rpc connection
@@ -673,6 +674,9 @@ class BrokerCore:
         assert self._authority is not None
         try:
             claimed = self._authority.check(identity, nick)
+        except ClaimRefused as exc:
+            self.counters.claims_refused += 1
+            raise _Code("nick_not_allowed", str(exc)) from None
         except LocalProtocolError as exc:
             raise _Code("nick_not_allowed", str(exc)) from None
         if claimed:
@@ -879,6 +883,7 @@ class BrokerCore:
             "sessions": len(self._sessions),
             "rooms": len(self._rooms),
             "tombstones": len(self._tombstones),
+            "claims": self._authority.claims if self._authority is not None else 0,
             "store_bytes": self._store.size() if self._store is not None else 0,
             "wal_bytes": self._store.wal_size() if self._store is not None else 0,
             "epoch": self.epoch,

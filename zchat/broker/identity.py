@@ -17,7 +17,15 @@ from pathlib import Path
 from zchat.errors import LocalProtocolError, ZChatError
 from zchat.protocol import check_nick
 
-__all__ = ["Authority", "load_allowlist", "parse_allowlist"]
+__all__ = ["CLAIMS_PER_KEY", "MAX_CLAIMS", "Authority", "ClaimRefused", "load_allowlist", "parse_allowlist"]
+
+#: Nicks one key may claim by open registration: a person's nick and a few alternates (what
+#: NickServ calls grouped nicks). Claims are kept for good, so without a bound one key renaming
+#: itself once a second would add 86 400 rows a day to the store. Allowlisted nicks do not count.
+CLAIMS_PER_KEY = 16
+#: Claims the broker keeps in all: keys cost nothing to make, so a flood of fresh keys (each
+#: within its own bound) stops here. Past it only nicks already claimed (or allowlisted) work.
+MAX_CLAIMS = 100_000
 
 _Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
@@ -42,6 +50,10 @@ def parse_allowlist(text: str, source: str = "allowlist") -> dict[str, set[str]]
     return keys
 
 
+class ClaimRefused(LocalProtocolError):
+    """A first claim refused by a bound on claims (the nick itself was free)."""
+
+
 class Authority:
     """Maps CURVE client keys to the nicks they may use."""
 
@@ -55,9 +67,14 @@ class Authority:
         self.open_registration = open_registration
         self._nicks: dict[str, set[str]] = {k: {n.lower() for n in v} for k, v in (allowlist or {}).items()}
         self._owner: dict[str, str] = {n: k for k, nicks in self._nicks.items() for n in nicks}
+        #: Nicks each key claimed (open registration), apart from what the allowlist gives it.
+        self._claimed: dict[str, set[str]] = {}
+        #: Claims in all (those loaded may exceed the bounds: kept, never refused afterwards).
+        self.claims = 0
         for nick, key in (claims or {}).items():
-            self._owner.setdefault(nick.lower(), key)
-            self._nicks.setdefault(key, set()).add(nick.lower())
+            if nick.lower() not in self._owner:  # (the allowlist wins)
+                self._owner[nick.lower()] = key
+                self._record(key, nick.lower())
 
     def may_connect(self, key: str) -> bool:
         """The ZAP question: is this key known (or is anyone welcome to register)?"""
@@ -80,15 +97,30 @@ class Authority:
             raise LocalProtocolError(f"nick {nick!r} belongs to another key")
         if not self.open_registration:
             raise LocalProtocolError(f"this key may not use nick {nick!r}")
+        mine = self._claimed.get(key, set())
+        if len(mine) >= CLAIMS_PER_KEY:
+            raise ClaimRefused(
+                f"this key has claimed {len(mine)} nicks, the most one key may: use one of them"
+                f" ({', '.join(sorted(mine)[:4])}{', …' if len(mine) > 4 else ''})"
+            )
+        if self.claims >= MAX_CLAIMS:
+            raise ClaimRefused("the broker holds as many nick claims as it may: use a nick your key owns")
         self._owner[nick.lower()] = key
-        self._nicks.setdefault(key, set()).add(nick.lower())
+        self._record(key, nick.lower())
         return True
+
+    def _record(self, key: str, nick: str) -> None:
+        self._nicks.setdefault(key, set()).add(nick)
+        self._claimed.setdefault(key, set()).add(nick)
+        self.claims += 1
 
     def unclaim(self, nick: str) -> None:
         """Take back a claim :meth:`check` just made (the batch it came in was not stored)."""
         key = self._owner.pop(nick.lower(), None)
         if key is not None:
             self._nicks.get(key, set()).discard(nick.lower())
+            self._claimed.get(key, set()).discard(nick.lower())
+            self.claims -= 1
 
 
 def load_allowlist(path: Path) -> dict[str, set[str]]:

@@ -49,6 +49,7 @@ COUNTER_HELP = {
     "sessions_refused": "Hellos refused by a cap on sessions (total, per key, per address).",
     "moves_limited": "Joins, parts, nick, away and topic changes refused as too fast.",
     "rooms_refused": "Joins refused: too many rooms (per session, or on the broker).",
+    "claims_refused": "First claims of a nick refused: too many (per key, or on the broker).",
     "weak_routes": "Session requests from a routing id too short or not chosen by the client.",
     "published": "Events put on the feed.",
     "delivered": "Events sent to one session's rpc connection.",
@@ -69,6 +70,7 @@ GAUGE_HELP = {
     "sessions": ("zchat_sessions", "Live sessions."),
     "rooms": ("zchat_rooms", "Rooms in memory (with members, or used in the last batch)."),
     "tombstones": ("zchat_tombstones", "Ended sessions whose last post number is still remembered."),
+    "claims": ("zchat_claims", "Nicks claimed by open registration (secure mode), kept for good."),
     "store_bytes": ("zchat_store_bytes", "Bytes the history store takes (file and WAL, or tables on the server)."),
     "wal_bytes": (
         "zchat_wal_bytes",
