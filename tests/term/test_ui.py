@@ -19,7 +19,7 @@ from prompt_toolkit.output import DummyOutput
 from zchat.errors import LocalProtocolError
 from zchat.protocol import Event
 from zchat.term import commands as c
-from zchat.term import render, ui
+from zchat.term import render, tui, ui
 from zchat.term.transcript import Transcript, transcript_line
 from zchat.term.tui import Screen
 from zchat.term.windows import Window
@@ -784,6 +784,28 @@ def test_msg_and_query_go_to_the_window_of_the_conversation(screen: Screen) -> N
     assert screen.windows.current is carol and sent[-1] == c.Msg("Carol", "hi", ref=1)
     screen.run_line("/query dave")
     assert screen.query == "dave" and sent[-1:] == [c.Query("dave")]
+
+
+def test_query_windows_are_bounded_past_them_private_messages_show_here(
+    screen: Screen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tui, "MAX_QUERIES", 2)
+    sent = sent_commands(screen)
+    screen.add_events([private(1, "eve1", "bob", "one"), private(2, "eve2", "bob", "two")])
+    assert [w.name for w in screen.windows] == ["#general", "#dev", "@eve1", "@eve2"]
+    screen.add_events([private(3, "eve3", "bob", "three"), private(4, "eve4", "bob", "four")])
+    assert len(screen.windows) == 4 and sent == [c.Query("eve1"), c.Query("eve2")]  # no more fetches
+    here = shown(screen).splitlines()
+    assert here[-3].startswith("-- 2 query windows are open, the most there may be")  # said once
+    assert here[-2].endswith("[eve3 → bob] three") and here[-1].endswith("[eve4 → bob] four")
+    screen.run_line("/query carol")
+    assert shown(screen).splitlines()[-1].startswith("!! 2 query windows are open, the most there may be")
+    screen.run_line("/msg carol hi")  # still sent; shown where you are
+    assert sent[-1] == c.Msg("carol", "hi", ref=1) and shown(screen).splitlines()[-1].endswith("[bob → carol] hi")
+    screen.go_to(4)
+    screen.run_line("/part")  # one closes: the next one opens again
+    screen.add_events([private(5, "eve5", "bob", "five")])
+    assert window_named(screen, "@eve5").unread == 1 and sent[-1] == c.Query("eve5")
 
 
 def test_nick_changes_follow_the_rooms_the_queries_and_you(screen: Screen) -> None:

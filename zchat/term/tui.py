@@ -67,6 +67,10 @@ SEARCH_LIMIT = 20
 AROUND = 10
 #: Messages of a conversation a query window opens with, from the newest of the inbox.
 QUERY_BACKLOG = 100
+#: Query windows open at once. Each one holds a scrollback and costs a fetch of the inbox when it
+#: opens, and anyone may message you under ever new nicks; past it, private messages from
+#: others show in the current window.
+MAX_QUERIES = 50
 
 _STYLE = {
     "time": "ansibrightblack",
@@ -182,6 +186,8 @@ class Screen:
         self._handed: dict[int, _Outgoing] = {}
         self._pending: dict[str, _Outgoing] = {}
         self._failed: collections.deque[_Outgoing] = collections.deque(maxlen=MAX_FAILED)
+        #: Whether the user was told that no more query windows may open (see MAX_QUERIES).
+        self._told_queries_full = False
         #: Your away message (None: here), for the status line.
         self.away: str | None = None
         #: Every nick you had in this run: a message sent just before a /nick comes back under
@@ -328,7 +334,7 @@ class Screen:
         """A private message goes to the query window of the other party, opened (with what the
         inbox holds of the conversation) if need be, as irssi does; True if it should ring."""
         other = (event.to or event.nick) if event.nick.lower() == self.nick.lower() else event.nick
-        window = self.windows.query(other) or self._open_query(other)
+        window = self._query_window(other)
         if event.seq > 0 and window.find((event.room, event.seq)) is not None:
             return False  # shown already: the conversation fetched for the window had it
         mention = ui.is_mention(event, self.nick)
@@ -337,6 +343,23 @@ class Screen:
             window.unread += 1
             window.mentioned |= mention
         return mention
+
+    def _query_window(self, nick: str) -> windows.Window:
+        """The query window with ``nick``, opened if need be; the current window if no more
+        may open (said once, until one closes)."""
+        window = self.windows.query(nick)
+        if window is not None:
+            return window
+        if self._queries_full():
+            if not self._told_queries_full:
+                self._told_queries_full = True
+                self.notice(f"-- {MAX_QUERIES} query windows are open, the most there may be: private messages"
+                            " with others show here (/part in a query window closes it)")  # fmt: skip
+            return self._view()
+        return self._open_query(nick)
+
+    def _queries_full(self) -> bool:
+        return sum(w.query is not None for w in self.windows) >= MAX_QUERIES
 
     def _open_query(self, nick: str, *, switch: bool = False) -> windows.Window:
         """A new query window with ``nick`` (the next number); the network thread is asked for
@@ -495,7 +518,7 @@ class Screen:
         now = p.format_ts(time.time())
         if isinstance(command, c.Msg):
             event = Event(0, now, "", "private", self.nick, command.text, to=command.nick)
-            window = self.windows.query(command.nick) or self._open_query(command.nick)
+            window = self._query_window(command.nick)
             self._go(window)
         else:
             kind = "action" if isinstance(command, c.Me) else "message"
@@ -675,6 +698,7 @@ class Screen:
                 self._hand_over(command)
             else:
                 self.windows.close(window)  # a query is only a window: closing it is leaving it
+                self._told_queries_full = False
                 self.app.invalidate()
         else:
             self._hand_over(command)
@@ -684,6 +708,8 @@ class Screen:
             self.notice("-- that is you: /query someone else")
         elif (window := self.windows.query(nick)) is not None:
             self._go(window)
+        elif self._queries_full():
+            self.error(f"{MAX_QUERIES} query windows are open, the most there may be: /part in one closes it")
         else:
             self._open_query(nick, switch=True)
 
