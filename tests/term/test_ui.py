@@ -805,7 +805,7 @@ def test_query_windows_are_bounded_past_them_private_messages_show_here(
     screen.go_to(4)
     screen.run_line("/part")  # one closes: the next one opens again
     screen.add_events([private(5, "eve5", "bob", "five")])
-    assert window_named(screen, "@eve5").unread == 1 and sent[-1] == c.Query("eve5")
+    assert window_named(screen, "@eve5").unread == 1 and sent[-1:] == [c.Query("eve5")]
 
 
 def test_nick_changes_follow_the_rooms_the_queries_and_you(screen: Screen) -> None:
