@@ -825,7 +825,7 @@ def say_cmd(nick: str, room: str, to: str | None, text: str | None, send_timeout
                 client.poll(0.25)
                 progress.show()
             progress.clear()
-            failed = len(client.failed) + refused
+            failed = client.failures + refused
             if failed:
                 reason = next(iter(client.failed.values()), "refused")
                 raise ZChatError(f"{failed} of {progress.queued + refused} line(s) not sent: {reason}")
@@ -846,7 +846,7 @@ class _Progress:
 
     def show(self) -> None:
         if self._enabled and self.queued > 1:
-            done = self.queued - len(self.client.pending) - len(self.client.failed)
+            done = self.queued - len(self.client.pending) - self.client.failures
             sys.stderr.write(f"\r\x1b[Kzchat say: {done}/{self.queued} lines confirmed")
             sys.stderr.flush()
             self._shown = True

@@ -295,6 +295,30 @@ def test_hello_resuming_an_ended_session_learns_what_it_committed(h: Harness) ->
     assert reply["token"] != token
 
 
+def test_a_lapsed_session_s_refusals_are_told_to_its_next_hello_also_after_a_restart() -> None:
+    store = SQLiteStore(":memory:")
+    h = Harness(store=store)
+    token = h.hello("alice")
+    h.post(token, "general", "m1", n=1)
+    h.post(token, "ops", "not in that room", n=2)  # refused for good, told to a connection gone
+    h.post(token, "general", "m3", n=3)
+    reply, _ = h.call(p.Heartbeat(token=token), who="alice")
+    refused = {"2": "you are not in room 'ops': join it first"}
+    assert (reply["acked"], json.loads(p.encode(reply["refused"]))) == (3, refused)
+    # A restarted broker still knows (the refusal was stored with the batch)...
+    h = Harness(store=store)
+    reply, _ = h.call(p.Heartbeat(token=token), who="alice")
+    assert json.loads(p.encode(reply["refused"])) == refused
+    # ...and so does the next hello after the session lapsed: 2 was taken, but not sent.
+    h.advance(T0, T0 + 10)
+    assert h.core.session(token) is None
+    h = Harness(store=store)  # (from the tombstone in the store, too)
+    reply, _ = h.call(hello_req("alice", resume=token), who="alice")
+    assert (reply["resumed"], reply["prior_acked"], json.loads(p.encode(reply["prior_refused"]))) == (
+        False, 3, refused)  # fmt: skip
+    assert h.call(hello_req("bob"), who="bob")[0]["prior_refused"] is None  # no prior session: none
+
+
 # --- posts ------------------------------------------------------------------------------------------
 
 

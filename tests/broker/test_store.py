@@ -182,7 +182,7 @@ def test_sessions_tombstones_claims_topics_and_reads_round_trip(make_store: Make
     s = make_store()
     alive = SessionRecord("t1", "alice", None, "10.0.0.1", "@alice~x", ["dev", "general"], 4, "lunch")
     s.save_session(alive)
-    s.save_session(SessionRecord("t2", "bob", "K" * 40, None, "@bob", [], 9, ended=1000.0))
+    s.save_session(SessionRecord("t2", "bob", "K" * 40, None, "@bob", [], 9, ended=1000.0, refused={7: "too long"}))
     s.set_acked("t1", 5)
     s.claim("bob", "K" * 40)
     s.set_topic(ROOM, TopicRecord("ship it", "alice", "2026-01-01T00:00:00.000Z"))
@@ -190,7 +190,7 @@ def test_sessions_tombstones_claims_topics_and_reads_round_trip(make_store: Make
     s.commit()
     by_token = {r.token: r for r in s.sessions()}
     assert by_token["t1"] == SessionRecord("t1", "alice", None, "10.0.0.1", "@alice~x", ["dev", "general"], 5, "lunch")
-    assert by_token["t2"].ended == 1000.0
+    assert (by_token["t2"].ended, by_token["t2"].refused) == (1000.0, {7: "too long"})
     assert (s.claims(), s.topic(ROOM), s.read("@bob"), s.read("@nobody")) == (
         {"bob": "K" * 40}, TopicRecord("ship it", "alice", "2026-01-01T00:00:00.000Z"), 3, 0,
     )  # fmt: skip
@@ -412,6 +412,31 @@ def test_a_schema_1_file_is_migrated_keeping_its_history(tmp_path: Path) -> None
         assert (s.id, seqs(s.page(ROOM, 0, 10).events)) == ("old-history", [1, 2])
         assert [json.loads(d)["text"] for d in s.search(ROOM, "deploy", 5)] == ["old deploy"]
         add(s, ROOM, 3, 3)
+    finally:
+        s.close()
+
+
+def test_a_file_whose_sessions_keep_no_refusals_gets_them(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    s = SQLiteStore(db)
+    s.save_session(SessionRecord("t1", "alice", None, None, "@a", ["general"], 3))
+    s.commit()
+    s.close()
+    old = sqlite3.connect(db)  # as an earlier zchat 0.2 left it
+    old.executescript(
+        "ALTER TABLE sessions RENAME TO newer;"
+        " CREATE TABLE sessions (token TEXT PRIMARY KEY, nick TEXT NOT NULL, identity TEXT, peer TEXT,"
+        " inbox TEXT NOT NULL, rooms TEXT NOT NULL, acked INTEGER NOT NULL, away TEXT, ended REAL) WITHOUT ROWID;"
+        " INSERT INTO sessions SELECT token, nick, identity, peer, inbox, rooms, acked, away, ended FROM newer;"
+        " DROP TABLE newer;"
+    )
+    old.close()
+    s = SQLiteStore(db)
+    try:
+        assert [(r.token, r.acked, r.refused) for r in s.sessions()] == [("t1", 3, {})]
+        s.save_session(SessionRecord("t1", "alice", None, None, "@a", ["general"], 4, refused={4: "no"}))
+        s.commit()
+        assert [(r.acked, r.refused) for r in s.sessions()] == [(4, {4: "no"})]
     finally:
         s.close()
 

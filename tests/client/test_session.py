@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from zchat import protocol as p
+from zchat.client import session as session_module
 from zchat.client.session import MAX_BACKOFF, PROBE, REOPEN, TRANSITIONS, Action, ClientSession, Outgoing, State
 from zchat.errors import LocalProtocolError, ZChatError
 
@@ -453,6 +454,17 @@ def test_below_a_full_list_of_refusals_a_message_is_not_counted_as_sent() -> Non
     assert codes.count("not_sent") == 8 and codes.count("rejected") == p.MAX_REFUSED
 
 
+def test_failures_are_counted_all_and_remembered_the_newest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session_module, "MAX_FAILED", 3)
+    s = joined(0.0, send_timeout=5.0)
+    ids = [s.post(f"m{i}", None, "message", 0.0) for i in range(5)]
+    pushed(s)  # they went, and the broker was stalled
+    s.tick(6.0)
+    assert s.failures == 5 and list(s.failed) == ids[2:]  # a months-long bot keeps no more
+    s.feed_message(p.encode(event(2, "m4", nick="alice", id=ids[4], n=5)), 7.0)  # one arrived after all
+    assert s.failures == 4 and list(s.failed) == ids[2:4]
+
+
 def test_a_new_session_renumbers_the_outbox_and_confirms_what_the_old_one_committed() -> None:
     s = joined(0.0)
     ids = [s.post(f"m{i}", None, "message", 0.0) for i in range(3)]
@@ -463,6 +475,19 @@ def test_a_new_session_renumbers_the_outbox_and_confirms_what_the_old_one_commit
     s.rpc_message(hello_reply(hello, token="t2", prior_acked=2), 4.6)  # the old session ended at 2
     assert list(s.pending) == [ids[2]]
     assert [(post.id, post.n, post.token) for post in pushed(s, 4.6)] == [(ids[2], 1, "t2")]
+
+
+def test_a_new_session_is_told_what_the_old_one_refused_which_is_not_sent() -> None:
+    s = joined(0.0)
+    ids = [s.post(f"m{i}", None, "message", 0.0) for i in range(3)]
+    pushed(s)
+    s.tick(1.0)
+    s.tick(4.5)  # lost, long enough for the session to lapse
+    hello = requests(s.take_outgoing())[-1]
+    s.rpc_message(hello_reply(hello, token="t2", prior_acked=2, prior_refused={"2": "not in room"}), 4.6)
+    assert s.failed == {ids[1]: "not in room"} and s.failures == 1  # taken, refused: never counted sent
+    assert [(e.code, e.id) for e in s.take_events() if e.kind == "error"] == [("rejected", ids[1])]
+    assert [(post.id, post.n) for post in pushed(s, 4.6)] == [(ids[2], 1)]
 
 
 def test_a_reader_cannot_post_and_a_room_must_be_ours() -> None:

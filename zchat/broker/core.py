@@ -30,6 +30,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgspec
 
@@ -99,14 +100,32 @@ class Session:
     told: int = 0
     #: Its latest posts refused for good (number -> why), told again in every hello and
     #: heartbeat reply beside ``acked``: ``acked`` counts them too, and a refusal delivered to a
-    #: connection that just went away must not read as a confirmation.
+    #: connection that just went away must not read as a confirmation. Stored with the session,
+    #: and kept in its tombstone: a client back after a restart or a lapse is told them too.
     refused: dict[int, str] = field(default_factory=dict)
 
     def record(self, ended: float | None = None) -> SessionRecord:
         rooms = sorted(self.rooms)
         return SessionRecord(
-            self.token, self.nick, self.identity, self.peer, self.inbox, rooms, self.acked, self.away, ended
+            self.token,
+            self.nick,
+            self.identity,
+            self.peer,
+            self.inbox,
+            rooms,
+            self.acked,
+            self.away,
+            ended,
+            dict(self.refused),
         )
+
+
+class _Tombstone(NamedTuple):
+    """What an ended session leaves: what its client needs to know of its posts."""
+
+    acked: int  # the last post number it committed
+    ended: float  # wall time it ended
+    refused: dict[int, str]  # its latest posts refused for good (see Session.refused)
 
 
 @dataclass
@@ -202,8 +221,8 @@ class BrokerCore:
         self._rooms: dict[str, _Room] = {}
         self._inboxes: dict[str, int] = {}  # inbox -> newest seq, for the inboxes in use
         self._reads: dict[str, int] = {}  # inbox -> newest seq its owner has read
-        #: Ended sessions: token -> (last committed post number, wall time it ended), oldest first.
-        self._tombstones: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
+        #: Ended sessions by token, oldest first.
+        self._tombstones: collections.OrderedDict[str, _Tombstone] = collections.OrderedDict()
         # No lease can lapse before this time. Leases only ever move later, so a minimum taken
         # at the last sweep stays a safe lower bound and the hot path need not scan sessions.
         self._next_sweep = math.inf
@@ -229,7 +248,7 @@ class BrokerCore:
         comes back within it resumes silently (no leave, no join)."""
         for record in store.sessions():
             if record.ended is not None:
-                self._tombstones[record.token] = (record.acked, record.ended)
+                self._tombstones[record.token] = _Tombstone(record.acked, record.ended, record.refused)
                 continue
             session = Session(
                 record.token,
@@ -241,6 +260,7 @@ class BrokerCore:
                 now + self.lease,
                 acked=record.acked,
                 away=record.away,
+                refused=record.refused,
             )
             self._add_session(session)
             for room in record.rooms:
@@ -616,9 +636,9 @@ class BrokerCore:
         prior = self._sessions.get(req.resume or "")
         if prior is not None and prior.identity == identity and prior.nick.lower() == nick.lower():
             return self._resume(req, prior, rooms, now, route)
-        prior_acked = self._tombstones.get(req.resume or "", (None, 0.0))[0]
+        ended = self._tombstones.get(req.resume or "")
         session = self._new_session(nick, rooms, now, route=route, identity=identity, peer=peer, owner=owner)
-        return self._welcome(req, session, resumed=False, prior_acked=prior_acked)
+        return self._welcome(req, session, resumed=False, prior=ended)
 
     def _resume(self, req: p.Hello, session: Session, rooms: list[str], now: float, route: bytes) -> dict[str, object]:
         """The same client again (a new connection, or a restarted broker): the session goes on,
@@ -685,7 +705,7 @@ class BrokerCore:
                 self._store.claim(nick.lower(), identity)
 
     def _welcome(
-        self, req: p.Hello, session: Session, *, resumed: bool, prior_acked: int | None = None
+        self, req: p.Hello, session: Session, *, resumed: bool, prior: _Tombstone | None = None
     ) -> dict[str, object]:
         rooms = sorted(session.rooms)
         topics = {room: t.text for room in rooms if (t := self._topic_of(room)) is not None}
@@ -700,7 +720,8 @@ class BrokerCore:
             inbox=self._inbox_state(session),
             acked=session.acked,
             refused=session.refused,
-            prior_acked=prior_acked,
+            prior_acked=prior.acked if prior is not None else None,
+            prior_refused=prior.refused if prior is not None else None,
             epoch=self.epoch,
             history=self.history_id,
             heartbeat_ms=round(self.heartbeat_interval * 1000),
@@ -853,7 +874,7 @@ class BrokerCore:
     def housekeeping(self) -> None:
         """Now and then, not per message: forget old tombstones and unused inbox counters."""
         horizon = self._wallclock() - TOMBSTONE_SECONDS
-        while self._tombstones and next(iter(self._tombstones.values()))[1] < horizon:
+        while self._tombstones and next(iter(self._tombstones.values())).ended < horizon:
             self._tombstones.popitem(last=False)
         live = {s.inbox for s in self._sessions.values()}
         for inbox in [i for i in self._inboxes if i not in live]:
@@ -920,7 +941,7 @@ class BrokerCore:
         for room in sorted(session.rooms):
             self._part(session, room, reason, f"{session.nick} left ({detail})")
         ended = self._wallclock()
-        self._tombstones[session.token] = (session.acked, ended)
+        self._tombstones[session.token] = _Tombstone(session.acked, ended, dict(session.refused))
         while len(self._tombstones) > MAX_TOMBSTONES:
             self._tombstones.popitem(last=False)
         if self._store is not None:
@@ -1050,11 +1071,13 @@ class BrokerCore:
         self, session: Session, code: str, text: str, *, room: str = "", ref: str | None = None, n: int | None = None
     ) -> None:
         if n is not None:  # a refusal for good: its number is used up
+            before = dict(session.refused)
             session.refused[n] = text
             # (Not stored, it must not be reminded of: the sender resends n, which may pass.)
-            self._undo.append(lambda: session.refused.pop(n, None))
+            self._undo.append(lambda: setattr(session, "refused", before))
             while len(session.refused) > p.MAX_REFUSED:  # (a burst of refusals is rare)
                 del session.refused[next(iter(session.refused))]
+            self._save(session)  # with the batch: a restarted broker still tells it
         ev = self._notice("error", text, ref=ref, n=n, code=code)
         self._deliver(session, msgspec.structs.replace(ev, room=room if room in session.rooms else ""))
 

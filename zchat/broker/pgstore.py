@@ -57,6 +57,8 @@ from zchat.broker.store import (
     _within,
     paged,
     redact,
+    refusals,
+    refusals_json,
     search_words,
 )
 
@@ -133,8 +135,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     rooms text[] NOT NULL,
     acked bigint NOT NULL,
     away text,
-    ended double precision  -- wall time the session ended (a tombstone), NULL while it lives
+    ended double precision,  -- wall time the session ended (a tombstone), NULL while it lives
+    refused text  -- its latest posts refused for good, {"n": "why"}; NULL for none
 );
+-- (A database of an earlier zchat 0.2; an older one reads and writes this one as before.)
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS refused text;
 CREATE TABLE IF NOT EXISTS topics (room text PRIMARY KEY, text text NOT NULL, nick text NOT NULL, ts text NOT NULL);
 CREATE TABLE IF NOT EXISTS reads (inbox text PRIMARY KEY, seq bigint NOT NULL);
 """
@@ -477,12 +482,24 @@ class PostgresStore(Staging):
             )
         if staged.sessions:
             cur.executemany(
-                "INSERT INTO sessions (token, nick, identity, peer, inbox, rooms, acked, away, ended)"
-                " VALUES (%s, %s, %s, %s, %s, %s::text[], %s, %s, %s) ON CONFLICT (token) DO UPDATE SET"
+                "INSERT INTO sessions (token, nick, identity, peer, inbox, rooms, acked, away, ended, refused)"
+                " VALUES (%s, %s, %s, %s, %s, %s::text[], %s, %s, %s, %s) ON CONFLICT (token) DO UPDATE SET"
                 " nick = EXCLUDED.nick, identity = EXCLUDED.identity, peer = EXCLUDED.peer, inbox = EXCLUDED.inbox,"
-                " rooms = EXCLUDED.rooms, acked = EXCLUDED.acked, away = EXCLUDED.away, ended = EXCLUDED.ended",
+                " rooms = EXCLUDED.rooms, acked = EXCLUDED.acked, away = EXCLUDED.away, ended = EXCLUDED.ended,"
+                " refused = EXCLUDED.refused",
                 [
-                    (r.token, r.nick, r.identity, r.peer, r.inbox, r.rooms, r.acked, _no_nul(r.away), r.ended)
+                    (
+                        r.token,
+                        r.nick,
+                        r.identity,
+                        r.peer,
+                        r.inbox,
+                        r.rooms,
+                        r.acked,
+                        _no_nul(r.away),
+                        r.ended,
+                        refusals_json(r.refused),
+                    )
                     for r in staged.sessions.values()
                 ],
             )
@@ -560,8 +577,8 @@ class PostgresStore(Staging):
         return [d for _, d in _within(rows, MAX_PAGE_BYTES)]
 
     def sessions(self) -> list[SessionRecord]:
-        rows = self._rows("SELECT token, nick, identity, peer, inbox, rooms, acked, away, ended FROM sessions")
-        return [SessionRecord(t, n, i, p, b, list(r), a, w, e) for t, n, i, p, b, r, a, w, e in rows]
+        rows = self._rows("SELECT token, nick, identity, peer, inbox, rooms, acked, away, ended, refused FROM sessions")
+        return [SessionRecord(t, n, i, p, b, list(r), a, w, e, refusals(x)) for t, n, i, p, b, r, a, w, e, x in rows]
 
     def claims(self) -> dict[str, str]:
         return {str(nick): str(key) for nick, key in self._rows("SELECT nick, key FROM owners")}

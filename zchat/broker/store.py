@@ -72,6 +72,8 @@ __all__ = [
     "is_postgres",
     "open_store",
     "redact",
+    "refusals",
+    "refusals_json",
 ]
 
 #: Events kept per room (messages; presence is kept apart, see the module docstring).
@@ -136,7 +138,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     rooms TEXT NOT NULL,  -- JSON list
     acked INTEGER NOT NULL,
     away TEXT,
-    ended REAL  -- wall time the session ended (a tombstone), NULL while it lives
+    ended REAL,  -- wall time the session ended (a tombstone), NULL while it lives
+    refused TEXT  -- its latest posts refused for good, {"n": "why"}; NULL for none
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS topics (
     room TEXT PRIMARY KEY, text TEXT NOT NULL, nick TEXT NOT NULL, ts TEXT NOT NULL
@@ -171,6 +174,17 @@ class SessionRecord:
     away: str | None = None
     #: Wall time the session ended (a tombstone), None while it lives.
     ended: float | None = None
+    #: Its latest posts refused for good: post number -> why.
+    refused: dict[int, str] = field(default_factory=dict)
+
+
+def refusals_json(refused: dict[int, str]) -> str | None:
+    """How both stores keep a session's refusals: a JSON object, or NULL for none."""
+    return json.dumps({str(n): why for n, why in refused.items()}) if refused else None
+
+
+def refusals(stored: str | None) -> dict[int, str]:
+    return {int(n): str(why) for n, why in json.loads(stored).items()} if stored else {}
 
 
 @dataclass(frozen=True)
@@ -451,6 +465,9 @@ class SQLiteStore(Staging):
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES // 4}")
             migrated = self._migrate()
             self._db.executescript(_SCHEMA)
+            if "refused" not in {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}:
+                # A file of an earlier zchat 0.2 (an older one reads and writes this one as before).
+                self._db.execute("ALTER TABLE sessions ADD COLUMN refused TEXT")
             if migrated:
                 # The search index of a schema-1 file: its stored messages, once.
                 self._db.execute(
@@ -675,10 +692,22 @@ class SQLiteStore(Staging):
         # still costs a statement lookup.)
         if staged.sessions:
             db.executemany(
-                "INSERT OR REPLACE INTO sessions (token, nick, identity, peer, inbox, rooms, acked, away, ended)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO sessions"
+                " (token, nick, identity, peer, inbox, rooms, acked, away, ended, refused)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (r.token, r.nick, r.identity, r.peer, r.inbox, json.dumps(r.rooms), r.acked, r.away, r.ended)
+                    (
+                        r.token,
+                        r.nick,
+                        r.identity,
+                        r.peer,
+                        r.inbox,
+                        json.dumps(r.rooms),
+                        r.acked,
+                        r.away,
+                        r.ended,
+                        refusals_json(r.refused),
+                    )
                     for r in staged.sessions.values()
                 ],
             )
@@ -767,8 +796,11 @@ class SQLiteStore(Staging):
         return [bytes(d) for _, d in _within(((0, row[0]) for row in rows), MAX_PAGE_BYTES)]
 
     def sessions(self) -> list[SessionRecord]:
-        rows = self._rows("SELECT token, nick, identity, peer, inbox, rooms, acked, away, ended FROM sessions")
-        return [SessionRecord(t, n, i, p, b, list(json.loads(r)), a, w, e) for t, n, i, p, b, r, a, w, e in rows]
+        rows = self._rows("SELECT token, nick, identity, peer, inbox, rooms, acked, away, ended, refused FROM sessions")
+        return [
+            SessionRecord(t, n, i, p, b, list(json.loads(r)), a, w, e, refusals(x))
+            for t, n, i, p, b, r, a, w, e, x in rows
+        ]
 
     def claims(self) -> dict[str, str]:
         """Nicks registered by keys: ``{nick: z85 key}``."""

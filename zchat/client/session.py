@@ -94,6 +94,9 @@ UNAVAILABLE_PAUSE = 1.0
 MAX_UNVERIFIED = 10_000
 #: Pace posts a little under the broker's rate: its bucket refills by its clock, ours by ours.
 PACE_MARGIN = 0.9
+#: Failed posts remembered by id, the newest: a bot that runs for months keeps no more
+#: (``failures`` counts them all).
+MAX_FAILED = 10_000
 
 
 class Action:
@@ -183,8 +186,10 @@ class ClientSession:
         self.sequencer = RoomSequencer()
         #: Sent messages the broker has not confirmed yet, in send order (= post number order).
         self.pending: dict[str, Pending] = {}
-        #: Messages refused by the broker or never confirmed -> the reason.
+        #: Messages refused by the broker or never confirmed -> the reason (the newest MAX_FAILED).
         self.failed: dict[str, str] = {}
+        #: How many messages are failed, remembered or not.
+        self.failures = 0
         #: The client has unread feed input waiting (a full drain): confirmations may be in it.
         self.behind = False
         self._next_n = 1
@@ -273,9 +278,10 @@ class ClientSession:
             self._settle(acked, _refused(reply), now)
         else:
             # A new session numbers its posts from 1. What the old one processed (the broker
-            # remembers it for a while) is settled; the rest goes again, as this session's.
+            # remembers it for a while) is settled, refused or taken; the rest goes again, as
+            # this session's.
             prior = reply.get("prior_acked")
-            self._settle(prior if isinstance(prior, int) else 0, {}, now)
+            self._settle(prior if isinstance(prior, int) else 0, _refused(reply, "prior_refused"), now)
             self._given_up.clear()  # the old session's numbers: nothing can be sent under them now
             for n, out in enumerate(self.pending.values(), 1):
                 out.n = n
@@ -404,12 +410,12 @@ class ClientSession:
             if msg_id in self.failed:
                 continue
             if out.n in refused:
-                self.failed[msg_id] = refused[out.n]
+                self._fail(msg_id, refused[out.n])
                 ev = p.Event(0, p.format_ts(self._wallclock()), out.room, "error", p.SYSTEM_NICK, refused[out.n])
                 self._events.append(msgspec.structs.replace(ev, id=msg_id, code="rejected", n=out.n))
             elif out.n < unknown_below:
                 why = "not sent: the broker refused too many messages meanwhile to say whether it took this one"
-                self.failed[msg_id] = why
+                self._fail(msg_id, why)
                 self._events.append(self._local("error", "not_sent", f"{why}: {out.text[:60]}", out.room, msg_id))
         for msg_id in [i for i, o in self._given_up.items() if o.n <= acked]:
             # Its number was used: by the message (then its own event clears the failure when it
@@ -749,9 +755,9 @@ class ClientSession:
             self.pending.pop(event.id, None)
             self._given_up.pop(event.id, None)
             if event.kind == "error":
-                self.failed[event.id] = event.text
-            else:
-                self.failed.pop(event.id, None)
+                self._fail(event.id, event.text)
+            elif self.failed.pop(event.id, None) is not None:
+                self.failures -= 1
             if event.n == out.n:  # this session's answer: every post before it is processed too
                 self._processed(out.n)
         if event.kind == "topic" and event.seq > 0:
@@ -816,6 +822,13 @@ class ClientSession:
         self._expire_outbox(now)
         self._fetch_missing(now)
 
+    def _fail(self, msg_id: str, why: str) -> None:
+        if msg_id not in self.failed:
+            self.failures += 1
+            if len(self.failed) >= MAX_FAILED:
+                del self.failed[next(iter(self.failed))]
+        self.failed[msg_id] = why
+
     def _expire_outbox(self, now: float) -> None:
         """Nothing confirmed for ``send_timeout`` while messages wait: they are not sent (a
         broker that confirms slowly but steadily, as pacing does, keeps them alive)."""
@@ -823,7 +836,7 @@ class ClientSession:
             return  # (behind: the confirmations may be in the backlog we have not read yet)
         why = f"not sent: no confirmation from the broker in {self.send_timeout:g} s"
         for msg_id, out in self.pending.items():
-            self.failed[msg_id] = why
+            self._fail(msg_id, why)
             self._events.append(self._local("error", "not_sent", f"{why}: {out.text[:60]}", out.room, msg_id))
         self._given_up.update(self.pending)
         self.pending.clear()
@@ -857,9 +870,9 @@ class ClientSession:
         )
 
 
-def _refused(reply: dict[str, object]) -> dict[int, str]:
-    """The post numbers a reply says were refused for good, with why."""
-    refused = reply.get("refused")
+def _refused(reply: dict[str, object], field: str = "refused") -> dict[int, str]:
+    """The post numbers a reply says were refused for good (in ``field``), with why."""
+    refused = reply.get(field)
     if not isinstance(refused, dict):
         return {}
     return {int(n): str(why) for n, why in refused.items() if isinstance(n, str) and n.isdecimal()}

@@ -120,8 +120,13 @@ class Client:
 
     @property
     def failed(self) -> dict[str, str]:
-        """Messages refused by the broker or never confirmed -> the reason."""
+        """Messages refused by the broker or never confirmed -> the reason (the newest 10 000)."""
         return self.session.failed
+
+    @property
+    def failures(self) -> int:
+        """How many messages failed since the client started (all of them, unlike :attr:`failed`)."""
+        return self.session.failures
 
     @property
     def context(self) -> zmq.Context[zmq.Socket[bytes]]:
@@ -217,7 +222,7 @@ class Client:
             self._pump(left)
         if self.failed and raise_on_failure:
             reason = next(iter(self.failed.values()))
-            raise Refused("not_sent", f"{len(self.failed)} message(s) not sent: {reason}")
+            raise Refused("not_sent", f"{self.failures} message(s) not sent: {reason}")
 
     # --- requests ------------------------------------------------------------------------------
 
