@@ -22,7 +22,7 @@ from psycopg import sql
 
 from zchat.broker import pgstore
 from zchat.broker.pgstore import LOCK_KEY, PostgresStore
-from zchat.broker.store import RETAIN_CHUNK, StoreError, StoreLocked, open_store
+from zchat.broker.store import StoreError, StoreLocked, open_store
 from zchat.client.shell import Client
 from zchat.errors import Refused
 
@@ -451,28 +451,3 @@ def test_a_broker_whose_database_is_away_refuses_batches_then_loses_nothing(
         assert b.broker.core.counters.store_failures >= 1
     finally:
         b.stop()
-
-
-def test_retention_is_planned_then_removed_a_bounded_chunk_at_a_time(stores: Stores) -> None:
-    s = stores()
-    s.history_limit = 5
-    add(s, 1, 300)
-    for seq in range(301, 501):
-        s.append(ROOM, seq, json.dumps({"seq": seq, "kind": "join"}).encode(), presence=True)
-    s.commit()
-    add(s, 501, 501)
-    s.plan_retention(time.time())
-    assert s.first_seq(ROOM) == 1  # planned, nothing removed yet
-
-    def count() -> int:
-        return len(s.page(ROOM, 0, 1000).events)
-
-    removed, more = [], True
-    while more:
-        before = count()
-        more = s.trim()
-        removed.append(before - count())
-    # Each transaction removes at most twice the last commit's events, or RETAIN_CHUNK.
-    assert max(removed) <= RETAIN_CHUNK and len(removed) > 5
-    assert [json.loads(d)["seq"] for d in s.page(ROOM, 0, 1000).events] == [*range(297, 301), *range(496, 502)]
-    assert not s.trim()

@@ -124,37 +124,30 @@ def test_retention_counts_messages_and_keeps_presence_apart(make_store: MakeStor
     assert s.first_seq(ROOM) == 106
 
 
-def test_retention_is_planned_then_removed_a_bounded_chunk_at_a_time(tmp_path: Path) -> None:
-    stores = [SQLiteStore(tmp_path / f"h{i}.db", history_limit=5) for i in range(2)]
-    try:
-        for s in stores:
-            add(s, ROOM, 1, 300)
-            add(s, ROOM, 301, 500, kind="join")
-            add(s, ROOM, 501, 501)
-        at_once, bit_by_bit = stores
-        at_once.retain(time.time())
-        bit_by_bit.plan_retention(time.time())
-        assert bit_by_bit.first_seq(ROOM) == 1  # planned, nothing removed yet
+def test_retention_is_planned_then_removed_a_bounded_chunk_at_a_time(make_store: MakeStore) -> None:
+    s = make_store(history_limit=5)
+    add(s, ROOM, 1, 300)
+    add(s, ROOM, 301, 500, kind="join")
+    add(s, ROOM, 501, 501)
+    s.plan_retention(time.time())
+    assert s.first_seq(ROOM) == 1  # planned, nothing removed yet
 
-        def count() -> int:
-            return len(bit_by_bit.page(ROOM, 0, 1000).events)
+    def count() -> int:
+        return len(s.page(ROOM, 0, 1000).events)
 
-        removed, more = [], True
-        while more:
-            before = count()
-            more = bit_by_bit.trim()
-            removed.append(before - count())
-        # Each transaction removes at most twice the last commit's events, or RETAIN_CHUNK.
-        assert max(removed) <= store_module.RETAIN_CHUNK and len(removed) > 5
-        assert bit_by_bit.page(ROOM, 0, 1000).events == at_once.page(ROOM, 0, 1000).events
-        assert seqs(at_once.page(ROOM, 0, 1000).events) == [*range(297, 301), *range(496, 502)]
-        assert not bit_by_bit.trim()
-        add(bit_by_bit, ROOM, 502, 801)  # a big commit: retention keeps pace with it
-        bit_by_bit.plan_retention(time.time())
-        assert bit_by_bit.trim() is False and seqs(bit_by_bit.page(ROOM, 0, 1000).events) == [*range(797, 802)]
-    finally:
-        for s in stores:
-            s.close()
+    removed, more = [], True
+    while more:
+        before = count()
+        more = s.trim()
+        removed.append(before - count())
+    # Each transaction removes at most twice the last commit's events, or RETAIN_CHUNK.
+    assert max(removed) <= store_module.RETAIN_CHUNK and len(removed) > 5
+    # What retain() at once leaves (see test_retention_counts_messages_and_keeps_presence_apart).
+    assert seqs(s.page(ROOM, 0, 1000).events) == [*range(297, 301), *range(496, 502)]
+    assert not s.trim()
+    add(s, ROOM, 502, 801)  # a big commit: retention keeps pace with it
+    s.plan_retention(time.time())
+    assert s.trim() is False and seqs(s.page(ROOM, 0, 1000).events) == [*range(797, 802)]
 
 
 def test_search_finds_every_word_newest_first_and_keeps_to_its_room(make_store: MakeStore) -> None:
@@ -349,21 +342,30 @@ def test_texts_a_store_left_waiting_when_its_process_died_are_indexed_when_it_op
         s.close()
 
 
+def write_steadily(s: SQLiteStore, events: int, *, per_commit: int, pause: float = 0.0) -> tuple[int, int]:
+    """Write ``events`` 1 KB events in commits of ``per_commit``, as a broker's batches, ``pause``
+    seconds apart (a broker's loop between batches: the checkpoint thread's time to copy), for at
+    most 20 s; returns how many were written and the biggest write-ahead log seen."""
+    seq, biggest = 0, 0
+    deadline = time.monotonic() + 20
+    while seq < events and time.monotonic() < deadline:
+        for _ in range(per_commit):
+            seq += 1
+            s.append(ROOM, seq, json.dumps({"seq": seq, "text": "x" * 1000}).encode())
+        s.commit()
+        biggest = max(biggest, s.wal_size())
+        if pause:
+            time.sleep(pause)  # (pacing the load, not waiting for a condition)
+    return seq, biggest
+
+
 def test_the_write_ahead_log_stays_bounded_under_steady_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 1 << 20)
     monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 0.05)
     s = SQLiteStore(tmp_path / "h.db")
     try:
-        biggest = 0
-        deadline = time.monotonic() + 20
-        seq = 0
         # 8 MiB of events in batches, as a busy broker writes them: the log must not keep it all.
-        while seq < 8000 and time.monotonic() < deadline:
-            for _ in range(100):
-                seq += 1
-                s.append(ROOM, seq, json.dumps({"seq": seq, "text": "x" * 1000}).encode())
-            s.commit()
-            biggest = max(biggest, s.wal_size())
+        seq, biggest = write_steadily(s, 8000, per_commit=100)
         assert seq == 8000
         assert biggest < 4 << 20, f"the WAL grew to {biggest} bytes"
     finally:
@@ -377,16 +379,8 @@ def test_under_steady_writes_the_log_is_started_again_before_it_needs_truncating
     monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 1 << 40)  # never truncated: restarts bound it
     s = SQLiteStore(tmp_path / "h.db")
     try:
-        biggest, seq = 0, 0
-        deadline = time.monotonic() + 20
         # 12 MiB of events in small commits, paced as a busy broker writes them.
-        while seq < 12_000 and time.monotonic() < deadline:
-            for _ in range(10):
-                seq += 1
-                s.append(ROOM, seq, json.dumps({"seq": seq, "text": "x" * 1000}).encode())
-            s.commit()
-            biggest = max(biggest, s.wal_size())
-            time.sleep(0.001)
+        seq, biggest = write_steadily(s, 12_000, per_commit=10, pause=0.001)
         assert seq == 12_000
         assert biggest < 6 << 20, f"the WAL grew to {biggest} bytes"
         assert seqs(s.page(ROOM, 11_990, 100).events) == list(range(11_991, 12_001))

@@ -40,8 +40,6 @@ from psycopg.rows import TupleRow
 from zchat.broker.store import (
     DEFAULT_HISTORY_LIMIT,
     MAX_PAGE_BYTES,
-    RETAIN_ALL_CHUNK,
-    RETAIN_CHUNK,
     TOMBSTONE_SECONDS,
     Page,
     SessionRecord,
@@ -51,7 +49,6 @@ from zchat.broker.store import (
     StoreError,
     StoreLocked,
     TopicRecord,
-    _retention_plan,
     _Trim,
     _trim_backlog,
     _within,
@@ -634,35 +631,21 @@ class PostgresStore(Staging):
 
     # --- retention --------------------------------------------------------------------------------
 
-    def retain(self, now: float) -> None:
-        self.plan_retention(now)
-        while self._trim(RETAIN_ALL_CHUNK):
-            pass
-
     def plan_retention(self, now: float) -> None:
         rooms, self._touched = self._touched, set()
         limit = self.history_limit
         try:
             with self._using("could not apply retention in") as db:
                 for room in rooms:
-                    first, message, presence = (
+                    self._plan(
+                        room,
                         _first_seq(db, room),
                         _nth_newest(db, room, False, limit),
                         _nth_newest(db, room, True, limit),
                     )
-                    plan = _retention_plan(first or 0, message, presence)
-                    if plan is None:
-                        self._backlog.pop(room, None)
-                    else:
-                        self._backlog[room] = plan
                 db.execute("DELETE FROM sessions WHERE ended IS NOT NULL AND ended < %s", (now - TOMBSTONE_SECONDS,))
         except StoreError:
             self._touched |= rooms  # tried again next time; the broker's next commit says if the server is gone
-
-    def trim(self) -> bool:
-        # As SQLite's: each round trip of the broker's loop waits for the server, and a second's
-        # worth of deletes at once (a statement per chunk) stalled it for tens of ms.
-        return self._trim(max(RETAIN_CHUNK, 2 * self._last_commit))
 
     def _trim(self, budget: int) -> bool:
         if not self._backlog:
@@ -712,9 +695,10 @@ def _nth_newest(db: Connection, room: str, presence: bool, n: int) -> int | None
     return int(row[0]) if row else None
 
 
-def _first_seq(db: Connection, room: str) -> int | None:
+def _first_seq(db: Connection, room: str) -> int:
+    """Oldest ``seq`` still stored for ``room`` (0 if none)."""
     row = db.execute("SELECT min(seq) FROM events WHERE room = %s", (room,)).fetchone()
-    return int(row[0]) if row and row[0] is not None else None
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def _one(db: Connection, query: str, *params: object) -> object:

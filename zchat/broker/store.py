@@ -37,6 +37,7 @@ leaves the log past :data:`WAL_LIMIT_BYTES` truncates it.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import itertools
@@ -408,14 +409,46 @@ class Staged:
             self.acked[token] = acked
 
 
-class Staging:
-    """The staging writes besides events, alike for both stores: into their :class:`Staged`; and
-    a read that failed, which fails the batch built on it (see :meth:`Store.commit`)."""
+class Staging(abc.ABC):
+    """What both stores do alike: the staging writes besides events, into their :class:`Staged`;
+    a read that failed, which fails the batch built on it (see :meth:`Store.commit`); and the
+    bookkeeping of retention, planned per room and carried out in bounded steps."""
 
     where: str
     _staged: Staged
     #: Why a read failed since the last commit or rollback: the batch's commit must fail too.
     _failed: str | None = None
+    #: Retention's plan for each room that has something to remove (see :func:`_trim_backlog`).
+    _backlog: dict[str, _Trim]
+    #: Events of the last commit.
+    _last_commit: int
+
+    @abc.abstractmethod
+    def plan_retention(self, now: float) -> None: ...
+
+    @abc.abstractmethod
+    def _trim(self, budget: int) -> bool:
+        """Carry out about ``budget`` events of the backlog in one transaction; True while more
+        remains."""
+
+    def retain(self, now: float) -> None:
+        self.plan_retention(now)
+        while self._trim(RETAIN_ALL_CHUNK):
+            pass
+
+    def trim(self) -> bool:
+        # Twice the last commit's events, so retention keeps pace with any rate; a second's worth
+        # of deletes at once stalled the broker's loop for tens of ms (on both stores).
+        return self._trim(max(RETAIN_CHUNK, 2 * self._last_commit))
+
+    def _plan(self, room: str, first: int, message: int | None, presence: int | None) -> None:
+        """Plan ``room``'s retention (see :func:`_retention_plan`), or drop its plan if there
+        is nothing left to remove."""
+        plan = _retention_plan(first, message, presence)
+        if plan is None:
+            self._backlog.pop(room, None)
+        else:
+            self._backlog[room] = plan
 
     def _check_reads(self) -> None:
         """Refuse to commit a batch that rests on a failed read."""
@@ -869,34 +902,17 @@ class SQLiteStore(Staging):
 
     # --- retention --------------------------------------------------------------------------------
 
-    def retain(self, now: float) -> None:
-        self.plan_retention(now)
-        while self._trim(RETAIN_ALL_CHUNK):
-            pass
-
     def plan_retention(self, now: float) -> None:
         rooms, self._touched = self._touched, set()
         try:
             self._index()  # first: retention removes texts from the index by number
             db, limit = self._db, self.history_limit
             for room in rooms:
-                first, message, presence = (
-                    _first_seq(db, room),
-                    _nth_newest(db, room, 0, limit),
-                    _nth_newest(db, room, 1, limit),
-                )
-                plan = _retention_plan(first, message, presence)
-                if plan is None:
-                    self._backlog.pop(room, None)
-                else:
-                    self._backlog[room] = plan
+                self._plan(room, _first_seq(db, room), _nth_newest(db, room, 0, limit), _nth_newest(db, room, 1, limit))
             with self._transaction() as db:
                 db.execute("DELETE FROM sessions WHERE ended IS NOT NULL AND ended < ?", (now - TOMBSTONE_SECONDS,))
         except sqlite3.Error:
             self._touched |= rooms  # tried again next time; the broker's next commit says if the disk is gone
-
-    def trim(self) -> bool:
-        return self._trim(max(RETAIN_CHUNK, 2 * self._last_commit))
 
     def _trim(self, budget: int) -> bool:
         if not self._backlog:
