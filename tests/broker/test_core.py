@@ -17,7 +17,7 @@ from zchat.broker import core as core_module
 from zchat.broker.config import BrokerConfig
 from zchat.broker.core import STALL_SECONDS, BrokerCore
 from zchat.broker.identity import CLAIMS_PER_KEY, Authority
-from zchat.broker.store import SQLiteStore, Store, StoreError
+from zchat.broker.store import SessionRecord, SQLiteStore, Store, StoreError
 
 #: The fixed wall clock of every test core, and how its timestamps read.
 WALL = 1_700_000_000.25
@@ -1030,6 +1030,18 @@ def test_a_request_with_another_keys_token_is_refused_and_moves_no_route() -> No
 
 
 # --- a restarted broker ------------------------------------------------------------------------------------
+
+
+def test_a_restarted_core_keeps_only_the_newest_tombstones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core_module, "MAX_TOMBSTONES", 3)
+    store = SQLiteStore(":memory:")
+    for ended in (5.0, 1.0, 4.0, 2.0, 3.0):  # (the store's order is no order)
+        store.save_session(SessionRecord(f"t{ended:g}", "x", None, None, "@x", [], int(ended), ended=ended))
+    store.commit()
+    h = Harness(store=store)
+    assert h.core.stats(T0)["tombstones"] == 3
+    newest = h.call(hello_req("alice", resume="t5"), who="alice")[0]["prior_acked"]
+    assert (newest, h.call(hello_req("bob", resume="t2"), who="bob")[0]["prior_acked"]) == (5, None)
 
 
 def test_a_restarted_core_restores_sessions_and_lets_them_resume_silently(tmp_path: Any) -> None:

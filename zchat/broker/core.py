@@ -246,10 +246,13 @@ class BrokerCore:
     def _restore(self, store: Store, now: float) -> None:
         """A restarted broker takes back its sessions, each with a fresh lease: a client that
         comes back within it resumes silently (no leave, no join)."""
-        for record in store.sessions():
-            if record.ended is not None:
-                self._tombstones[record.token] = _Tombstone(record.acked, record.ended, record.refused)
-                continue
+        records = store.sessions()
+        # Tombstones oldest first (housekeeping forgets from the front), and only the newest as
+        # many as a running broker keeps: the store keeps an hour's worth, which a hostile hour
+        # of hellos could make many more.
+        ended = [(r.token, _Tombstone(r.acked, r.ended, r.refused)) for r in records if r.ended is not None]
+        self._tombstones.update(sorted(ended, key=lambda t: t[1].ended)[-MAX_TOMBSTONES:])
+        for record in (r for r in records if r.ended is None):
             session = Session(
                 record.token,
                 record.nick,

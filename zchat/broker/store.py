@@ -185,6 +185,7 @@ def refusals_json(refused: dict[int, str]) -> str | None:
 
 
 def refusals(stored: str | None) -> dict[int, str]:
+    """A session's refusals as :func:`refusals_json` stored them."""
     return {int(n): str(why) for n, why in json.loads(stored).items()} if stored else {}
 
 
